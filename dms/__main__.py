@@ -1,0 +1,5 @@
+import sys
+
+from dms.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""Settings objects: frozen dataclasses loaded from TOML tables with clear errors.
+
+Every component declares its settings as a frozen dataclass whose fields carry defaults and a
+``metadata={"doc": "..."}`` description (units in the name). :func:`load_settings` builds one
+from a mapping, rejecting unknown keys (so typos fail) and wrong types, and naming the dotted
+path of the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from dms.errors import DmsError
+
+
+class SettingsError(DmsError):
+    """A settings value is unknown, missing or of the wrong type."""
+
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except SettingsError as exc:
+                errors.append(str(exc))
+        raise SettingsError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of "
+                            + ", ".join(_type_name(a) for a in args))
+    if origin is typing.Literal:
+        if value not in args:
+            raise SettingsError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise SettingsError(f"{where}: expected {len(args)} values, got {len(value)}")
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (a, v) in pairs)
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"{where}: expected a table, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"{where}: expected a table, got {value!r}")
+        return load_settings(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            names = ", ".join(repr(m.value) for m in tp)
+            raise SettingsError(f"{where}: {value!r} is not one of {names}") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise SettingsError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def load_settings(cls: type[T], mapping: Mapping[str, Any] | None, where: str = "") -> T:
+    """Build the dataclass ``cls`` from ``mapping``; missing keys keep their defaults.
+
+    ``where`` is the dotted path of the table, used in error messages. A dataclass may define
+    ``validate(self) -> None`` raising ValueError for cross-field rules.
+    """
+    mapping = mapping or {}
+    if not isinstance(mapping, Mapping):
+        raise SettingsError(f"{where or 'settings'}: expected a table, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise SettingsError(
+            f"{where + '.' if where else ''}{unknown[0]}: unknown setting (known: {known})"
+        )
+    kwargs = {}
+    for name, value in mapping.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where + '.' if where else ''}{name}")
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise SettingsError(f"{where or cls.__name__}: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise SettingsError(f"{where or cls.__name__}: {exc}") from None
+    return obj
+
+
+def settings_to_dict(obj: Any) -> Any:
+    """Plain JSON-able form of a settings dataclass (enums by value, tuples as lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: settings_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [settings_to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: settings_to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def settings_version(obj: Any) -> str:
+    """A short, stable digest of a settings object, stamped on events it produced."""
+    blob = json.dumps(settings_to_dict(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, doc) per field, for generated documentation."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+    return rows
