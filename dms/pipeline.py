@@ -1,0 +1,177 @@
+"""One perception step per frame: frame -> driver's face -> head pose, with tracking.
+
+The detector does not run on every frame. After a detection, the face is followed by the
+pose estimator's own tracker when it has one (FaceMesh re-centres its region of interest on
+the previous landmarks, as MediaPipe does), otherwise by re-using the previous box. The
+detector runs again when tracking loses the face, when the tracker's confidence drops below
+``track_min_confidence``, or after ``redetect_interval_frames`` frames in any case.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from dms.types import FaceBox, HeadPose, Observation
+from dms.vision.detect import DriverChoice, FaceDetector, select_driver
+from dms.vision.headpose import HeadPoseEstimator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingSettings:
+    """The ``[vision.tracking]`` table."""
+
+    enabled: bool = field(default=True, metadata={"doc": "follow the face between detections"})
+    redetect_interval_frames: int = field(
+        default=30,
+        metadata={"doc": "run the detector at least every N frames even while tracking"},
+    )
+    box_reuse_frames: int = field(
+        default=3,
+        metadata={
+            "doc": "estimators without a tracker (CNN): re-use the last detector box for N "
+            "frames before detecting again"
+        },
+    )
+    track_min_confidence: float = field(
+        default=0.5, metadata={"doc": "below this tracker confidence the face counts as lost"}
+    )
+
+    def validate(self) -> None:
+        if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
+            raise ValueError("redetect_interval_frames must be >= 1, box_reuse_frames >= 0")
+
+
+class TrackingEstimator(Protocol):
+    """A pose estimator that can follow a face from its own previous result."""
+
+    def track(
+        self, image_bgr: np.ndarray, previous: Any
+    ) -> tuple[FaceBox, HeadPose, Any] | None: ...
+
+    def start(self, image_bgr: np.ndarray, face: FaceBox) -> tuple[FaceBox, HeadPose, Any] | None:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    t_s: float
+    face: FaceBox | None
+    pose: HeadPose | None
+    detected: bool  # the detector ran on this frame
+    detect_ms: float
+    pose_ms: float
+
+    def observation(self) -> Observation:
+        return Observation(t_s=self.t_s, pose=self.pose, face_box=self.face)
+
+
+class Perception:
+    """Stateful per-frame perception (the state is only the tracking memory)."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        estimator: HeadPoseEstimator,
+        tracking: TrackingSettings = TrackingSettings(),
+        driver_choice: DriverChoice = "largest_central",
+    ) -> None:
+        self.detector = detector
+        self.estimator = estimator
+        self.tracking = tracking
+        self.driver_choice = driver_choice
+        self._tracker: Any = estimator if hasattr(estimator, "track") else None
+        self._track_state: Any = None
+        self._box: FaceBox | None = None
+        self._since_detect = 0
+        self.detections = 0
+        self.frames = 0
+
+    def reset(self) -> None:
+        self._track_state, self._box, self._since_detect = None, None, 0
+
+    def _detect(self, image: np.ndarray) -> FaceBox | None:
+        self.detections += 1
+        self._since_detect = 0
+        return select_driver(self.detector.detect(image), image.shape, self.driver_choice)
+
+    def process(self, image: np.ndarray, t_s: float) -> FrameResult:
+        self.frames += 1
+        self._since_detect += 1
+        tr = self.tracking
+        t0 = time.perf_counter()
+        detect_ms = 0.0
+        detected = False
+        face: FaceBox | None = None
+        pose: HeadPose | None = None
+        due = self._since_detect >= tr.redetect_interval_frames
+        if self._tracker is not None:
+            if tr.enabled and self._track_state is not None and not due:
+                out = self._tracker.track(image, self._track_state)
+                if out is not None and out[1].confidence >= tr.track_min_confidence:
+                    face, pose, self._track_state = out
+            if pose is None:
+                t1 = time.perf_counter()
+                box = self._detect(image)
+                detect_ms = (time.perf_counter() - t1) * 1e3
+                detected = True
+                self._track_state = None
+                if box is not None:
+                    out = self._tracker.start(image, box)
+                    if out is not None and out[1].confidence >= tr.track_min_confidence:
+                        face, pose, self._track_state = out
+        else:
+            reuse = tr.enabled and self._box is not None and self._since_detect <= max(
+                tr.box_reuse_frames, 0
+            )
+            if not reuse or due:
+                t1 = time.perf_counter()
+                self._box = self._detect(image)
+                detect_ms = (time.perf_counter() - t1) * 1e3
+                detected = True
+            face = self._box
+            if face is not None:
+                pose = self.estimator.estimate(image, face)
+            if pose is None:
+                self._box = None
+        total_ms = (time.perf_counter() - t0) * 1e3
+        return FrameResult(t_s, face, pose, detected, detect_ms, total_ms - detect_ms)
+
+
+def build_perception(detector: str | None = None, pose_model: str | None = None) -> Perception:
+    """Perception on CPU from manifest names or paths (None: the embedded defaults)."""
+    from dms.vision.detect import DetectorSettings, create_detector
+    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+
+    det = create_detector(DetectorSettings(**({"model": detector} if detector else {})))
+    est = create_pose_estimator(PoseModelSettings(**({"model": pose_model} if pose_model else {})))
+    return Perception(det, est)
+
+
+def observations_from_source(
+    source: str, *, detector: str | None = None, pose_model: str | None = None
+) -> Iterator[Observation]:
+    """Observations for every frame of a video file (or live frames of a camera source)."""
+    from dms.capture import LatestFrameReader, source_kind, video_frames
+
+    perception = build_perception(detector, pose_model)
+    if source_kind(source) == "file":
+        for frame in video_frames(source):
+            yield perception.process(frame.image, frame.t_s).observation()
+        return
+    reader = LatestFrameReader(source)
+    try:
+        while True:
+            f = reader.read(timeout_s=5.0)
+            if f is None:
+                break
+            yield perception.process(f.image, f.t_s).observation()
+    finally:
+        reader.close()

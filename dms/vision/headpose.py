@@ -1,0 +1,212 @@
+"""Head-pose estimators behind one interface.
+
+Every estimator returns :class:`dms.types.HeadPose`: the head rotation R (head -> camera),
+AFLW2000 Euler angles in degrees and a confidence (see :mod:`dms.geometry`).
+
+Backends:
+
+* :class:`CnnHeadPose`: any head-pose ONNX on a face crop made by
+  :func:`dms.vision.crop.face_crop` (input ``1x3xSxS`` RGB, ImageNet mean/std, S read from the
+  graph). Outputs understood, by shape and name:
+
+  - ``rotation_matrix`` (N, 3, 3): the AFLW matrix M = Rz(roll) Ry(yaw) Rx(pitch) (the public
+    ResNet/MobileNet 6D models and our own students);
+  - (N, 6): a 6D rotation, Gram-Schmidt to M;
+  - (N, 9): a 3x3 matrix, projected to the nearest rotation;
+  - (N, 3): Euler angles in degrees; the order comes from the manifest ``output`` field
+    (``euler:yaw,pitch,roll``), or from the output name if it spells the order;
+  - three outputs of B bins each (Hopenet style: 66 bins of 3 deg from -99): soft-argmax.
+
+* :class:`dms.vision.landmark_pose.LandmarkHeadPose`: FaceMesh landmarks + weighted
+  Procrustes to the canonical face mesh (the embedded default).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from dms import geometry
+from dms.errors import ModelError
+from dms.types import FaceBox, HeadPose
+from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
+from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+
+log = logging.getLogger(__name__)
+
+
+class HeadPoseEstimator(Protocol):
+    name: str
+
+    def estimate(self, image_bgr: np.ndarray, face: FaceBox) -> HeadPose | None:
+        """Head pose of the face in ``face`` (None when the estimator sees no face there)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoseModelSettings:
+    """The ``[vision.pose]`` table."""
+
+    model: str = field(
+        default="facemesh",
+        metadata={"doc": "manifest name (see `dms models list`) or path of a head-pose ONNX"},
+    )
+    output: str = field(
+        default="",
+        metadata={
+            "doc": "override the output format of a CNN ONNX: 'rotation_matrix', '6d', "
+            "'matrix9', 'euler:yaw,pitch,roll' (any order) or 'bins:yaw,pitch,roll'"
+        },
+    )
+
+
+def pose_from_aflw_matrix(M: np.ndarray, confidence: float = 1.0) -> HeadPose:
+    pitch, yaw, roll = geometry.euler_from_aflw_matrix(M)
+    return HeadPose(np.asarray(M, dtype=np.float64).T, pitch, yaw, roll, confidence)
+
+
+_AXES = ("pitch", "yaw", "roll")
+
+
+def _parse_order(spec: str) -> tuple[str, str, str]:
+    order = tuple(s.strip() for s in spec.split(","))
+    if sorted(order) != sorted(_AXES):
+        raise ModelError(f"output order {spec!r} must name pitch, yaw and roll once each")
+    return order  # type: ignore[return-value]
+
+
+def _order_from_name(name: str) -> tuple[str, str, str] | None:
+    hits = sorted((m.start(), m.group(0)) for m in re.finditer("pitch|yaw|roll", name.lower()))
+    names = tuple(h[1] for h in hits)
+    return names if sorted(names) == sorted(_AXES) else None  # type: ignore[return-value]
+
+
+def detect_output_format(session: Any, override: str = "") -> str:
+    """The output format of a head-pose ONNX (see the module doc), or ModelError."""
+    if override:
+        return override
+    outs = session.get_outputs()
+    if len(outs) == 3 and all(o.shape and isinstance(o.shape[-1], int) for o in outs):
+        bins = {o.shape[-1] for o in outs}
+        if len(bins) == 1 and bins.pop() > 3:
+            names = [o.name.lower() for o in outs]
+            order = [next((a for a in _AXES if a in n), "") for n in names]
+            if sorted(order) == sorted(_AXES):
+                return "bins:" + ",".join(order)
+            return "bins:yaw,pitch,roll"  # Hopenet's output order
+    if len(outs) >= 1:
+        o = outs[0]
+        shape = list(o.shape)
+        if o.name == "rotation_matrix" or shape[-2:] == [3, 3]:
+            return "rotation_matrix"
+        last = shape[-1] if shape else None
+        if last == 6:
+            return "6d"
+        if last == 9:
+            return "matrix9"
+        if last == 3:
+            order = _order_from_name(o.name)
+            if order is None:
+                raise ModelError(
+                    f"output {o.name!r} has 3 angles but no known order; give it with "
+                    "--pose-output euler:yaw,pitch,roll (or the manifest's output field)"
+                )
+            return "euler:" + ",".join(order)
+    shapes = ", ".join(f"{o.name}{list(o.shape)}" for o in outs)
+    raise ModelError(f"unexpected head-pose outputs {shapes}: expected rotation_matrix (N,3,3), "
+                     "6D (N,6), 9 values, 3 Euler angles or 3 bin vectors")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class CnnHeadPose:
+    """Head pose from a CNN on a square face crop (session injected)."""
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        name: str = "cnn",
+        output_format: str = "",
+        margins: CropMargins = TEST_MARGINS,
+        bin_width_deg: float = 3.0,
+        bin_start_deg: float = -99.0,
+    ) -> None:
+        self.session = session
+        self.name = name
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4 or shape[1] not in (3, "3"):
+            raise ModelError(f"{name}: input {inp.name}{shape} is not N x 3 x H x W")
+        h, w = shape[2], shape[3]
+        self.size = h if isinstance(h, int) else (w if isinstance(w, int) else 224)
+        if isinstance(h, int) and isinstance(w, int) and h != w:
+            raise ModelError(f"{name}: input {h}x{w} is not square")
+        self.format = detect_output_format(session, output_format)
+        kind = self.format.split(":")[0]
+        if kind not in ("rotation_matrix", "6d", "matrix9", "euler", "bins"):
+            raise ModelError(f"{name}: unknown output format {self.format!r}")
+        self.order = _parse_order(self.format.split(":", 1)[1]) if ":" in self.format else None
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.margins = margins
+        self.bin_width_deg = bin_width_deg
+        self.bin_start_deg = bin_start_deg
+
+    def preprocess(self, image_bgr: np.ndarray, face: FaceBox) -> np.ndarray:
+        crop, _ = face_crop(image_bgr, face.as_list(), self.size, self.margins)
+        return to_nchw_imagenet(crop)
+
+    def estimate(self, image_bgr: np.ndarray, face: FaceBox) -> HeadPose:
+        blob = self.preprocess(image_bgr, face)
+        outs = self.session.run(self.output_names, {self.input_name: blob})
+        return self.decode(outs)
+
+    def decode(self, outs: list[np.ndarray]) -> HeadPose:
+        kind = self.format.split(":")[0]
+        first = np.asarray(outs[0], dtype=np.float64)
+        if kind == "rotation_matrix":
+            M = geometry.nearest_rotation(first.reshape(-1, 3, 3)[0])
+        elif kind == "6d":
+            M = geometry.rotation_from_6d(first.reshape(-1, 6)[0])
+        elif kind == "matrix9":
+            M = geometry.nearest_rotation(first.reshape(-1, 9)[0].reshape(3, 3))
+        else:
+            assert self.order is not None
+            if kind == "euler":
+                vals = first.reshape(-1, 3)[0]
+            else:
+                vals = []
+                for out in outs[:3]:
+                    p = _softmax(np.asarray(out, np.float64).reshape(1, -1))[0]
+                    centres = self.bin_start_deg + self.bin_width_deg * (np.arange(p.size) + 0.5)
+                    vals.append(float(p @ centres))
+            angles = dict(zip(self.order, (float(v) for v in vals), strict=True))
+            M = geometry.aflw_matrix_from_euler(angles["pitch"], angles["yaw"], angles["roll"])
+        return pose_from_aflw_matrix(M, 1.0)
+
+
+def create_pose_estimator(
+    settings: PoseModelSettings = PoseModelSettings(), runtime: RuntimeSettings = CPU_ONLY
+) -> HeadPoseEstimator:
+    """A head-pose estimator from a manifest name or an ONNX path."""
+    from dms.vision.registry import resolve_model
+
+    path, entry = resolve_model(settings.model, task="head_pose")
+    family = entry.family if entry is not None else None
+    if family == "facemesh":
+        from dms.vision.landmark_pose import LandmarkHeadPose
+
+        return LandmarkHeadPose.from_files(path, runtime=runtime, name=entry.name)  # type: ignore[union-attr]
+    session = create_session(path, runtime)
+    output = settings.output or (entry.output if entry is not None else "")
+    name = entry.name if entry is not None else Path(path).stem
+    return CnnHeadPose(session, name=name, output_format=output)

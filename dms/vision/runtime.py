@@ -1,0 +1,123 @@
+"""ONNX Runtime sessions from one factory.
+
+Provider order comes from :class:`RuntimeSettings` (TensorRT with fp16 and an engine cache,
+then CUDA, then CPU by default); providers this onnxruntime build lacks are skipped, and the
+provider that actually runs the model is logged (``session.get_providers()[0]``), not merely
+what ``get_available_providers()`` claims.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dms.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+
+_ORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """How ONNX models are run (the ``[vision.runtime]`` table of the config)."""
+
+    providers: tuple[ProviderName, ...] = field(
+        default=("tensorrt", "cuda", "cpu"),
+        metadata={"doc": "execution providers in order of preference; missing ones are skipped"},
+    )
+    intra_op_threads: int = field(
+        default=0, metadata={"doc": "threads inside one operator; 0 lets onnxruntime choose"}
+    )
+    inter_op_threads: int = field(
+        default=1, metadata={"doc": "threads across operators (1: sequential graph execution)"}
+    )
+    trt_fp16: bool = field(default=True, metadata={"doc": "TensorRT: build fp16 engines"})
+    trt_engine_cache_dir: str = field(
+        default="",
+        metadata={"doc": "TensorRT engine cache directory; empty: <state dir>/trt-cache"},
+    )
+    trt_workspace_mb: int = field(default=1024, metadata={"doc": "TensorRT builder workspace"})
+
+    def validate(self) -> None:
+        if not self.providers:
+            raise ValueError("providers: at least one provider is needed (e.g. ['cpu'])")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be >= 0")
+
+
+CPU_ONLY = RuntimeSettings(providers=("cpu",))
+
+
+def _provider_list(settings: RuntimeSettings, available: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for name in settings.providers:
+        ort_name = _ORT_NAMES[name]
+        if ort_name not in available:
+            log.debug("provider %s is not in this onnxruntime build; skipped", ort_name)
+            continue
+        if name == "tensorrt":
+            cache = settings.trt_engine_cache_dir or str(Path.home() / ".cache" / "dms" / "trt")
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            out.append(
+                (
+                    ort_name,
+                    {
+                        "trt_fp16_enable": settings.trt_fp16,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": cache,
+                        "trt_max_workspace_size": settings.trt_workspace_mb * 1024 * 1024,
+                    },
+                )
+            )
+        else:
+            out.append(ort_name)
+    if not out:
+        out.append(_ORT_NAMES["cpu"])
+    return out
+
+
+def check_onnx_file(path: str | Path) -> Path:
+    """Fail with a clear message if ``path`` is missing, unreadable or not an ONNX model."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: model file not found")
+    if not p.is_file():
+        raise ModelError(f"{p}: not a file")
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise ModelError(f"{p}: cannot read model file ({exc.strerror})") from None
+    # An ONNX ModelProto starts with field 1 (ir_version, varint: 0x08) in practice.
+    if len(head) < 8 or head[0] != 0x08:
+        raise ModelError(f"{p}: not an ONNX model (unexpected file contents)")
+    return p
+
+
+def create_session(path: str | Path, settings: RuntimeSettings = CPU_ONLY) -> Any:
+    """An ``onnxruntime.InferenceSession`` for ``path`` with the configured providers."""
+    import onnxruntime as ort
+
+    p = check_onnx_file(path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    providers = _provider_list(settings, ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(str(p), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{p}: onnxruntime cannot load it: {first[:300]}") from None
+    log.info("%s runs on %s", p.name, session.get_providers()[0])
+    return session
