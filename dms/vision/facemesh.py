@@ -1,0 +1,185 @@
+"""MediaPipe FaceMesh landmarks (468 points with depth) on a rotated square region of interest.
+
+The model (``models/face_landmark.onnx``, see ``models/MODELS.md``) sees a 192x192 RGB crop in
+[0, 1] and returns 468 x, y, z in crop pixels (z: relative depth in the same scale, smaller is
+nearer the camera) and a face-presence logit.
+
+The region of interest (:class:`FaceRoi`) is a square of side ``side_px`` centred on
+(``cx_px``, ``cy_px``), turned by ``angle_deg``: its x axis points along
+(cos angle, sin angle) in image pixels (y down, so a positive angle turns it clockwise on
+screen). The crop maps that square upright onto the network input, so a face whose eye line
+is along the ROI's x axis appears level to the network. Tracking follows MediaPipe's
+face-landmark graph:
+
+* first ROI from a detector box (:func:`roi_from_face_box`): the box centre, angle from the
+  right eye to the left eye (keypoints 0 -> 1), side 1.5 x the box's longer side;
+* next ROI from the landmarks (:func:`roi_from_landmarks`): angle from landmark 33 (right eye
+  outer corner) to 263 (left eye outer corner), centre and side from the landmarks' extent
+  measured along the ROI's own axes (MediaPipe measures it along the image axes, which
+  inflates the ROI of a rolled head; this keeps the crop the same when the head rolls),
+  side 1.5 x the longer extent.
+
+Re-running the landmark model on the ROI from its own landmarks converges in one or two steps,
+which is what lets the pipeline track a face without running the detector every frame.
+Coordinates are image pixels, OpenCV convention (pixel centres at integers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dms.errors import InputError, ModelError
+from dms.types import FaceBox
+
+NUM_LANDMARKS = 468
+RIGHT_EYE_OUTER = 33  # the subject's right eye, on the viewer's left
+LEFT_EYE_OUTER = 263
+ROI_SCALE = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRoi:
+    """A rotated square in image pixels (see the module doc for the angle convention)."""
+
+    cx_px: float
+    cy_px: float
+    side_px: float
+    angle_deg: float = 0.0
+
+    def corners(self) -> np.ndarray:
+        """The 4 corners (4, 2): top-left, top-right, bottom-right, bottom-left of the crop."""
+        a = math.radians(self.angle_deg)
+        ux = np.array([math.cos(a), math.sin(a)]) * 0.5 * self.side_px
+        uy = np.array([-math.sin(a), math.cos(a)]) * 0.5 * self.side_px
+        c = np.array([self.cx_px, self.cy_px])
+        return np.stack([c - ux - uy, c + ux - uy, c + ux + uy, c - ux + uy])
+
+
+@dataclass(frozen=True, slots=True)
+class FaceLandmarks:
+    """FaceMesh output for one ROI.
+
+    ``points_px`` (468, 3) float32: x, y in image pixels, z relative depth in the same pixel
+    scale (smaller is nearer the camera). ``presence`` is the model's face probability [0, 1].
+    """
+
+    points_px: np.ndarray
+    presence: float
+    roi: FaceRoi
+
+
+def roi_transform(roi: FaceRoi, size: int) -> np.ndarray:
+    """The 2x3 affine matrix mapping image pixel centres to crop pixel centres."""
+    a = math.radians(roi.angle_deg)
+    k = size / max(roi.side_px, 1e-6)
+    c, s = math.cos(a) * k, math.sin(a) * k
+    # crop = k * R(-a) (p - centre) + size / 2, in edge coordinates; centres are edges - 0.5.
+    half = 0.5 * size - 0.5
+    return np.array(
+        [
+            [c, s, half - c * roi.cx_px - s * roi.cy_px],
+            [-s, c, half + s * roi.cx_px - c * roi.cy_px],
+        ],
+        dtype=np.float64,
+    )
+
+
+def _angle_deg(start: np.ndarray, end: np.ndarray) -> float:
+    return math.degrees(math.atan2(float(end[1] - start[1]), float(end[0] - start[0])))
+
+
+def roi_from_face_box(box: FaceBox, scale: float = ROI_SCALE) -> FaceRoi:
+    """The first ROI from a detector box (MediaPipe's detection-to-ROI step).
+
+    With keypoints the ROI turns with the eye line (keypoint 0 right eye -> 1 left eye);
+    without, it is upright.
+    """
+    angle = 0.0
+    if box.keypoints is not None and len(box.keypoints) >= 2:
+        kp = np.asarray(box.keypoints, dtype=np.float64)
+        angle = _angle_deg(kp[0], kp[1])
+    cx, cy = box.center
+    return FaceRoi(cx, cy, scale * max(box.width, box.height), angle)
+
+
+def roi_from_landmarks(points_px: np.ndarray, scale: float = ROI_SCALE) -> FaceRoi:
+    """The next ROI from FaceMesh landmarks (468, 2 or 3) in image pixels."""
+    pts = np.asarray(points_px, dtype=np.float64)[:, :2]
+    angle = _angle_deg(pts[RIGHT_EYE_OUTER], pts[LEFT_EYE_OUTER])
+    a = math.radians(angle)
+    ux, uy = np.array([math.cos(a), math.sin(a)]), np.array([-math.sin(a), math.cos(a)])
+    u, v = pts @ ux, pts @ uy
+    cu, cv = 0.5 * (u.min() + u.max()), 0.5 * (v.min() + v.max())
+    side = scale * max(u.max() - u.min(), v.max() - v.min())
+    centre = cu * ux + cv * uy
+    return FaceRoi(float(centre[0]), float(centre[1]), float(side), angle)
+
+
+class FaceMeshLandmarker:
+    """FaceMesh on an injected onnxruntime session (``InferenceSession``-like).
+
+    The input size is read from the graph (192 for MediaPipe's model; NCHW or NHWC); the
+    outputs are told apart by size (1404 = 468 x 3 landmarks, 1 presence logit).
+    """
+
+    def __init__(self, session: Any, *, name: str = "facemesh") -> None:
+        self.name = name
+        self._session = session
+        inp = session.get_inputs()[0]
+        self._input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4 or not (shape[1] == 3 or shape[3] == 3):
+            raise ModelError(f"{name}: FaceMesh input must be 1x3xSxS or 1xSxSx3, got {shape}")
+        self._nchw = shape[1] == 3
+        h, w = (shape[2], shape[3]) if self._nchw else (shape[1], shape[2])
+        if not isinstance(h, int) or h != w:
+            raise ModelError(f"{name}: FaceMesh input must be square with a fixed size: {shape}")
+        self.input_size = int(h)
+        sizes = [
+            int(np.prod([d for d in o.shape if isinstance(d, int)])) for o in session.get_outputs()
+        ]
+        if NUM_LANDMARKS * 3 not in sizes or 1 not in sizes:
+            raise ModelError(
+                f"{name}: expected a {NUM_LANDMARKS * 3}-value landmark output and a 1-value "
+                f"presence output, got sizes {sizes}"
+            )
+        self._lm_index, self._flag_index = sizes.index(NUM_LANDMARKS * 3), sizes.index(1)
+
+    def crop(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[np.ndarray, np.ndarray]:
+        """The network input for ``roi`` (float32 RGB in [0, 1]) and the image->crop matrix."""
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.size == 0:
+            raise InputError(f"{self.name}: expected an HxWx3 BGR image, got {image_bgr.shape}")
+        if not roi.side_px > 1.0:
+            raise InputError(f"{self.name}: ROI side must be > 1 px, got {roi.side_px}")
+        size = self.input_size
+        A = roi_transform(roi, size)
+        crop = cv2.warpAffine(
+            image_bgr, A, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * (1.0 / 255.0)
+        x = x.transpose(2, 0, 1)[None] if self._nchw else x[None]
+        return np.ascontiguousarray(x), A
+
+    def landmarks(self, image_bgr: np.ndarray, roi: FaceRoi) -> FaceLandmarks:
+        """The 468 landmarks in image pixels and the face-presence probability for ``roi``."""
+        x, A = self.crop(image_bgr, roi)
+        outs = self._session.run(None, {self._input_name: x})
+        raw = np.asarray(outs[self._lm_index], dtype=np.float64).reshape(NUM_LANDMARKS, 3)
+        logit = float(np.asarray(outs[self._flag_index]).reshape(-1)[0])
+        presence = 1.0 / (1.0 + math.exp(-max(-100.0, min(100.0, logit))))
+        # Crop edge coordinates -> crop pixel centres -> image pixel centres.
+        lin, t = A[:, :2], A[:, 2]
+        xy = np.linalg.solve(lin, (raw[:, :2] - 0.5 - t).T).T
+        z = raw[:, 2] * (roi.side_px / self.input_size)
+        points = np.column_stack([xy, z]).astype(np.float32)
+        return FaceLandmarks(points, presence, roi)
+
+    def track(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[FaceLandmarks, FaceRoi]:
+        """Landmarks for ``roi`` and the ROI to use on the next frame."""
+        result = self.landmarks(image_bgr, roi)
+        return result, roi_from_landmarks(result.points_px)
