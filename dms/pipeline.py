@@ -41,7 +41,8 @@ class TrackingSettings:
         },
     )
     track_min_confidence: float = field(
-        default=0.5, metadata={"doc": "below this tracker confidence the face counts as lost"}
+        default=0.5,
+        metadata={"doc": "below this tracker confidence the next frame runs the detector"},
     )
 
     def validate(self) -> None:
@@ -125,8 +126,11 @@ class Perception:
                 self._track_state = None
                 if box is not None:
                     out = self._tracker.start(image, box)
-                    if out is not None and out[1].confidence >= tr.track_min_confidence:
-                        face, pose, self._track_state = out
+                    if out is not None:
+                        face, pose, state = out
+                        # keep following it only while the tracker is confident
+                        if pose.confidence >= tr.track_min_confidence:
+                            self._track_state = state
         else:
             reuse = tr.enabled and self._box is not None and self._since_detect <= max(
                 tr.box_reuse_frames, 0

@@ -1,0 +1,130 @@
+"""The embedded default head-pose estimator: FaceMesh landmarks + weighted Procrustes.
+
+1. A region of interest from the detector box (or from the previous frame's landmarks when
+   tracking) is cropped and FaceMesh returns 468 landmarks with depth in image pixels.
+2. The landmarks are moved into the camera frame (x right, y up, z toward the camera:
+   (x, -y, -z) since FaceMesh's y points down and its z grows away from the camera).
+3. A weighted similarity fit (Umeyama) maps the canonical face mesh onto them; its rotation
+   is the head rotation R (head -> camera), and the AFLW Euler angles are read from R.T.
+
+On a still image (``estimate``) the ROI is refined once from the first landmarks, as the
+tracker would on the next frame: MediaPipe's own ROI-from-landmarks step, which is more
+accurate than a raw detector box. Confidence is FaceMesh's face-presence probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dms import geometry
+from dms.types import FaceBox, HeadPose
+from dms.vision.canonical import CanonicalFaceMesh, load_canonical_mesh
+from dms.vision.facemesh import FaceLandmarks, FaceMeshLandmarker, FaceRoi, roi_from_face_box
+from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+
+_TO_CAMERA = np.array([1.0, -1.0, -1.0])
+
+Tracked = tuple[FaceBox, HeadPose, FaceRoi]
+
+
+@dataclass(frozen=True, slots=True)
+class LandmarkPoseSettings:
+    """Tuning of the landmark estimator (measured on AFLW2000-64, see docs/benchmarks.md)."""
+
+    points: Literal["procrustes", "all"] = field(
+        default="all",
+        metadata={"doc": "fit on MediaPipe's 33 weighted Procrustes landmarks or all 468"},
+    )
+    refine_steps: int = field(
+        default=1, metadata={"doc": "still images: re-crop from the landmarks this many times"}
+    )
+    min_presence: float = field(
+        default=0.5,
+        metadata={
+            "doc": "tracking: FaceMesh presence below this means the face left the ROI "
+            "(after a fresh detection the pose is returned anyway, with confidence = presence)"
+        },
+    )
+
+
+class LandmarkHeadPose:
+    """Head pose from FaceMesh landmarks fitted to the canonical mesh (see module doc)."""
+
+    def __init__(
+        self,
+        landmarker: FaceMeshLandmarker,
+        mesh: CanonicalFaceMesh,
+        settings: LandmarkPoseSettings = LandmarkPoseSettings(),
+        *,
+        name: str = "facemesh",
+    ) -> None:
+        self.landmarker = landmarker
+        self.settings = settings
+        self.name = name
+        if settings.points == "all":
+            self._ids = np.arange(mesh.num_vertices)
+            self._weights = np.ones(mesh.num_vertices)
+        else:
+            self._ids = mesh.procrustes_ids.astype(np.int64)
+            self._weights = mesh.procrustes_weights.astype(np.float64)
+        self._src = mesh.vertices_cm[self._ids].astype(np.float64)
+
+    @classmethod
+    def from_files(
+        cls,
+        model_path: str | Path,
+        *,
+        mesh_path: str | Path | None = None,
+        runtime: RuntimeSettings = CPU_ONLY,
+        settings: LandmarkPoseSettings = LandmarkPoseSettings(),
+        name: str = "facemesh",
+    ) -> LandmarkHeadPose:
+        landmarker = FaceMeshLandmarker(create_session(model_path, runtime), name=name)
+        return cls(landmarker, load_canonical_mesh(mesh_path), settings, name=name)
+
+    def rotation_from_landmarks(self, points_px: np.ndarray) -> np.ndarray:
+        """Head rotation R (head -> camera) from 468 landmarks in image pixels."""
+        dst = np.asarray(points_px, dtype=np.float64)[self._ids] * _TO_CAMERA
+        _, R, _ = geometry.weighted_procrustes(self._src, dst, self._weights)
+        return R
+
+    def _pose(self, lm: FaceLandmarks) -> HeadPose:
+        R = self.rotation_from_landmarks(lm.points_px)
+        pitch, yaw, roll = geometry.euler_from_rotation(R)
+        return HeadPose(R, pitch, yaw, roll, lm.presence)
+
+    @staticmethod
+    def _box(lm: FaceLandmarks, score: float) -> FaceBox:
+        p = lm.points_px
+        return FaceBox(
+            float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()),
+            float(p[:, 1].max()), score,
+        )
+
+    def _run(self, image_bgr: np.ndarray, roi: FaceRoi) -> Tracked:
+        lm, next_roi = self.landmarker.track(image_bgr, roi)
+        return self._box(lm, lm.presence), self._pose(lm), next_roi
+
+    def start(self, image_bgr: np.ndarray, face: FaceBox) -> Tracked:
+        """First frame after a detection: ROI from the box, refined from the landmarks.
+
+        The detector has already said a face is there, so a pose is always returned; its
+        confidence is FaceMesh's presence, which is low on near-profile faces (where the
+        pose is least accurate) and tells the caller not to keep tracking from it.
+        """
+        out = self._run(image_bgr, roi_from_face_box(face))
+        for _ in range(self.settings.refine_steps):
+            out = self._run(image_bgr, out[2])
+        return out
+
+    def track(self, image_bgr: np.ndarray, previous: FaceRoi) -> Tracked | None:
+        """Next frame: landmarks in the ROI the previous landmarks gave; None when lost."""
+        out = self._run(image_bgr, previous)
+        return out if out[1].confidence >= self.settings.min_presence else None
+
+    def estimate(self, image_bgr: np.ndarray, face: FaceBox) -> HeadPose:
+        return self.start(image_bgr, face)[1]
