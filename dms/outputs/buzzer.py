@@ -1,0 +1,441 @@
+"""The in-cab buzzer: beep patterns per alert level, a bounded mute, a maximum continuous
+on-time, and backends for libgpiod v2, Jetson.GPIO, an external command, or none.
+
+The pattern logic is pure and driven by timestamps (``update(now_s)``), so tests need no sleep;
+:class:`BuzzerThread` drives it in the service. Hardware libraries are imported only when their
+backend is opened. The line is forced off on close, at interpreter exit (atexit), when muted,
+and by :meth:`Buzzer.force_off` (for the service's signal handlers).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from dms.errors import DmsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BeepPattern:
+    """``on_off_s``: alternating on and off durations starting with on; played ``repeat``
+    times. ``repeat = 0`` is silent."""
+
+    on_off_s: tuple[float, ...] = field(default=(0.2, 0.8),
+                                        metadata={"doc": "on, off, on, ... durations (s)"})
+    repeat: int = field(default=1, metadata={"doc": "times the sequence is played"})
+
+    def validate(self) -> None:
+        if not self.on_off_s:
+            raise ValueError("on_off_s must not be empty")
+        if any(not math.isfinite(d) or d < 0 for d in self.on_off_s):
+            raise ValueError(f"on_off_s {self.on_off_s}: durations must be finite and >= 0")
+        if self.repeat < 0:
+            raise ValueError("repeat must be >= 0")
+
+    @property
+    def duration_s(self) -> float:
+        return sum(self.on_off_s) * self.repeat
+
+
+def default_patterns() -> dict[str, BeepPattern]:
+    """Level 1: one short chirp; 2: five quick beeps; 3: insistent, ~8 s (levels of the engine's
+    escalation, cf. openpilot's silent / sound / full alert)."""
+    return {
+        "1": BeepPattern((0.1, 0.9), 1),
+        "2": BeepPattern((0.2, 0.2), 5),
+        "3": BeepPattern((0.6, 0.2), 10),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class BuzzerSettings:
+    """The ``[buzzer]`` table of the configuration file."""
+
+    backend: Literal["none", "gpiod", "jetson", "command"] = field(
+        default="none", metadata={"doc": "how the buzzer line is driven"})
+    gpiod_chip: str = field(default="/dev/gpiochip0", metadata={"doc": "gpiod: chip device"})
+    gpiod_line: int = field(default=-1, metadata={"doc": "gpiod: line offset on the chip"})
+    jetson_pin: int = field(default=-1, metadata={"doc": "jetson: pin number"})
+    jetson_pin_mode: Literal["BOARD", "BCM"] = field(
+        default="BOARD", metadata={"doc": "jetson: numbering of jetson_pin"})
+    active_low: bool = field(default=False, metadata={"doc": "line is active low"})
+    command_on: tuple[str, ...] = field(
+        default=(), metadata={"doc": "command: argv run to switch on (no shell)"})
+    command_off: tuple[str, ...] = field(
+        default=(), metadata={"doc": "command: argv run to switch off (no shell)"})
+    command_timeout_s: float = field(default=2.0, metadata={"doc": "command: time limit"})
+    max_on_s: float = field(default=2.0,
+                            metadata={"doc": "longest continuous on-time; then forced off"})
+    max_mute_s: float = field(default=600.0, metadata={"doc": "longest mute a command may ask"})
+    update_period_s: float = field(default=0.02,
+                                   metadata={"doc": "how often the driver thread updates"})
+    patterns: dict[str, BeepPattern] = field(
+        default_factory=default_patterns,
+        metadata={"doc": "beep pattern per alert level (replaces the defaults as a whole)"})
+
+    def validate(self) -> None:
+        if self.backend == "gpiod" and self.gpiod_line < 0:
+            raise ValueError("backend 'gpiod' needs gpiod_line (the line offset)")
+        if self.backend == "jetson" and self.jetson_pin < 0:
+            raise ValueError("backend 'jetson' needs jetson_pin")
+        if self.backend == "command" and not (self.command_on and self.command_off):
+            raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
+        if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
+            raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
+
+
+# -- the line -----------------------------------------------------------------------------------
+
+
+class BuzzerLine(Protocol):
+    """One output line. ``set`` is called only when the wanted state changes."""
+
+    def set(self, on: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullLine:
+    """No buzzer fitted."""
+
+    def set(self, on: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class GpiodLine:
+    """libgpiod v2 Python bindings (``pip install gpiod``, >= 2.0)."""
+
+    def __init__(self, chip: str, offset: int, active_low: bool = False) -> None:
+        try:
+            import gpiod
+        except ImportError as exc:
+            raise DmsError("buzzer backend 'gpiod' needs the libgpiod v2 Python bindings: "
+                           "pip install 'gpiod>=2'") from exc
+        if not hasattr(gpiod, "request_lines"):
+            raise DmsError("buzzer backend 'gpiod': the installed gpiod module is the v1 API; "
+                           "install the v2 bindings: pip install 'gpiod>=2'")
+        if not Path(chip).exists():
+            raise DmsError(f"buzzer: GPIO chip {chip} does not exist (see ls /dev/gpiochip*)")
+        from gpiod.line import Direction, Value
+
+        self._active, self._inactive = Value.ACTIVE, Value.INACTIVE
+        self._offset = offset
+        try:
+            self._request = gpiod.request_lines(
+                chip, consumer="dms-buzzer",
+                config={offset: gpiod.LineSettings(direction=Direction.OUTPUT,
+                                                   output_value=Value.INACTIVE,
+                                                   active_low=active_low)})
+        except PermissionError as exc:
+            raise DmsError(f"buzzer: no permission on {chip}; add the user to group 'gpio' and "
+                           "install systemd/99-dms-gpio.rules") from exc
+        except (OSError, ValueError) as exc:
+            raise DmsError(f"buzzer: cannot request line {offset} of {chip}: {exc}") from exc
+
+    def set(self, on: bool) -> None:
+        self._request.set_value(self._offset, self._active if on else self._inactive)
+
+    def close(self) -> None:
+        self._request.release()
+
+
+class JetsonGpioLine:
+    """NVIDIA's Jetson.GPIO (>= 2.1 uses the GPIO character device)."""
+
+    def __init__(self, pin: int, mode: str = "BOARD", active_low: bool = False) -> None:
+        try:
+            import Jetson.GPIO as GPIO
+        except ImportError as exc:
+            raise DmsError("buzzer backend 'jetson' needs the Jetson.GPIO package: "
+                           "pip install Jetson.GPIO") from exc
+        except RuntimeError as exc:  # raised at import on a board it does not recognise
+            raise DmsError(f"buzzer backend 'jetson': Jetson.GPIO cannot run here: {exc}") from exc
+        self._gpio = GPIO
+        self._pin = pin
+        self._on = GPIO.LOW if active_low else GPIO.HIGH
+        self._off = GPIO.HIGH if active_low else GPIO.LOW
+        try:
+            GPIO.setmode(GPIO.BOARD if mode == "BOARD" else GPIO.BCM)
+            GPIO.setup(pin, GPIO.OUT, initial=self._off)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise DmsError(f"buzzer: Jetson.GPIO cannot use {mode} pin {pin}: {exc}") from exc
+
+    def set(self, on: bool) -> None:
+        self._gpio.output(self._pin, self._on if on else self._off)
+
+    def close(self) -> None:
+        self._gpio.cleanup(self._pin)
+
+
+class CommandLine:
+    """Runs a configured program (argv list, never a shell) to switch the line."""
+
+    def __init__(self, on_argv: Sequence[str], off_argv: Sequence[str],
+                 timeout_s: float = 2.0) -> None:
+        for what, argv in (("command_on", on_argv), ("command_off", off_argv)):
+            if not argv:
+                raise DmsError(f"buzzer.{what}: empty command")
+            if shutil.which(argv[0]) is None:
+                raise DmsError(f"buzzer.{what}: program {argv[0]!r} not found or not executable")
+        self._on = list(on_argv)
+        self._off = list(off_argv)
+        self._timeout_s = timeout_s
+
+    def set(self, on: bool) -> None:
+        argv = self._on if on else self._off
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=self._timeout_s, check=False, shell=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("buzzer command %s failed: %s", argv[0], exc)
+            return
+        if done.returncode != 0:
+            log.error("buzzer command %s exited %d: %s", argv[0], done.returncode,
+                      done.stderr.decode(errors="replace").strip()[:200])
+
+    def close(self) -> None:
+        pass
+
+
+def open_line(settings: BuzzerSettings) -> BuzzerLine:
+    """The line of the configured backend; DmsError naming a missing package or chip."""
+    if settings.backend == "gpiod":
+        return GpiodLine(settings.gpiod_chip, settings.gpiod_line, settings.active_low)
+    if settings.backend == "jetson":
+        return JetsonGpioLine(settings.jetson_pin, settings.jetson_pin_mode, settings.active_low)
+    if settings.backend == "command":
+        return CommandLine(settings.command_on, settings.command_off, settings.command_timeout_s)
+    return NullLine()
+
+
+# -- patterns (pure) ----------------------------------------------------------------------------
+
+
+def _rank(level: str) -> float:
+    try:
+        return float(level)
+    except ValueError:
+        return 0.0
+
+
+class PatternPlayer:
+    """Which state the line should have at ``now_s`` for the pattern being played. Pure."""
+
+    def __init__(self, patterns: Mapping[str, BeepPattern]) -> None:
+        if not patterns:
+            raise ValueError("no beep patterns")
+        self._patterns = dict(patterns)
+        self._level: str | None = None
+        self._start_s = 0.0
+
+    def resolve(self, level: object) -> str:
+        """The pattern key for an alert level; an unknown level plays the highest pattern
+        (a loud false alarm is safer than a silent true one)."""
+        key = str(level.value if hasattr(level, "value") else level)
+        if key in self._patterns:
+            return key
+        highest = max(self._patterns, key=_rank)
+        log.warning("buzzer: no pattern for level %r; playing level %s", key, highest)
+        return highest
+
+    def play(self, level: object, now_s: float) -> bool:
+        """Start the pattern of ``level`` unless a higher level is still playing."""
+        key = self.resolve(level)
+        if self._level is not None and self.playing(now_s) and _rank(self._level) > _rank(key):
+            return False
+        self._level, self._start_s = key, now_s
+        return True
+
+    def stop(self) -> None:
+        self._level = None
+
+    def playing(self, now_s: float) -> bool:
+        if self._level is None:
+            return False
+        return now_s - self._start_s < self._patterns[self._level].duration_s
+
+    @property
+    def level(self) -> str | None:
+        return self._level
+
+    def desired(self, now_s: float) -> bool:
+        if self._level is None:
+            return False
+        pattern = self._patterns[self._level]
+        elapsed = now_s - self._start_s
+        if elapsed < 0 or elapsed >= pattern.duration_s:
+            return False
+        elapsed %= sum(pattern.on_off_s)
+        for i, d in enumerate(pattern.on_off_s):
+            if elapsed < d:
+                return i % 2 == 0
+            elapsed -= d
+        return False
+
+
+class Buzzer:
+    """Patterns + mute + max on-time on top of one line. Thread-safe.
+
+    ``clock`` (monotonic seconds) is used only where a call gives no ``now_s``.
+    """
+
+    def __init__(self, settings: BuzzerSettings, line: BuzzerLine, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 register_atexit: bool = True) -> None:
+        self.settings = settings
+        self._line = line
+        self._clock = clock
+        self._player = PatternPlayer(settings.patterns)
+        self._lock = threading.RLock()
+        self._is_on = False
+        self._on_since_s: float | None = None
+        self._guard_tripped = False
+        self._muted_until_s = -math.inf
+        self._closed = False
+        self._atexit = register_atexit
+        if register_atexit:
+            atexit.register(self.force_off)
+
+    @property
+    def is_on(self) -> bool:
+        return self._is_on
+
+    def _write(self, on: bool) -> None:
+        if on == self._is_on:
+            return
+        self._line.set(on)
+        self._is_on = on
+
+    def alert(self, level: object, now_s: float | None = None) -> None:
+        """Start the beep pattern of ``level`` (e.g. an event's level) and update the line."""
+        now = self._clock() if now_s is None else now_s
+        with self._lock:
+            self._player.play(level, now)
+            self.update(now)
+
+    def update(self, now_s: float | None = None) -> bool:
+        """Drive the line for time ``now_s``; returns the line state."""
+        now = self._clock() if now_s is None else now_s
+        with self._lock:
+            if self._closed:
+                return False
+            want = self._player.desired(now) and not self.muted(now)
+            if not want:
+                self._guard_tripped = False
+                self._on_since_s = None
+            elif self._guard_tripped:
+                want = False
+            elif self._on_since_s is None:
+                self._on_since_s = now
+            elif now - self._on_since_s >= self.settings.max_on_s:
+                log.warning("buzzer: on for %.1f s, the maximum; forced off",
+                            now - self._on_since_s)
+                self._guard_tripped = True
+                want = False
+            self._write(want)
+            return want
+
+    def muted(self, now_s: float | None = None) -> bool:
+        now = self._clock() if now_s is None else now_s
+        return now < self._muted_until_s
+
+    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, Any]:
+        """Silence the buzzer for ``duration_s`` (0 < duration_s <= max_mute_s).
+
+        Raises ValueError beyond the bound (the MQTT dispatcher turns it into a reply).
+        """
+        if not (math.isfinite(duration_s) and 0 < duration_s <= self.settings.max_mute_s):
+            raise ValueError(f"mute duration_s must be in (0, {self.settings.max_mute_s:g}], "
+                             f"got {duration_s!r}")
+        now = self._clock() if now_s is None else now_s
+        with self._lock:
+            self._muted_until_s = now + duration_s
+            self.update(now)
+        log.info("buzzer muted for %.0f s", duration_s)
+        return {"muted_s": duration_s}
+
+    def unmute(self) -> None:
+        with self._lock:
+            self._muted_until_s = -math.inf
+
+    def silence(self) -> None:
+        """Stop the current pattern and switch the line off."""
+        with self._lock:
+            self._player.stop()
+            self.force_off()
+
+    def force_off(self) -> None:
+        """Switch the line off now. Never raises (safe in atexit and signal handlers)."""
+        try:
+            self._line.set(False)
+            self._is_on = False
+            self._on_since_s = None
+        except Exception:  # on exit paths, report and carry on
+            log.exception("buzzer: could not switch the line off")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._player.stop()
+            self.force_off()
+            self._closed = True
+            try:
+                self._line.close()
+            except Exception:
+                log.exception("buzzer: closing the line failed")
+        if self._atexit:
+            atexit.unregister(self.force_off)
+
+
+def open_buzzer(settings: BuzzerSettings, **kwargs: Any) -> Buzzer:
+    """A Buzzer on the configured backend (DmsError if its library or chip is missing)."""
+    return Buzzer(settings, open_line(settings), **kwargs)
+
+
+class BuzzerThread:
+    """Calls ``buzzer.update()`` every ``period_s`` on a daemon thread; forces off on stop."""
+
+    def __init__(self, buzzer: Buzzer, period_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._buzzer = buzzer
+        self._period_s = period_s or buzzer.settings.update_period_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> BuzzerThread:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dms-buzzer", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self._period_s):
+                self._buzzer.update(self._clock())
+        except Exception:
+            log.exception("buzzer thread failed; line forced off")
+        finally:
+            self._buzzer.force_off()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        self._buzzer.force_off()

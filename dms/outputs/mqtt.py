@@ -1,0 +1,636 @@
+"""The one MQTT communicator: status with Last Will, retained state, durable alerts, rate-limited
+telemetry, commands through one dispatcher table, optional Home Assistant discovery.
+
+Threads: the caller (service loop) calls ``publish_*``; paho's network thread runs the
+callbacks; one worker thread owns the hand-over of outbox rows to paho and the deletion of
+acknowledged rows. Callbacks only put items on the worker's queue (paho calls ``on_publish``
+with its own lock held, so taking ours there could deadlock with ``publish``).
+
+Delivery (see docs/mqtt.md): alerts are committed to the outbox before publishing and deleted
+on PUBACK: at-least-once; a crash between PUBACK and delete re-sends the alert on restart, so
+subscribers de-duplicate on ``(stream, seq)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from dms.errors import DmsError
+from dms.outputs.outbox import Outbox, OutboxStats
+from dms.outputs.topics import Topics
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_SCHEMA = 1
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The ``[mqtt]`` table of the configuration file."""
+
+    enabled: bool = field(default=True, metadata={"doc": "publish to a broker at all"})
+    host: str = field(default="localhost", metadata={"doc": "broker host name or address"})
+    port: int = field(default=1883, metadata={"doc": "broker port (8883 is usual with TLS)"})
+    prefix: str = field(default="dms", metadata={"doc": "first topic level(s), e.g. fleet/dms"})
+    device_id: str = field(default="", metadata={"doc": "second topic level; empty: host name"})
+    client_id: str = field(default="", metadata={"doc": "MQTT client id; empty: dms-<device_id>"})
+    protocol: Literal["3.1.1", "5"] = field(
+        default="5", metadata={"doc": "MQTT version; 5 reports refused publishes (ACL denials)"})
+    keepalive_s: int = field(default=30, metadata={"doc": "keepalive; the Will fires after "
+                                                          "1.5x this if the link dies silently"})
+    reconnect_min_s: int = field(default=1, metadata={"doc": "first reconnect delay"})
+    reconnect_max_s: int = field(default=30, metadata={"doc": "reconnect back-off ceiling"})
+    username: str = field(default="", metadata={"doc": "broker user name; empty: anonymous"})
+    password_env: str = field(
+        default="DMS_MQTT_PASSWORD",
+        metadata={"doc": "environment variable holding the password (read when the client is "
+                         "built; put it in /etc/dms/dms.env)"})
+    tls: bool = field(default=False, metadata={"doc": "connect with TLS"})
+    tls_ca_file: str = field(default="", metadata={"doc": "CA bundle; empty: system CAs"})
+    tls_cert_file: str = field(default="", metadata={"doc": "client certificate (mutual TLS)"})
+    tls_key_file: str = field(default="", metadata={"doc": "client private key (mutual TLS)"})
+    tls_insecure: bool = field(default=False,
+                               metadata={"doc": "skip host name check (bench use only)"})
+    telemetry_interval_s: float = field(
+        default=1.0, metadata={"doc": "minimum time between telemetry messages; 0 disables"})
+    outbox_file: str = field(default="outbox.sqlite3",
+                             metadata={"doc": "outbox database, relative to the state directory"})
+    outbox_max_messages: int = field(
+        default=10_000, metadata={"doc": "outbox bound; telemetry is refused/evicted first, "
+                                         "alerts are kept beyond it and reported"})
+    outbox_max_telemetry: int = field(
+        default=600, metadata={"doc": "telemetry rows kept while offline (10 min at 1 Hz)"})
+    max_inflight: int = field(default=20,
+                              metadata={"doc": "outbox rows handed to paho before PUBACKs"})
+    command_max_bytes: int = field(default=4096,
+                                   metadata={"doc": "larger command payloads are rejected"})
+    ha_discovery: bool = field(default=False,
+                               metadata={"doc": "publish Home Assistant discovery configs"})
+    ha_discovery_prefix: str = field(default="homeassistant",
+                                     metadata={"doc": "Home Assistant discovery prefix"})
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not in 1..65535")
+        if self.keepalive_s < 5:
+            raise ValueError("keepalive_s must be >= 5")
+        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
+            raise ValueError("need 1 <= reconnect_min_s <= reconnect_max_s")
+        if self.telemetry_interval_s < 0:
+            raise ValueError("telemetry_interval_s must be >= 0")
+        if self.outbox_max_messages < 1 or self.outbox_max_telemetry < 0:
+            raise ValueError("outbox_max_messages must be >= 1 and outbox_max_telemetry >= 0")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+class CommandRejected(DmsError):
+    """A handler refuses a well-formed command (e.g. mute longer than allowed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrateCommand:
+    """Start neutral-pose calibration."""
+
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MuteCommand:
+    """Mute the buzzer for ``duration_s`` (the buzzer enforces its upper bound)."""
+
+    duration_s: float
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateRequest:
+    """Publish the current state again."""
+
+    request_id: str | None = None
+
+
+Command = CalibrateCommand | MuteCommand | StateRequest
+CommandHandler = Callable[[Any], Mapping[str, Any] | None]
+
+
+def _no_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
+    if args:
+        raise CommandRejected(f"{name}: takes no arguments, got {sorted(args)}")
+    return CalibrateCommand(request_id) if name == "calibrate" else StateRequest(request_id)
+
+
+def _mute_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
+    unknown = sorted(set(args) - {"duration_s"})
+    if unknown:
+        raise CommandRejected(f"{name}: unknown argument {unknown[0]!r} (known: duration_s)")
+    value = args.get("duration_s")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CommandRejected(f"{name}: duration_s must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise CommandRejected(f"{name}: duration_s must be > 0 and finite, got {value!r}")
+    return MuteCommand(float(value), request_id)
+
+
+#: The dispatcher table: command name -> parser of its arguments. Handlers are injected.
+COMMAND_PARSERS: Mapping[str, Callable[[str, dict[str, Any], str | None], Command]] = {
+    "calibrate": _no_args,
+    "mute": _mute_args,
+    "state": _no_args,
+}
+
+
+def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
+    """Validate one command message. Raises CommandRejected naming what is wrong.
+
+    The payload is empty, a JSON object (optional ``request_id`` plus the command's
+    arguments), or for ``mute`` a bare number of seconds.
+    """
+    if name not in COMMAND_PARSERS:
+        raise CommandRejected(f"unknown command {name!r} (known: {', '.join(COMMAND_PARSERS)})")
+    if len(payload) > max_bytes:
+        raise CommandRejected(f"{name}: payload of {len(payload)} bytes exceeds {max_bytes}")
+    text = payload.decode("utf-8", errors="strict").strip() if payload else ""
+    if not text:
+        args: Any = {}
+    else:
+        try:
+            args = json.loads(text)
+        except ValueError as exc:
+            raise CommandRejected(f"{name}: payload is not JSON: {exc}") from None
+    if name == "mute" and isinstance(args, (int, float)) and not isinstance(args, bool):
+        args = {"duration_s": args}
+    if not isinstance(args, dict):
+        raise CommandRejected(f"{name}: payload must be a JSON object, got {type(args).__name__}")
+    request_id = args.pop("request_id", None)
+    if request_id is not None and not isinstance(request_id, (str, int)):
+        raise CommandRejected(f"{name}: request_id must be a string")
+    return COMMAND_PARSERS[name](name, args, None if request_id is None else str(request_id))
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-safe copy: enums by value, numpy scalars/arrays as numbers/lists, NaN/inf -> None.
+
+    An alert must never be lost to a serialisation error, so anything else becomes its str().
+    """
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Enum):
+        return jsonable(obj.value)
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return jsonable(tolist())
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return jsonable(to_dict())
+    return str(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(jsonable(obj), separators=(",", ":"), allow_nan=False).encode()
+
+
+# -- the communicator --------------------------------------------------------------------------
+
+
+class MqttCommunicator:
+    """Everything the service sends to or receives from the broker.
+
+    ``state_dir`` holds the outbox database. ``environ`` is read once, when the client is
+    built in :meth:`start` (default: ``os.environ``). ``on_outbox_over_bound`` is called (from
+    the caller's thread) when alerts alone exceed the outbox bound.
+    """
+
+    def __init__(self, settings: MqttSettings, state_dir: Path | str, *,
+                 environ: Mapping[str, str] | None = None,
+                 clock_wall: Callable[[], float] = time.time,
+                 on_outbox_over_bound: Callable[[OutboxStats], None] | None = None,
+                 sw_version: str = "") -> None:
+        self.settings = settings
+        self.state_dir = Path(state_dir)
+        self._environ = environ
+        self._clock_wall = clock_wall
+        self._on_over_bound = on_outbox_over_bound
+        self._sw_version = sw_version
+        device_id = settings.device_id or socket.gethostname().split(".")[0]
+        self.topics = Topics(settings.prefix, device_id)
+        self._handlers: dict[str, CommandHandler] = {}
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._connected = threading.Event()
+        self._drained = threading.Condition()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (worker thread only)
+        self._cursor = 0  # highest outbox row id handed to paho (worker thread only)
+        self._state_payload: bytes | None = None
+        self._last_telemetry_t_s: float | None = None
+        self._client: Any = None
+        self._outbox: Outbox | None = None
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._connect_failures = 0
+        self._counters = {"alerts_sent": 0, "alerts_acked": 0, "alerts_rejected": 0,
+                          "telemetry_sent": 0, "telemetry_dropped": 0, "commands_ok": 0,
+                          "commands_rejected": 0, "connects": 0}
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> MqttCommunicator:
+        """Open the outbox, build the client and connect in the background (never blocks on
+        the broker: the outbox keeps alerts until it is reachable)."""
+        if self._outbox is not None:
+            return self
+        s = self.settings
+        self._outbox = Outbox(self.state_dir / s.outbox_file, max_messages=s.outbox_max_messages,
+                              max_telemetry=s.outbox_max_telemetry, clock_wall=self._clock_wall)
+        pending = len(self._outbox)
+        if pending:
+            log.info("outbox %s: %d message(s) left by a previous run will be sent first",
+                     self._outbox.path, pending)
+        self._client = self._build_client(os.environ if self._environ is None else self._environ)
+        self._worker = threading.Thread(target=self._work, name="dms-mqtt-outbox", daemon=True)
+        self._worker.start()
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        self._client.loop_start()
+        return self
+
+    def _build_client(self, environ: Mapping[str, str]) -> Any:
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise DmsError("mqtt: needs the paho-mqtt package (pip install 'paho-mqtt>=2')"
+                           ) from exc
+        s = self.settings
+        client_id = s.client_id or f"dms-{self.topics.device_id}"
+        protocol = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=protocol)
+        # paho logs expected states (e.g. "not connected" while the broker is away) as errors;
+        # our callbacks report connection changes, so paho's own lines go to debug
+        paho_log = logging.getLogger(__name__ + ".paho")
+        client.on_log = lambda _c, _u, _level, text: paho_log.debug("%s", text)
+        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
+        client.max_inflight_messages_set(s.max_inflight)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        if s.username:
+            password = environ.get(s.password_env) if s.password_env else None
+            if s.password_env and password is None:
+                log.warning("mqtt: user %r but environment variable %s is not set; connecting "
+                            "without a password", s.username, s.password_env)
+            client.username_pw_set(s.username, password)
+        if s.tls:
+            for what, path in (("tls_ca_file", s.tls_ca_file), ("tls_cert_file", s.tls_cert_file),
+                               ("tls_key_file", s.tls_key_file)):
+                if path and not Path(path).is_file():
+                    raise DmsError(f"mqtt.{what}: {path} does not exist or is not a file")
+            try:
+                client.tls_set(ca_certs=s.tls_ca_file or None, certfile=s.tls_cert_file or None,
+                               keyfile=s.tls_key_file or None)
+            except (OSError, ValueError) as exc:
+                raise DmsError(f"mqtt: TLS set-up failed: {exc}") from exc
+            client.tls_insecure_set(s.tls_insecure)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def stop(self, drain_timeout_s: float = 0.0) -> None:
+        """Optionally wait for the outbox to drain, publish ``offline``, disconnect, close.
+
+        Whatever is still in the outbox is sent by the next process using the same state dir.
+        """
+        if self._outbox is None or self._stopping:
+            return
+        if drain_timeout_s > 0:
+            self.wait_drained(drain_timeout_s)
+        self._stopping = True
+        client = self._client
+        if self._connected.is_set():
+            try:
+                info = client.publish(self.topics.status, "offline", qos=1, retain=True)
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("mqtt: offline status not confirmed: %s", exc)
+        client.disconnect()
+        client.loop_stop()
+        self._queue.put(_STOP)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+        left = len(self._outbox)
+        if left:
+            log.warning("mqtt: %d message(s) remain in %s for the next run", left,
+                        self._outbox.path)
+        self._outbox.close()
+
+    def __enter__(self) -> MqttCommunicator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _require_started(self) -> Outbox:
+        if self._outbox is None or self._stopping:
+            raise RuntimeError("MqttCommunicator is not running (call start() first)")
+        return self._outbox
+
+    def publish_alert(self, event: Mapping[str, Any]) -> int:
+        """Store ``event`` (a JSON-able dict, e.g. ``Event.to_dict()``) durably, then send it.
+
+        Returns its sequence number. The alert is on disk when this returns.
+        """
+        outbox = self._require_started()
+        body = jsonable(event)
+
+        def build(seq: int) -> bytes:
+            return dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
+                          "stream": outbox.stream_id, "seq": seq,
+                          "queued_wall_s": round(self._clock_wall(), 3), "event": body})
+
+        result = outbox.put_alert(self.topics.alert, build, qos=1)
+        if result.over_bound:
+            stats = outbox.stats()
+            log.error("mqtt outbox %s holds %d undelivered alerts, above its bound of %d; "
+                      "keeping them all (alerts are never dropped); %d over so far",
+                      outbox.path, stats.pending_alerts, outbox.max_messages,
+                      stats.alerts_over_bound)
+            if self._on_over_bound is not None:
+                self._on_over_bound(stats)
+        self._queue.put(("kick",))
+        assert result.row.seq is not None
+        return result.row.seq
+
+    def publish_state(self, state: Mapping[str, Any]) -> None:
+        """Publish the retained state (also re-sent on every reconnect)."""
+        self._require_started()
+        payload = dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
+                         "wall_s": round(self._clock_wall(), 3), "state": state})
+        self._state_payload = payload
+        if self._connected.is_set():
+            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+
+    def publish_telemetry(self, data: Mapping[str, Any], t_s: float) -> bool:
+        """Send pose telemetry at QoS 0 if at least ``telemetry_interval_s`` passed since the
+        last one (``t_s``: monotonic seconds). Offline, it is queued in the outbox while there
+        is room. Returns whether it was sent or queued."""
+        outbox = self._require_started()
+        interval = self.settings.telemetry_interval_s
+        if interval <= 0:
+            return False
+        last = self._last_telemetry_t_s
+        if last is not None and t_s - last < interval:
+            return False
+        self._last_telemetry_t_s = t_s
+        payload = dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id, "t_s": t_s,
+                         "wall_s": round(self._clock_wall(), 3), "telemetry": data})
+        if self._connected.is_set():
+            self._client.publish(self.topics.telemetry, payload, qos=0)
+            self._counters["telemetry_sent"] += 1
+            return True
+        if outbox.put_telemetry(self.topics.telemetry, payload, qos=0) is None:
+            self._counters["telemetry_dropped"] += 1
+            return False
+        self._queue.put(("kick",))
+        return True
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def set_command_handler(self, name: str, handler: CommandHandler) -> None:
+        """Route command ``name`` (a key of COMMAND_PARSERS) to ``handler(command)``.
+
+        Handlers run on paho's network thread: they must return quickly (hand work to the
+        service loop). A returned mapping is sent back as the reply's ``result``; raising
+        CommandRejected or ValueError rejects the command with that reason.
+        """
+        if name not in COMMAND_PARSERS:
+            raise ValueError(f"unknown command {name!r} (known: {', '.join(COMMAND_PARSERS)})")
+        self._handlers[name] = handler
+
+    def set_command_handlers(self, handlers: Mapping[str, CommandHandler]) -> None:
+        for name, handler in handlers.items():
+            self.set_command_handler(name, handler)
+
+    def _dispatch(self, name: str, payload: bytes) -> dict[str, Any]:
+        request_id = None
+        try:
+            command = parse_command(name, payload, self.settings.command_max_bytes)
+            request_id = command.request_id
+            handler = self._handlers.get(name)
+            if handler is None:
+                if name == "state":
+                    result = self._republish_state()
+                else:
+                    raise CommandRejected(f"{name}: not available on this device")
+            else:
+                result = handler(command)
+        except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            self._counters["commands_rejected"] += 1
+            log.warning("mqtt command %r rejected: %s", name, exc)
+            return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
+        except Exception as exc:  # a handler bug must not kill the network thread
+            self._counters["commands_rejected"] += 1
+            log.exception("mqtt command %r: handler failed", name)
+            return {"command": name, "request_id": request_id, "ok": False,
+                    "error": f"internal error: {type(exc).__name__}: {exc}"}
+        self._counters["commands_ok"] += 1
+        log.info("mqtt command %r accepted", name)
+        return {"command": name, "request_id": request_id, "ok": True, "error": None,
+                "result": dict(result) if result else None}
+
+    def _republish_state(self) -> dict[str, Any]:
+        if self._state_payload is None:
+            return {"published": False}
+        self._client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        return {"published": True}
+
+    # -- paho callbacks (network thread) -------------------------------------------------------
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any,
+                    _properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt: broker %s:%d refused the connection: %s", self.settings.host,
+                      self.settings.port, reason_code)
+            return
+        self._connect_failures = 0
+        self._counters["connects"] += 1
+        log.info("mqtt: connected to %s:%d as %s", self.settings.host, self.settings.port,
+                 self.topics.base)
+        client.subscribe(self.topics.command_filter, qos=1)
+        client.publish(self.topics.status, "online", qos=1, retain=True)
+        if self._state_payload is not None:
+            client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        if self.settings.ha_discovery:
+            configs = ha_discovery_configs(self.topics, self.settings.ha_discovery_prefix,
+                                           self._sw_version)
+            for topic, config in configs:
+                client.publish(topic, dumps(config), qos=1, retain=True)
+        self._connected.set()
+        self._queue.put(("connected",))
+
+    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+        self._connect_failures += 1
+        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
+        log.log(level, "mqtt: cannot reach broker %s:%d (attempt %d); alerts wait in the outbox",
+                self.settings.host, self.settings.port, self._connect_failures)
+
+    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any,
+                       _properties: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stopping:
+            log.warning("mqtt: disconnected (%s); reconnecting, alerts wait in the outbox",
+                        reason_code)
+
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any,
+                    _properties: Any) -> None:
+        self._queue.put(("ack", mid, reason_code))
+
+    def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
+        name = self.topics.command_name(message.topic)
+        if name is None:
+            return
+        reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
+                 "wall_s": round(self._clock_wall(), 3),
+                 **self._dispatch(name, bytes(message.payload))}
+        client.publish(self.topics.reply, dumps(reply), qos=1)
+
+    # -- outbox worker -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                item = ("tick",)
+            if item is _STOP:
+                return
+            try:
+                if item[0] == "ack":
+                    self._handle_ack(item[1], item[2])
+                self._fill()
+            except Exception:  # keep the worker alive; the outbox keeps the data
+                log.exception("mqtt outbox worker: unexpected error")
+
+    def _handle_ack(self, mid: int, reason_code: Any) -> None:
+        row_id = self._inflight.pop(mid, None)
+        if row_id is None:
+            return  # status, state, replies: not from the outbox
+        outbox = self._outbox
+        assert outbox is not None
+        if getattr(reason_code, "is_failure", False):
+            self._counters["alerts_rejected"] += 1
+            log.error("mqtt: broker refused outbox message %d (%s); check the broker ACL for "
+                      "%s; the message is dropped", row_id, reason_code, self.topics.alert)
+        else:
+            self._counters["alerts_acked"] += 1
+        outbox.delete(row_id)
+        with self._drained:
+            self._drained.notify_all()
+
+    def _fill(self) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        room = self.settings.max_inflight - len(self._inflight)
+        if room <= 0 or not self._connected.is_set():
+            return
+        import paho.mqtt.client as mqtt
+
+        for row in outbox.pending(after_id=self._cursor, limit=room):
+            info = self._client.publish(row.topic, row.payload, qos=row.qos)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id,
+                            mqtt.error_string(info.rc))
+                return
+            # paho keeps QoS >= 1 messages across reconnects and re-sends them itself, so a
+            # row is handed over once per process; a new process replays the whole outbox.
+            self._inflight[info.mid] = row.id
+            self._cursor = row.id
+            self._counters["alerts_sent" if row.seq is not None else "telemetry_sent"] += 1
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` for every outbox row to be acknowledged; True if empty."""
+        outbox = self._require_started()
+        deadline = time.monotonic() + timeout_s
+        with self._drained:
+            while len(outbox):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._drained.wait(min(left, 0.1))
+        return True
+
+    flush = wait_drained
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self._counters)
+        out["connected"] = self.connected
+        if self._outbox is not None and not self._stopping:
+            out["outbox"] = self._outbox.stats().as_dict()
+        return out
+
+
+def ha_discovery_configs(topics: Topics, discovery_prefix: str,
+                         sw_version: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Home Assistant MQTT discovery configs (retained), reading the ``state`` topic."""
+    node = topics.ha_node_id()
+    device = {"identifiers": [node], "name": f"DMS {topics.device_id}", "manufacturer": "dms",
+              "model": "driver monitor"}
+    if sw_version:
+        device["sw_version"] = sw_version
+    common = {"availability_topic": topics.status, "payload_available": "online",
+              "payload_not_available": "offline", "device": device}
+    entities: list[tuple[str, str, dict[str, Any]]] = [
+        ("sensor", "driver_state", {"name": "Driver state", "state_topic": topics.state,
+                                    "value_template": "{{ value_json.state.driver_state }}"}),
+        ("binary_sensor", "calibrated", {
+            "name": "Calibrated", "state_topic": topics.state,
+            "value_template": "{{ 'ON' if value_json.state.calibrated else 'OFF' }}"}),
+        ("sensor", "fps", {"name": "Frame rate", "state_topic": topics.state,
+                           "unit_of_measurement": "fps", "state_class": "measurement",
+                           "value_template": "{{ value_json.state.fps }}"}),
+        ("button", "calibrate", {"name": "Calibrate", "command_topic":
+                                 topics.command("calibrate"), "payload_press": "{}"}),
+    ]
+    out = []
+    for component, object_id, config in entities:
+        payload = {**common, **config, "unique_id": f"{node}_{object_id}",
+                   "object_id": f"{node}_{object_id}"}
+        out.append((topics.ha_config(discovery_prefix, component, object_id), payload))
+    return out

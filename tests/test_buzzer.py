@@ -1,0 +1,178 @@
+"""Buzzer patterns, mute, max on-time and backends, driven by timestamps (no sleeping).
+
+Hardware backends this machine lacks (GPIO chip, Jetson) are exercised through the BuzzerLine
+interface with a recording fake; their import/initialisation errors are checked for real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dms.errors import DmsError
+from dms.outputs.buzzer import (
+    BeepPattern,
+    Buzzer,
+    BuzzerSettings,
+    CommandLine,
+    GpiodLine,
+    JetsonGpioLine,
+    NullLine,
+    PatternPlayer,
+    open_buzzer,
+    open_line,
+)
+from dms.settings import SettingsError, load_settings
+
+
+class RecordingLine:
+    """A fake line recording every write, standing in for a GPIO pin."""
+
+    def __init__(self) -> None:
+        self.writes: list[bool] = []
+        self.closed = False
+
+    def set(self, on: bool) -> None:
+        self.writes.append(on)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make(**kw: object) -> tuple[Buzzer, RecordingLine]:
+    line = RecordingLine()
+    settings = load_settings(BuzzerSettings, kw, "buzzer")
+    return Buzzer(settings, line, register_atexit=False), line
+
+
+def trace(buzzer: Buzzer, t0: float, t1: float, step: float = 0.01) -> np.ndarray:
+    return np.array([buzzer.update(t) for t in np.arange(t0, t1, step)])
+
+
+def on_time_s(states: np.ndarray, step: float = 0.01) -> float:
+    return float(states.sum() * step)
+
+
+def test_each_level_plays_its_pattern_then_stops() -> None:
+    pat = {"1": {"on_off_s": [0.1, 0.9], "repeat": 1}, "2": {"on_off_s": [0.2, 0.2], "repeat": 3}}
+    buzzer, line = make(patterns=pat)
+    buzzer.alert(2, now_s=10.0)
+    states = trace(buzzer, 10.0, 12.0)
+    # three 0.2 s beeps (rising edges), 0.6 s on in all, silent after 1.2 s
+    rising = np.flatnonzero(np.diff(states.astype(int)) == 1)
+    assert len(rising) == 2 and states[0]  # starts on at t=10.0, two more rising edges
+    assert on_time_s(states) == pytest.approx(0.6, abs=0.02)
+    assert not states[125:].any()
+    assert line.writes == [True, False] * 3  # only changes are written
+
+
+def test_a_lower_level_does_not_cut_a_higher_one_short() -> None:
+    buzzer, _ = make()
+    buzzer.alert("3", now_s=0.0)
+    buzzer.alert("1", now_s=0.5)  # ignored: level 3 still playing
+    player = PatternPlayer(buzzer.settings.patterns)
+    player.play("3", 0.0)
+    assert [buzzer.update(t) for t in (0.1, 0.7, 1.0)] == [player.desired(t) for t in
+                                                           (0.1, 0.7, 1.0)]
+
+
+def test_unknown_level_plays_the_highest_pattern() -> None:
+    player = PatternPlayer({"1": BeepPattern((0.1, 0.1), 1), "3": BeepPattern((1.0, 0.1), 1)})
+    player.play("emergency", 0.0)
+    assert player.level == "3" and player.desired(0.5)
+
+
+def test_continuous_on_is_cut_at_max_on_s() -> None:
+    buzzer, line = make(max_on_s=1.5, patterns={"1": {"on_off_s": [10.0], "repeat": 1}})
+    buzzer.alert(1, now_s=0.0)
+    states = trace(buzzer, 0.0, 5.0)
+    assert on_time_s(states) == pytest.approx(1.5, abs=0.02)
+    assert line.writes == [True, False]
+
+
+def test_mute_silences_now_and_is_bounded() -> None:
+    buzzer, line = make(max_mute_s=60, patterns={"1": {"on_off_s": [0.5, 0.5], "repeat": 20}})
+    buzzer.alert(1, now_s=0.0)
+    assert buzzer.update(0.1)
+    buzzer.mute(5.0, now_s=0.2)
+    assert line.writes[-1] is False  # off at once
+    assert not trace(buzzer, 0.2, 5.2).any()
+    assert buzzer.update(6.1)  # the pattern resumes after the mute
+    with pytest.raises(ValueError, match="60"):
+        buzzer.mute(61, now_s=7.0)
+    with pytest.raises(ValueError):
+        buzzer.mute(0, now_s=7.0)
+    with pytest.raises(ValueError):
+        buzzer.mute(float("nan"), now_s=7.0)
+
+
+def test_force_off_and_close_switch_the_line_off() -> None:
+    buzzer, line = make()
+    buzzer.alert(3, now_s=0.0)
+    assert line.writes == [True]
+    buzzer.force_off()
+    assert line.writes[-1] is False
+    buzzer.close()
+    assert line.closed and line.writes[-1] is False
+    assert buzzer.update(0.1) is False  # closed: stays off
+
+
+def test_force_off_survives_a_failing_line() -> None:
+    class Broken(RecordingLine):
+        def set(self, on: bool) -> None:
+            raise OSError("line gone")
+
+    buzzer = Buzzer(BuzzerSettings(), Broken(), register_atexit=False)
+    buzzer.force_off()  # logged, not raised
+
+
+def test_command_backend_runs_argv_without_a_shell(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    line = CommandLine([sys.executable, "-c", script, str(log), "on; rm -rf /"],
+                       [sys.executable, "-c", script, str(log), "off"])
+    buzzer = Buzzer(BuzzerSettings(patterns={"1": BeepPattern((0.2, 0.2), 2)}), line,
+                    register_atexit=False)
+    buzzer.alert(1, now_s=0.0)
+    trace(buzzer, 0.0, 1.0, 0.05)
+    buzzer.close()
+    # the shell metacharacters arrived as one literal argument
+    assert log.read_text().splitlines() == ["on; rm -rf /", "off", "on; rm -rf /", "off", "off"]
+
+
+def test_command_backend_rejects_a_missing_program() -> None:
+    with pytest.raises(DmsError, match="no-such-buzzer-tool"):
+        CommandLine(["no-such-buzzer-tool", "on"], ["no-such-buzzer-tool", "off"])
+
+
+def test_gpiod_backend_errors_name_the_package_or_chip(tmp_path: Path) -> None:
+    if importlib.util.find_spec("gpiod") is None:
+        with pytest.raises(DmsError, match="gpiod"):
+            GpiodLine("/dev/gpiochip0", 17)
+    else:
+        with pytest.raises(DmsError, match="gpiochip-missing"):
+            GpiodLine(str(tmp_path / "gpiochip-missing"), 17)
+
+
+def test_jetson_backend_error_names_the_package() -> None:
+    if importlib.util.find_spec("Jetson") is not None:
+        pytest.skip("Jetson.GPIO is installed here; its errors are board-specific")
+    with pytest.raises(DmsError, match="Jetson.GPIO"):
+        JetsonGpioLine(12)
+
+
+def test_settings_pick_the_backend_and_validate() -> None:
+    assert isinstance(open_line(BuzzerSettings()), NullLine)
+    with pytest.raises(SettingsError, match="gpiod_line"):
+        load_settings(BuzzerSettings, {"backend": "gpiod"}, "buzzer")
+    with pytest.raises(SettingsError, match="buzzer.backend"):
+        load_settings(BuzzerSettings, {"backend": "pwm"}, "buzzer")
+    with pytest.raises(SettingsError, match="durations"):
+        load_settings(BuzzerSettings, {"patterns": {"1": {"on_off_s": [-1.0]}}}, "buzzer")
+    buzzer = open_buzzer(BuzzerSettings(), register_atexit=False)
+    buzzer.alert(2, now_s=0.0)
+    buzzer.close()
