@@ -5,6 +5,11 @@ Protocol (the one published numbers use): AFLW2000 ``.jpg`` + ``.mat`` pairs, gr
 skipped; the error per axis is the absolute difference of Euler angles in degrees. The face
 box for ``--boxes gt`` is the extent of the ``pt2d`` landmarks. ``yaw_mae_large`` is the yaw
 MAE over evaluated faces with |yaw| > 45 deg (where off-road glances live).
+
+Every face that gets a pose counts in the MAE. Poses the estimator itself flags as uncertain
+(confidence < ``CONFIDENT``; FaceMesh does so on near-profile faces) are also counted in
+``low_confidence``, and ``mean_mae_confident`` is the mean MAE without them - the figure
+comparable with pipelines that drop such faces as "not found".
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_ABS_ANGLE_DEG = 99.0
 LARGE_YAW_DEG = 45.0
+CONFIDENT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,8 @@ class EvalResult:
     yaw_mae_large: float
     n_large: int
     skipped: int
+    low_confidence: int
+    mean_mae_confident: float
 
     def as_dict(self) -> dict[str, float | int]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -111,6 +119,7 @@ def evaluate(
     usable = [f for f in all_faces if f.usable]
     errors = []
     gt_yaw = []
+    confident = []
     not_found = 0
     for face in tqdm(usable, desc="eval", unit="img", disable=not progress, leave=False):
         img = read_image(face.image_path)
@@ -130,6 +139,7 @@ def evaluate(
             ]
         )
         gt_yaw.append(face.yaw_deg)
+        confident.append(pose.confidence >= CONFIDENT)
     err = np.asarray(errors, dtype=np.float64).reshape(-1, 3)
     large = np.abs(np.asarray(gt_yaw)) > LARGE_YAW_DEG
     mae = err.mean(axis=0) if len(err) else np.full(3, np.nan)
@@ -143,4 +153,8 @@ def evaluate(
         yaw_mae_large=float(err[large, 1].mean()) if large.any() else float("nan"),
         n_large=int(large.sum()),
         skipped=len(all_faces) - len(usable),
+        low_confidence=int(len(confident) - sum(confident)),
+        mean_mae_confident=float(err[np.asarray(confident, bool)].mean())
+        if any(confident)
+        else float("nan"),
     )

@@ -42,4 +42,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"MAE pitch {res.pitch_mae:.2f}  yaw {res.yaw_mae:.2f}  roll {res.roll_mae:.2f}  "
           f"mean {res.mean_mae:.2f} deg")
     print(f"yaw MAE with |yaw| > 45 deg: {res.yaw_mae_large:.2f} deg over {res.n_large} faces")
+    print(f"low-confidence poses: {res.low_confidence}; mean MAE without them: "
+          f"{res.mean_mae_confident:.2f} deg")
     return 0

@@ -195,6 +195,11 @@ def pull(
     pins one). Raises ModelError with the URL and the reason on any failure.
     """
     dest_dir = dest_dir or user_models_dir()
+    if entry.embedded:
+        raise ModelError(
+            f"model {entry.name!r} is embedded (shipped in models/, converted from {entry.url}); "
+            "rebuild it with `python models/build_embedded.py` instead of pulling it"
+        )
     if not entry.url.startswith("https://"):
         raise ModelError(f"model {entry.name!r}: no https download URL in the manifest")
     try:
