@@ -7,16 +7,20 @@ The ``broker`` fixture skips the test with a reason when no mosquitto binary is 
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 
@@ -127,3 +131,46 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     """A running broker; import it into a test module (or conftest) to use it as a fixture."""
     with start_broker(tmp_path / "broker") as b:
         yield b
+
+
+class Collector:
+    """A subscriber recording (topic, payload) in arrival order."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "",
+                 persistent: bool = False, user: str | None = None) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv311, clean_session=not persistent)
+        self.client.reconnect_delay_set(1, 1)
+        if user:
+            self.client.username_pw_set(user, f"{user}-pw")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[list[tuple[str, bytes]]], bool],
+                 timeout_s: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not pred(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def payloads(self, suffix: str) -> list[Any]:
+        with self._cond:
+            return [json.loads(p) if p[:1] == b"{" else p.decode()
+                    for t, p in self.messages if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -38,6 +39,10 @@ def setup_logging(verbosity: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenCV's own warnings (e.g. a camera that cannot open) would precede our one-line
+    # error; they are shown with -vv. Must be set before cv2 is first imported.
+    if not any(a.startswith("-vv") for a in (argv if argv is not None else sys.argv[1:])):
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

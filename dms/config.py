@@ -1,0 +1,159 @@
+"""The one configuration file (TOML): every setting of every component, validated at start.
+
+Sections: ``[camera]``, ``[vision]`` (``detector``, ``pose``, ``tracking``, ``runtime``),
+``[engine]``, ``[mqtt]``, ``[buzzer]``, ``[service]``. Unknown keys and wrong types are errors
+that name the dotted key; TOML syntax errors name the line. Secrets never live in the file:
+the MQTT password comes from the environment variable named by ``mqtt.password_env``.
+
+The state directory (calibration profiles, MQTT outbox, TensorRT engine cache) is
+``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else ``service.state_dir``, else
+``$XDG_STATE_HOME/dms`` (``~/.local/state/dms``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from dms.engine.settings import EngineSettings
+from dms.errors import DmsError
+from dms.outputs.buzzer import BuzzerSettings
+from dms.outputs.mqtt import MqttSettings
+from dms.pipeline import TrackingSettings
+from dms.settings import load_settings
+from dms.vision.detect import DetectorSettings
+from dms.vision.headpose import PoseModelSettings
+from dms.vision.runtime import RuntimeSettings
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+class ConfigError(DmsError):
+    """The configuration file cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSettings:
+    """The ``[camera]`` table."""
+
+    source: str = field(
+        default="0",
+        metadata={
+            "doc": "V4L2 index or /dev/videoN, a video file, an rtsp:// URL, or a GStreamer "
+            "pipeline ending in appsink (Jetson CSI: nvarguscamerasrc ! ... ! appsink)"
+        },
+    )
+    width: int = field(default=0, metadata={"doc": "requested width (0: the camera's default)"})
+    height: int = field(default=0, metadata={"doc": "requested height (0: default)"})
+    fps: float = field(default=0.0, metadata={"doc": "requested frame rate (0: default)"})
+    realtime: bool = field(
+        default=True,
+        metadata={"doc": "video files: pace frames at the file's rate (false: full speed)"},
+    )
+    loop: bool = field(default=False, metadata={"doc": "video files: start again at the end"})
+    frame_timeout_s: float = field(
+        default=2.0, metadata={"doc": "no frame for this long counts as a lost camera"}
+    )
+    reconnect_min_s: float = field(default=1.0, metadata={"doc": "first reconnect back-off"})
+    reconnect_max_s: float = field(default=30.0, metadata={"doc": "longest reconnect back-off"})
+
+    def validate(self) -> None:
+        if not self.source.strip():
+            raise ValueError("source must not be empty")
+        if self.frame_timeout_s <= 0 or not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ValueError("need frame_timeout_s > 0 and 0 < reconnect_min_s <= reconnect_max_s")
+
+
+@dataclass(frozen=True, slots=True)
+class VisionSettings:
+    """The ``[vision]`` table."""
+
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    pose: PoseModelSettings = field(default_factory=PoseModelSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    runtime: RuntimeSettings = field(default_factory=lambda: RuntimeSettings())
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """The ``[service]`` table."""
+
+    state_dir: str = field(
+        default="", metadata={"doc": "state directory; $STATE_DIRECTORY wins; empty: per-user"}
+    )
+    profile: str = field(default="default", metadata={"doc": "driver calibration profile"})
+    log_level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata={"doc": "log level"}
+    )
+    state_interval_s: float = field(
+        default=5.0, metadata={"doc": "the retained state is republished at least this often"}
+    )
+    stop_drain_timeout_s: float = field(
+        default=3.0,
+        metadata={"doc": "on stop, wait this long for the outbox (the rest is sent next run)"},
+    )
+    calibration_s: float = field(
+        default=5.0, metadata={"doc": "length of a calibration started by command"}
+    )
+
+    def validate(self) -> None:
+        if self.state_interval_s <= 0 or self.stop_drain_timeout_s < 0 or self.calibration_s <= 0:
+            raise ValueError("intervals must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    buzzer: BuzzerSettings = field(default_factory=BuzzerSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    path: str = ""
+
+
+def parse_config(text: str, where: str = "config") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    known = {"camera", "vision", "engine", "mqtt", "buzzer", "service"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        names = ", ".join(sorted(known))
+        raise ConfigError(f"{where}: unknown section [{unknown[0]}] (known: {names})")
+    try:
+        cfg = load_settings(Config, data, "")
+    except DmsError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return replace(cfg, path=where)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """The configuration from ``path`` (None: all defaults)."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read configuration file ({exc})") from None
+    return parse_config(text, str(p))
+
+
+def state_dir(cfg: Config, environ: Mapping[str, str] | None = None) -> Path:
+    env: Mapping[str, Any] = os.environ if environ is None else environ
+    if env.get("STATE_DIRECTORY"):
+        return Path(str(env["STATE_DIRECTORY"]).split(":")[0])
+    if cfg.service.state_dir:
+        return Path(cfg.service.state_dir)
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dms"
