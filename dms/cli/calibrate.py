@@ -1,0 +1,82 @@
+"""``dms calibrate``: learn the driver's neutral head pose and store it in the state directory.
+
+    dms calibrate --poses FILE.csv [--profile NAME] [--state-dir DIR] [--settings FILE.toml]
+    dms calibrate --source CAMERA_OR_VIDEO [--duration-s 5] ...
+
+The driver looks at the road for ``--duration-s`` seconds. Prints the stored result as JSON,
+or a refusal (exit 3) saying why: face missing, moved too much, not looking at the road.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dms.errors import InputError
+
+DEFAULT_STATE_DIR = "/var/lib/dms"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "calibrate", help="store the driver's neutral head pose (look at the road)",
+        description="Collect poses while the driver looks at the road, reject outliers and "
+        "store the neutral pose per driver profile.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", help="camera device, URL or video file (full pipeline)")
+    src.add_argument("--poses", type=Path, metavar="FILE.csv", help="poses CSV (as replay)")
+    p.add_argument("--duration-s", type=float, default=None,
+                   help="seconds to collect (default: engine.calibration.duration_s)")
+    p.add_argument("--profile", default="default", help="driver profile name")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="state directory (default: $STATE_DIRECTORY or /var/lib/dms)")
+    p.add_argument("--settings", type=Path, action="append", default=[], metavar="FILE.toml",
+                   help="TOML with an [engine] table (repeatable; e.g. a calibration/ profile)")
+    p.add_argument("--detector", default=None, help="face detector (--source only)")
+    p.add_argument("--pose-model", default=None, help="head-pose model (--source only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dms.calibration_store import calibrate_and_store, profile_path
+    from dms.cli.replay import load_settings_files, read_poses_csv
+    from dms.engine.calibration import CalibrationRefused
+
+    settings = load_settings_files(args.settings)
+    state_dir = args.state_dir or Path(os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIR))
+    profile_path(state_dir, args.profile)  # a bad profile name fails before the camera starts
+    duration = args.duration_s if args.duration_s is not None else settings.calibration.duration_s
+    if duration <= 0:
+        raise InputError(f"--duration-s {duration:g}: must be > 0")
+    if args.poses is not None:
+        observations = read_poses_csv(args.poses)
+        if observations:
+            t0 = observations[0].t_s
+            observations = [o for o in observations if o.t_s - t0 <= duration]
+    else:
+        from dms.pipeline import observations_from_source
+
+        stream = observations_from_source(args.source, detector=args.detector,
+                                          pose_model=args.pose_model)
+        observations = []
+        for o in stream:
+            if observations and o.t_s - observations[0].t_s > duration:
+                break
+            observations.append(o)
+        close = getattr(stream, "close", None)
+        if close is not None:  # stop the camera reader
+            close()
+    try:
+        result, path = calibrate_and_store(observations, settings, state_dir, args.profile)
+    except CalibrationRefused as exc:
+        print(json.dumps({"ok": False, "profile": args.profile, "code": exc.code,
+                          "reason": str(exc)}))
+        print(f"dms calibrate: refused: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps({"ok": True, "profile": args.profile, "path": str(path),
+                      **result.to_dict()}))
+    return 0

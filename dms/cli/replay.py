@@ -1,0 +1,190 @@
+"""``dms replay``: run the driver-state engine over recorded poses (or a video) and print the
+events as JSON lines on stdout, nothing else.
+
+    dms replay --poses FILE.csv [--settings FILE.toml ...] [--plot timeline.png]
+    dms replay VIDEO [--detector D] [--pose-model M] [--out-video OUT.mp4] [--plot P.png]
+
+The poses CSV has a header row with columns ``t,yaw,pitch,roll`` (seconds, degrees, AFLW2000
+convention: pitch < 0 is head down) and optionally ``face`` (0/1; when 0 the pose fields are
+empty), ``confidence``, ``speed_kmh``, ``steering_deg``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dms.errors import InputError
+
+REQUIRED_COLUMNS = ("t", "yaw", "pitch", "roll")
+OPTIONAL_COLUMNS = ("face", "confidence", "speed_kmh", "steering_deg")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "replay", help="run the driver-state engine over a poses CSV or a video",
+        description="Print the engine's events as JSON lines on stdout.")
+    p.add_argument("video", nargs="?", metavar="VIDEO",
+                   help="video file or camera source (full pipeline)")
+    p.add_argument("--poses", type=Path, metavar="FILE.csv",
+                   help="CSV with t,yaw,pitch,roll[,face,confidence,speed_kmh,steering_deg]")
+    p.add_argument("--settings", type=Path, action="append", default=[], metavar="FILE.toml",
+                   help="TOML file with an [engine] table (repeat to layer, e.g. a mount "
+                   "profile from calibration/ and then your config)")
+    p.add_argument("--detector", default=None, help="face detector (video only)")
+    p.add_argument("--pose-model", default=None, help="head-pose model (video only)")
+    p.add_argument("--out-video", type=Path, default=None, metavar="PATH",
+                   help="write an annotated video (video only)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PATH",
+                   help="write a timeline plot (PNG) of the relative pose, zones and events")
+    p.set_defaults(func=run)
+
+
+def load_settings_files(paths: Sequence[Path]) -> Any:
+    """EngineSettings from the ``[engine]`` tables of ``paths``, later files winning."""
+    from dms.engine.settings import load_engine_settings, merge_tables
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    table: dict[str, Any] = {}
+    for path in paths:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: settings file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: not valid TOML: {exc}") from None
+        if "engine" not in doc:
+            raise InputError(f"{path}: no [engine] table")
+        table = merge_tables(table, doc["engine"])
+    where = "engine" if not paths else f"{paths[-1]}: engine"
+    return load_engine_settings(table, where)
+
+
+def _number(value: str, column: str, where: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise InputError(f"{where}: {column} {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise InputError(f"{where}: {column} {value!r} is not finite")
+    return x
+
+
+def read_poses_csv(path: Path) -> list[Any]:
+    """Observations from a poses CSV; errors name the file and the line."""
+    from dms.geometry import rotation_from_euler
+    from dms.types import HeadPose, Observation
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: poses file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(f"{path}: empty file (expected a header row t,yaw,pitch,roll)")
+    header_line, header_text = lines[0]
+    header = [h.strip() for h in next(csv.reader([header_text]))]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or unknown:
+        what = (f"missing column(s) {', '.join(missing)}" if missing
+                else f"unknown column(s) {', '.join(unknown)}")
+        raise InputError(f"{path}:{header_line}: header: {what} (expected "
+                         f"{','.join(REQUIRED_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}])")
+    col = {name: i for i, name in enumerate(header)}
+    out: list[Observation] = []
+    last_t: float | None = None
+    for n, line in lines[1:]:
+        where = f"{path}:{n}"
+        row = [c.strip() for c in next(csv.reader([line]))]
+        if len(row) != len(header):
+            raise InputError(f"{where}: {len(row)} fields, header has {len(header)}")
+
+        def get(name: str) -> str:
+            return row[col[name]] if name in col else ""  # noqa: B023
+
+        t = _number(get("t"), "t", where)
+        if last_t is not None and t <= last_t:
+            raise InputError(f"{where}: t {t:g} does not increase (previous {last_t:g})")
+        last_t = t
+        face_text = get("face")
+        if face_text not in ("", "0", "1"):
+            raise InputError(f"{where}: face {face_text!r} is not 0 or 1")
+        angles = [get(c) for c in ("yaw", "pitch", "roll")]
+        face = face_text == "1" if face_text else any(angles)
+        pose = None
+        if face:
+            if not all(angles):
+                raise InputError(f"{where}: face present but yaw, pitch or roll is empty")
+            yaw, pitch, roll = (_number(a, c, where) for a, c in
+                                zip(angles, ("yaw", "pitch", "roll"), strict=True))
+            conf = _number(get("confidence"), "confidence", where) if get("confidence") else 1.0
+            if not 0.0 <= conf <= 1.0:
+                raise InputError(f"{where}: confidence {conf:g} is outside [0, 1]")
+            pose = HeadPose(rotation_from_euler(pitch, yaw, roll), pitch, yaw, roll, conf)
+        speed = _number(get("speed_kmh"), "speed_kmh", where) if get("speed_kmh") else None
+        steer = (_number(get("steering_deg"), "steering_deg", where) if get("steering_deg")
+                 else None)
+        out.append(Observation(t_s=t, pose=pose, speed_kmh=speed, steering_deg=steer))
+    return out
+
+
+def replay(observations: Iterable[Any], settings: Any, out: Any,
+           keep_samples: bool = False) -> tuple[list[Any], list[Any]]:
+    """Feed observations to a fresh Engine; write events as JSON lines to ``out``.
+
+    Returns (samples, events) for plotting: samples are (t, yaw, pitch, roll) relative to
+    neutral, None angles when no face."""
+    from dms.engine.engine import Engine
+
+    engine = Engine(settings)
+    samples: list[tuple[float, float | None, float | None, float | None]] = []
+    events: list[Any] = []
+    for obs in observations:
+        result = engine.step(obs)
+        for event in result.events:
+            out.write(event.to_json() + "\n")
+        events.extend(result.events)
+        if keep_samples:
+            r = result.relative
+            samples.append((obs.t_s, None, None, None) if r is None
+                           else (obs.t_s, r.yaw_deg, r.pitch_deg, r.roll_deg))
+    out.flush()
+    return samples, events
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.poses is None) == (args.video is None):
+        raise InputError("give either --poses FILE.csv or a VIDEO, not both or neither")
+    settings = load_settings_files(args.settings)
+    if args.poses is not None:
+        if args.out_video is not None:
+            raise InputError("--out-video needs a VIDEO, not --poses")
+        observations: Iterable[Any] = read_poses_csv(args.poses)
+    else:
+        if args.out_video is not None:
+            raise InputError("--out-video is not wired to the video pipeline yet")
+        from dms.pipeline import observations_from_source
+
+        observations = observations_from_source(args.video, detector=args.detector,
+                                                 pose_model=args.pose_model)
+    samples, events = replay(observations, settings, sys.stdout, keep_samples=bool(args.plot))
+    if args.plot is not None:
+        from dms.viz import plot_timeline
+
+        plot_timeline(samples, events, settings.zones, args.plot)
+    return 0

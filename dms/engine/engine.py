@@ -1,0 +1,162 @@
+"""The engine: one ``step`` per observation, chaining the pure pieces.
+
+    Observation -> RotationFilter -> relative to neutral (R_neutral.T @ R)
+                -> DriverPolicy (events) -> OnlineNeutral (learns from attentive frames)
+
+The service and ``dms replay`` call only :meth:`Engine.step`. No clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dms.engine.calibration import NeutralPose, OnlineNeutral, mount_prior
+from dms.engine.events import Event
+from dms.engine.filter import RotationFilter
+from dms.engine.policy import DriverPolicy, PolicyInput, PolicyState, inboard_yaw
+from dms.engine.settings import EngineSettings
+from dms.geometry import euler_from_rotation, relative_rotation
+from dms.settings import settings_version
+from dms.types import HeadPose, Observation
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RelativePose:
+    """Head pose relative to the neutral pose (degrees, AFLW2000 signs; inboard yaw is
+    positive toward the centre of the car)."""
+
+    rotation: np.ndarray
+    pitch_deg: float
+    yaw_deg: float
+    roll_deg: float
+    yaw_inboard_deg: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """Summary for the ``state`` topic."""
+
+    t_s: float | None
+    driver_state: str
+    calibrated: bool
+    neutral_source: str  # explicit | online | mount
+    neutral_pitch_deg: float
+    neutral_yaw_deg: float
+    policy: PolicyState
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "schema_version": STATE_SCHEMA_VERSION,
+            "t_s": None if self.t_s is None else round(self.t_s, 4),
+            "driver_state": self.driver_state,
+            "calibrated": self.calibrated,
+            "neutral_source": self.neutral_source,
+            "neutral_pitch_deg": round(self.neutral_pitch_deg, 2),
+            "neutral_yaw_deg": round(self.neutral_yaw_deg, 2),
+            "face_visible": p.face_visible,
+            "on_road": p.on_road,
+            "glance_s": round(p.glance_s, 3),
+            "zone": p.zone,
+            "nods_in_window": p.nods_in_window,
+            "max_level": p.max_level,
+            "active_alerts": [a.to_dict() for a in p.active_alerts],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step produced: events, filtered absolute pose, relative pose, state."""
+
+    t_s: float
+    events: tuple[Event, ...]
+    pose: HeadPose | None  # filtered absolute pose (None when no face this frame)
+    relative: RelativePose | None
+    state: EngineState
+
+
+class Engine:
+    """``Engine(settings, neutral=None).step(obs) -> StepResult``.
+
+    ``neutral`` is the driver's stored calibration (:class:`NeutralPose`) or None to start
+    from the camera mount prior; the online estimate refines either within its clamp.
+    ``run_id`` prefixes event ids (the service passes a per-boot id)."""
+
+    def __init__(self, settings: EngineSettings | None = None,
+                 neutral: NeutralPose | None = None, run_id: str = "run") -> None:
+        self.settings = settings or EngineSettings()
+        s = self.settings
+        self.version = settings_version(s)
+        self._filter = RotationFilter(s.filter)
+        self._online = OnlineNeutral(s.calibration, neutral or mount_prior(s.mount))
+        self._policy = DriverPolicy(s.policy, s.zones, self.version, run_id)
+        self._state = self._summary(None)
+
+    @property
+    def neutral(self) -> NeutralPose:
+        return self._online.neutral()
+
+    @property
+    def calibrated(self) -> bool:
+        return self._online.base.source == "explicit" or self._online.ready
+
+    def set_neutral(self, neutral: NeutralPose) -> None:
+        """Use a new explicit calibration (e.g. ``dms calibrate`` ran while the service runs);
+        the online estimate restarts around it."""
+        self._online = OnlineNeutral(self.settings.calibration, neutral)
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    def step(self, obs: Observation) -> StepResult:
+        s = self.settings
+        pose_in = obs.pose
+        usable = pose_in is not None and pose_in.confidence >= s.policy.min_confidence
+        out = self._filter.update(obs.t_s, pose_in.rotation if usable and pose_in else None)
+
+        pose: HeadPose | None = None
+        rel: RelativePose | None = None
+        if usable and pose_in is not None and out.rotation is not None:
+            R = out.rotation
+            pitch, yaw, roll = euler_from_rotation(R)
+            pose = HeadPose(R, pitch, yaw, roll, pose_in.confidence)
+            Rrel = relative_rotation(self.neutral.rotation, R)
+            rp, ry, rr = euler_from_rotation(Rrel)
+            rel = RelativePose(Rrel, rp, ry, rr, inboard_yaw(ry, s.policy.right_hand_drive))
+
+        events = self._policy.update(PolicyInput(
+            t_s=obs.t_s, face_present=rel is not None,
+            yaw_deg=None if rel is None else rel.yaw_deg,
+            pitch_deg=None if rel is None else rel.pitch_deg,
+            roll_deg=None if rel is None else rel.roll_deg,
+            confidence=1.0 if pose_in is None else pose_in.confidence,
+            speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg))
+
+        c = s.calibration
+        moving = (obs.speed_kmh >= c.online_min_speed_kmh if obs.speed_kmh is not None
+                  else not c.online_requires_speed)
+        learnable = (pose is not None and self._policy.attentive and moving
+                     and pose.confidence >= c.min_confidence)
+        before = self._online.ready
+        self._online.update(obs.t_s, None if pose is None else pose.rotation, learnable)
+        if self._online.ready and not before:
+            log.info("online neutral ready at t=%.1f s: %s", obs.t_s, self.neutral.euler_deg)
+
+        self._state = self._summary(obs.t_s)
+        return StepResult(obs.t_s, tuple(events), pose, rel, self._state)
+
+    def _summary(self, t_s: float | None) -> EngineState:
+        n = self.neutral
+        pitch, yaw, _ = n.euler_deg
+        policy = self._policy.state()
+        return EngineState(t_s, policy.driver_state, self.calibrated, n.source, pitch, yaw,
+                           policy)

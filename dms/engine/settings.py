@@ -1,0 +1,306 @@
+"""Every threshold of the driver-state engine, in one frozen settings object.
+
+Each field has a default, its unit in the name and a ``doc`` naming where the number comes
+from: **Euro NCAP** (2023 driver state monitoring protocol), **openpilot** (its open-source
+driver monitoring policy), **EU ADDW** (regulation 2023/2590) or **tuned here** (chosen for
+this project; see docs/engine.md for the reasoning). Load from the ``[engine]`` table of the
+config file with :func:`load_engine_settings`; the shipped camera-mount profiles in
+``calibration/*.toml`` are such tables.
+
+Angles of the road zone and glance zones are relative to the driver's neutral pose and use
+*inboard* yaw: positive toward the centre of the car (the driver's right in a left-hand-drive
+car). The engine converts camera yaw to inboard yaw with ``right_hand_drive``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dms.settings import load_settings
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSettings:
+    """One Euro filter on the head rotation, plus outlier and frame-drop handling."""
+
+    min_cutoff_hz: float = field(default=0.8, metadata=_doc(
+        "Cutoff of the rotation low-pass when the head is still; lower = less jitter, more "
+        "lag (time constant 1/(2*pi*f)). Tuned here (One Euro filter, Casiez et al. 2012)."))
+    beta_per_deg: float = field(default=0.02, metadata=_doc(
+        "Cutoff increase per deg/s of filtered angular speed: fast head turns get little lag. "
+        "Tuned here."))
+    derivative_cutoff_hz: float = field(default=1.0, metadata=_doc(
+        "Cutoff of the angular-speed estimate that drives the adaptive cutoff. One Euro "
+        "default."))
+    max_head_speed_dps: float = field(default=600.0, metadata=_doc(
+        "A jump implying a faster head rotation than this is a suspect outlier, held back "
+        "until the next frame confirms it. Tuned here (fast human head turns peak at "
+        "about 400-600 deg/s)."))
+    outlier_min_jump_deg: float = field(default=15.0, metadata=_doc(
+        "Jumps smaller than this are never treated as outliers, whatever the frame rate. "
+        "Tuned here."))
+    confirm_deg: float = field(default=10.0, metadata=_doc(
+        "A suspect frame is confirmed (real motion) when the next frame lies within this "
+        "angle of it. Tuned here."))
+    reset_gap_s: float = field(default=0.5, metadata=_doc(
+        "After a gap without usable poses longer than this, the filter restarts from the next "
+        "pose instead of sliding from a stale one. Tuned here."))
+
+    def validate(self) -> None:
+        if self.min_cutoff_hz <= 0 or self.derivative_cutoff_hz <= 0:
+            raise ValueError("min_cutoff_hz and derivative_cutoff_hz must be > 0")
+        if self.beta_per_deg < 0 or self.reset_gap_s <= 0:
+            raise ValueError("beta_per_deg must be >= 0 and reset_gap_s > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class MountSettings:
+    """Where the camera sits: the head pose it sees when the driver looks at the road."""
+
+    name: str = field(default="dashboard-centre", metadata=_doc(
+        "Name of the camera mount profile (calibration/NAME.toml)."))
+    neutral_pitch_deg: float = field(default=8.0, metadata=_doc(
+        "Prior neutral pitch seen by the camera (AFLW2000 angles, camera frame). Used until "
+        "an explicit or online calibration exists. Tuned here per mount."))
+    neutral_yaw_deg: float = field(default=-20.0, metadata=_doc(
+        "Prior neutral yaw seen by the camera (camera frame: positive = nose toward image "
+        "left). Tuned here per mount."))
+    neutral_roll_deg: float = field(default=0.0, metadata=_doc("Prior neutral roll."))
+
+
+@dataclass(frozen=True, slots=True)
+class GlanceZone:
+    """A named glance target, relative to neutral (inboard yaw, pitch < 0 = down)."""
+
+    name: str = field(default="zone", metadata=_doc("Zone name reported in events."))
+    yaw_inboard_deg: float = field(default=0.0, metadata=_doc("Centre yaw, inboard positive."))
+    pitch_deg: float = field(default=0.0, metadata=_doc("Centre pitch, negative = down."))
+    radius_deg: float = field(default=12.0, metadata=_doc(
+        "A pose within this angle of the centre is reported as this zone."))
+
+
+def _default_glance_zones() -> tuple[GlanceZone, ...]:
+    # Euro NCAP glance targets; head-turn angles typical for a left-hand-drive car (tuned here).
+    # Head pose sees head turns, not eye movements: the cluster is mostly an eye glance, so its
+    # head pitch stays inside the road zone (as for openpilot).
+    return (
+        GlanceZone("left_mirror", -45.0, -5.0, 15.0),
+        GlanceZone("left_window", -70.0, 0.0, 15.0),
+        GlanceZone("rearview_mirror", 32.0, 10.0, 10.0),
+        GlanceZone("right_mirror", 60.0, -5.0, 15.0),
+        GlanceZone("cluster", 0.0, -10.0, 6.0),
+        GlanceZone("infotainment", 30.0, -30.0, 15.0),
+        GlanceZone("passenger", 70.0, 0.0, 15.0),
+        GlanceZone("passenger_footwell", 40.0, -50.0, 15.0),
+        GlanceZone("glovebox", 50.0, -35.0, 10.0),
+        GlanceZone("phone_lap", 0.0, -45.0, 12.0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSettings:
+    """The road zone (with hysteresis) and the named glance zones."""
+
+    yaw_inboard_deg: float = field(default=26.0, metadata=_doc(
+        "Off-road beyond this yaw toward the car's centre. openpilot: 23-29 deg."))
+    yaw_outboard_deg: float = field(default=26.0, metadata=_doc(
+        "Off-road beyond this yaw toward the door. openpilot: 23-29 deg."))
+    pitch_down_deg: float = field(default=18.0, metadata=_doc(
+        "Off-road when looking down more than this. openpilot: 17.9-18.5 deg."))
+    pitch_up_deg: float = field(default=25.0, metadata=_doc(
+        "Off-road when looking up more than this (openpilot ignores up; tuned here)."))
+    hysteresis_deg: float = field(default=4.0, metadata=_doc(
+        "Back on the road only once inside every limit by this margin; a pose wobbling on "
+        "the border does not toggle. Tuned here."))
+    steer_deadband_deg: float = field(default=30.0, metadata=_doc(
+        "Steering angle above which the road zone widens in the steering direction. "
+        "openpilot."))
+    steer_gain: float = field(default=0.25, metadata=_doc(
+        "Widening per degree of steering beyond the deadband (deg of yaw per deg). Tuned "
+        "here."))
+    steer_max_extra_deg: float = field(default=22.5, metadata=_doc(
+        "Cap on the steering widening. openpilot."))
+    glance: tuple[GlanceZone, ...] = field(default_factory=_default_glance_zones, metadata=_doc(
+        "Named glance targets (array of tables [[engine.zones.glance]])."))
+
+    def validate(self) -> None:
+        limits = (self.yaw_inboard_deg, self.yaw_outboard_deg, self.pitch_down_deg,
+                  self.pitch_up_deg)
+        if min(limits) <= self.hysteresis_deg or self.hysteresis_deg < 0:
+            raise ValueError("every road limit must exceed hysteresis_deg >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationSettings:
+    """Explicit neutral-pose calibration and the online (running) estimate."""
+
+    duration_s: float = field(default=5.0, metadata=_doc(
+        "How long `dms calibrate` collects poses while the driver looks at the road. "
+        "Tuned here."))
+    min_samples: int = field(default=30, metadata=_doc(
+        "Fewest usable poses for an explicit calibration. Tuned here."))
+    max_missing_fraction: float = field(default=0.3, metadata=_doc(
+        "Refuse when the face was missing (or unsure) in more than this share of frames. "
+        "Tuned here."))
+    outlier_deg: float = field(default=8.0, metadata=_doc(
+        "Poses further than this from the robust centre are rejected. Tuned here."))
+    max_outlier_fraction: float = field(default=0.25, metadata=_doc(
+        "Refuse (driver moved) when more than this share of poses is rejected. Tuned here."))
+    max_spread_deg: float = field(default=4.0, metadata=_doc(
+        "Refuse (driver moved) when the RMS angle of the kept poses around their mean "
+        "exceeds this. Tuned here."))
+    max_offset_from_mount_deg: float = field(default=35.0, metadata=_doc(
+        "Refuse when the neutral is further than this from the mount's prior (not looking at "
+        "the road, or wrong mount profile). Tuned here."))
+    min_confidence: float = field(default=0.5, metadata=_doc(
+        "Poses below this confidence are treated as missing. Tuned here."))
+    online_enabled: bool = field(default=True, metadata=_doc(
+        "Learn the neutral pose while driving attentively. openpilot."))
+    online_min_speed_kmh: float = field(default=30.0, metadata=_doc(
+        "Learn only above this speed, when speed is known. openpilot uses 13 m/s; lower "
+        "here so town driving also calibrates."))
+    online_requires_speed: bool = field(default=False, metadata=_doc(
+        "If true, never learn when the vehicle speed is unknown. Tuned here."))
+    online_min_s: float = field(default=60.0, metadata=_doc(
+        "Seconds of learning before the online estimate replaces the prior. openpilot."))
+    online_memory_s: float = field(default=360.0, metadata=_doc(
+        "Memory of the running mean (older samples fade). openpilot."))
+    online_gate_deg: float = field(default=20.0, metadata=_doc(
+        "Learn only from poses within this angle of the current neutral. Tuned here."))
+    online_yaw_range_deg: tuple[float, float] = field(default=(-15.0, 15.0), metadata=_doc(
+        "Clamp of the learned yaw offset from the mount prior or explicit calibration "
+        "(camera frame). openpilot clamps to a documented range (-1.4..16.6 for its mount)."))
+    online_pitch_range_deg: tuple[float, float] = field(default=(-6.0, 8.0), metadata=_doc(
+        "Clamp of the learned pitch offset. openpilot: -5..7 deg."))
+
+    def validate(self) -> None:
+        for name in ("online_yaw_range_deg", "online_pitch_range_deg"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: lower bound {lo} above upper bound {hi}")
+        if not 0 <= self.max_missing_fraction <= 1 or not 0 <= self.max_outlier_fraction <= 1:
+            raise ValueError("fractions must be within [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """The state machine: distraction, face loss, drowsiness, escalation and gating."""
+
+    min_confidence: float = field(default=0.5, metadata=_doc(
+        "Poses below this confidence count as no face. Tuned here."))
+    long_glance_s: float = field(default=3.0, metadata=_doc(
+        "Long distraction: one glance away at least this long. Euro NCAP."))
+    vats_window_s: float = field(default=30.0, metadata=_doc(
+        "Visual attention time sharing window. Euro NCAP."))
+    vats_total_s: float = field(default=10.0, metadata=_doc(
+        "Time sharing: this much time away within the window. Euro NCAP."))
+    vats_reset_on_road_s: float = field(default=2.0, metadata=_doc(
+        "The time-sharing window resets after this long continuously on the road. "
+        "Euro NCAP."))
+    level2_after_s: float = field(default=2.0, metadata=_doc(
+        "Escalate to level 2 (audible) after this much more time away once raised. openpilot "
+        "(level 1 at 3 s, level 2 at 5 s)."))
+    level3_after_s: float = field(default=3.0, metadata=_doc(
+        "Escalate to level 3 (urgent, unresponsive driver) after this much time away once "
+        "raised. Euro NCAP: no return within 3 s of a warning, or away >= 6 s."))
+    clear_on_road_s: float = field(default=1.0, metadata=_doc(
+        "A distraction or slump alert clears after this long continuously back on the road "
+        "(face visible). openpilot: a 0.5 s reappearance must not clear."))
+    turning_speed_dps: float = field(default=40.0, metadata=_doc(
+        "Face lost while the yaw moved away from neutral faster than this = head turning "
+        "away; the loss then counts as time away. Tuned here."))
+    turning_min_yaw_deg: float = field(default=12.0, metadata=_doc(
+        "...and only if the last yaw was already at least this far from neutral. Tuned "
+        "here."))
+    not_visible_s: float = field(default=1.0, metadata=_doc(
+        "Face lost while frontal for this long raises driver_not_visible. Tuned here."))
+    degraded_s: float = field(default=10.0, metadata=_doc(
+        "Face not visible for this long raises system_degraded. Euro NCAP: tell the driver "
+        "within 10 s."))
+    visible_clear_s: float = field(default=0.5, metadata=_doc(
+        "driver_not_visible / system_degraded clear after the face is back this long. "
+        "Tuned here."))
+    nod_depth_deg: float = field(default=15.0, metadata=_doc(
+        "A nod: pitch drops more than this below neutral. Tuned here (reference 10-15 deg; "
+        "the upper end keeps noisy cluster glances out)."))
+    nod_max_yaw_deg: float = field(default=12.0, metadata=_doc(
+        "A pitch drop counts as a nod only while the head is within this yaw of neutral; "
+        "looking down-and-sideways (infotainment, glovebox) is a glance. Tuned here."))
+    nod_onset_deg: float = field(default=4.0, metadata=_doc(
+        "The drop is timed from the last pose above -nod_onset_deg. Tuned here."))
+    nod_max_drop_s: float = field(default=0.8, metadata=_doc(
+        "The drop from -nod_onset_deg to -nod_depth_deg must take at most this long (fast). "
+        "Tuned here."))
+    nod_return_deg: float = field(default=6.0, metadata=_doc(
+        "The head has returned when pitch is back above -nod_return_deg. Tuned here."))
+    nod_max_return_s: float = field(default=3.0, metadata=_doc(
+        "A nod returns within this time of reaching depth; otherwise it is a slump. "
+        "Tuned here (reference: 0.3-3 s)."))
+    nods_for_alert: int = field(default=3, metadata=_doc(
+        "Nods within the window that raise drowsiness. Tuned here."))
+    nods_for_level3: int = field(default=5, metadata=_doc(
+        "Nods within the window that escalate drowsiness to level 3. Tuned here."))
+    nod_window_s: float = field(default=60.0, metadata=_doc(
+        "Window for counting nods; drowsiness clears once it holds no nod. Tuned here."))
+    drowsy_level: int = field(default=2, metadata=_doc(
+        "Level at which drowsiness is raised (audible). Tuned here."))
+    slump_s: float = field(default=3.0, metadata=_doc(
+        "Head down (after a fast drop) without return for longer than this: slump, level 3. "
+        "Euro NCAP sleep: eyes closed > 3 s."))
+    min_speed_kmh: float = field(default=10.0, metadata=_doc(
+        "Below this speed (when known) alerts do not escalate past standstill_max_level. "
+        "openpilot stops at level 1 at standstill."))
+    standstill_max_level: int = field(default=1, metadata=_doc(
+        "Highest level while below min_speed_kmh. openpilot."))
+    right_hand_drive: bool = field(default=False, metadata=_doc(
+        "Mirror yaw so zones stay inboard/outboard. openpilot flips yaw for RHD."))
+
+    def validate(self) -> None:
+        if not 0 < self.level2_after_s <= self.level3_after_s:
+            raise ValueError("need 0 < level2_after_s <= level3_after_s")
+        if not self.nod_return_deg < self.nod_depth_deg or self.nod_onset_deg >= self.nod_depth_deg:
+            raise ValueError("need nod_onset_deg and nod_return_deg below nod_depth_deg")
+        if not 1 <= self.nods_for_alert <= self.nods_for_level3:
+            raise ValueError("need 1 <= nods_for_alert <= nods_for_level3")
+        if self.drowsy_level not in (1, 2, 3) or self.standstill_max_level not in (1, 2, 3):
+            raise ValueError("levels are 1, 2 or 3")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The whole engine: ``[engine]`` with sub-tables ``filter``, ``mount``, ``zones``,
+    ``calibration`` and ``policy``."""
+
+    filter: FilterSettings = field(default_factory=FilterSettings, metadata=_doc(
+        "Rotation filter ([engine.filter])."))
+    mount: MountSettings = field(default_factory=MountSettings, metadata=_doc(
+        "Camera mount prior ([engine.mount])."))
+    zones: ZoneSettings = field(default_factory=ZoneSettings, metadata=_doc(
+        "Road and glance zones ([engine.zones])."))
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings, metadata=_doc(
+        "Neutral-pose calibration ([engine.calibration])."))
+    policy: PolicySettings = field(default_factory=PolicySettings, metadata=_doc(
+        "State machine ([engine.policy])."))
+
+
+def load_engine_settings(table: Mapping[str, Any] | None, where: str = "engine") -> EngineSettings:
+    """EngineSettings from the ``[engine]`` table of a config file (None = all defaults)."""
+    return load_settings(EngineSettings, table, where)
+
+
+def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of two TOML tables (``over`` wins); used to layer a mount profile and a
+    config file."""
+    out: dict[str, Any] = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,144 @@
+"""Pictures for humans: the timeline plot of a replay and the per-frame video annotation.
+
+matplotlib (Agg, headless) and OpenCV are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dms.engine.events import Event, EventType, Phase
+from dms.engine.settings import ZoneSettings
+from dms.errors import InputError
+from dms.types import FaceBox, HeadPose
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[float, float | None, float | None, float | None]  # t, yaw, pitch, roll
+
+_COLOURS = {
+    EventType.DISTRACTION: "tab:orange",
+    EventType.DROWSINESS: "tab:purple",
+    EventType.SLUMP: "tab:red",
+    EventType.DRIVER_NOT_VISIBLE: "tab:gray",
+    EventType.SYSTEM_DEGRADED: "black",
+}
+
+
+def alert_spans(events: Iterable[Event], end_t_s: float) -> list[tuple[Event, float, float]]:
+    """(record, start, end) per level of each alert: from its raised or escalated record to the
+    alert's next record (or ``end_t_s`` when it never cleared)."""
+    last: dict[int, Event] = {}
+    spans: list[tuple[Event, float, float]] = []
+    for e in events:
+        prev = last.pop(e.alert_id, None)
+        if prev is not None:
+            spans.append((prev, prev.t_s, e.t_s))
+        if e.phase is not Phase.CLEARED:
+            last[e.alert_id] = e
+    spans.extend((e, e.t_s, end_t_s) for e in last.values())
+    return sorted(spans, key=lambda s: s[1])
+
+
+def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: ZoneSettings,
+                  path: str | Path) -> Path:
+    """PNG of yaw/pitch/roll (relative to neutral) over time, with the road zone limits and
+    every alert shaded from raise to clear; returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    t = np.array([s[0] for s in samples], dtype=float)
+    series = {name: np.array([np.nan if s[i] is None else s[i] for s in samples], dtype=float)
+              for i, name in ((1, "yaw"), (2, "pitch"), (3, "roll"))}
+    end = float(t[-1]) if len(t) else max((e.t_s for e in events), default=1.0)
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(12, 7), constrained_layout=True)
+    limits = {"yaw": (-zones.yaw_outboard_deg, zones.yaw_inboard_deg),
+              "pitch": (-zones.pitch_down_deg, zones.pitch_up_deg), "roll": None}
+    spans = alert_spans(events, end)
+    for ax, name in zip(axes, ("yaw", "pitch", "roll"), strict=True):
+        ax.plot(t, series[name], lw=0.8, color="tab:blue")
+        lim = limits[name]
+        if lim is not None:
+            ax.axhspan(lim[0], lim[1], color="tab:green", alpha=0.08, lw=0)
+            for y in lim:
+                ax.axhline(y, color="tab:green", lw=0.6, ls="--")
+        no_face = np.isnan(series[name])
+        if no_face.any() and len(t):
+            ax.fill_between(t, 0, 1, where=no_face, transform=ax.get_xaxis_transform(),
+                            color="gray", alpha=0.15, lw=0, step="mid")
+        for e, a, b in spans:
+            ax.axvspan(a, b, color=_COLOURS.get(e.type, "tab:red"), alpha=0.15 + 0.1 * e.level,
+                       lw=0)
+        ax.set_ylabel(f"{name} (deg)")
+        ax.grid(alpha=0.3)
+    for e, a, _ in spans:
+        label = (f"{e.type.value}:{e.reason.value} L{e.level}" if e.phase is Phase.RAISED
+                 else f"L{e.level}")
+        axes[0].annotate(label, (a, 1.0),
+                         xycoords=("data", "axes fraction"), fontsize=7, rotation=30,
+                         va="bottom")
+    axes[1].text(0.01, 0.02, "yaw: + = driver's right; pitch: - = head down; "
+                 "green = road zone, grey = no face", transform=axes[1].transAxes, fontsize=7)
+    axes[-1].set_xlabel("t (s)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write plot: {exc}") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPose | None,
+                   state: Any, events: Sequence[Event]) -> np.ndarray:
+    """A copy of the frame with the face box, head axes (x red, y green, z blue), a state
+    line and a banner for the most severe event of this frame (or active alert).
+
+    ``state`` is an :class:`dms.engine.engine.EngineState` (or anything with
+    ``driver_state``; ``policy.max_level`` is used when present)."""
+    import cv2
+
+    img = frame_bgr.copy()
+    h, w = img.shape[:2]
+    if face_box is not None:
+        cv2.rectangle(img, (int(face_box.x1), int(face_box.y1)),
+                      (int(face_box.x2), int(face_box.y2)), (255, 255, 0), 2)
+    if pose is not None:
+        if face_box is not None:
+            cx, cy = face_box.center
+            size = 0.6 * max(face_box.width, face_box.height)
+        else:
+            cx, cy, size = w / 2, h / 2, min(w, h) / 4
+        R = np.asarray(pose.rotation)
+        # camera y is up, image y is down: flip y when drawing
+        for axis, colour in ((0, (0, 0, 255)), (1, (0, 255, 0)), (2, (255, 0, 0))):
+            v = R[:, axis]
+            end = (int(cx + size * v[0]), int(cy - size * v[1]))
+            cv2.arrowedLine(img, (int(cx), int(cy)), end, colour, 2, tipLength=0.15)
+        cv2.putText(img, f"yaw {pose.yaw_deg:+.0f} pitch {pose.pitch_deg:+.0f} "
+                    f"roll {pose.roll_deg:+.0f}", (10, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    driver = str(getattr(state, "driver_state", state))
+    cv2.putText(img, driver, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2,
+                cv2.LINE_AA)
+    level = getattr(getattr(state, "policy", None), "max_level", 0)
+    live = [e for e in events if e.phase is not Phase.CLEARED]
+    if live or level:
+        top = max(live, key=lambda e: e.level) if live else None
+        lvl = top.level if top else level
+        colour = {1: (0, 200, 255), 2: (0, 128, 255)}.get(lvl, (0, 0, 255))
+        cv2.rectangle(img, (0, 34), (w, 64), colour, -1)
+        text = (f"L{lvl} {top.type.value}: {top.reason.value}" if top
+                else f"L{lvl} {driver}")
+        cv2.putText(img, text.upper(), (10, 56), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2,
+                    cv2.LINE_AA)
+    return img

@@ -1,0 +1,163 @@
+"""Neutral-pose calibration: explicit (with refusals) and online (bounded), and the pose
+relative to neutral composed as rotations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dms.engine import CalibrationRefused, Engine, EngineSettings
+from dms.engine.calibration import NeutralPose, OnlineNeutral, calibrate_neutral, mount_prior
+from dms.engine.scenarios import ScenarioBuilder, raised, run
+from dms.geometry import euler_from_rotation, geodesic_deg, relative_rotation, rotation_from_euler
+from dms.types import HeadPose, Observation
+
+S = EngineSettings()
+C = S.calibration
+
+
+def still(neutral_deg: tuple[float, float, float], seconds: float = 5.0, noise: float = 0.8,
+          seed: int = 0, **kw: object) -> list[Observation]:
+    b = ScenarioBuilder(S, rate_hz=30, noise_deg=noise, seed=seed, neutral_deg=neutral_deg,
+                        **kw)  # type: ignore[arg-type]
+    return list(b.road(seconds).build().observations)
+
+
+def test_explicit_calibration_finds_the_neutral_and_its_spread() -> None:
+    truth = (6.0, -14.0, 2.0)
+    result = calibrate_neutral(still(truth), C, S.mount)
+    assert geodesic_deg(result.neutral.rotation, rotation_from_euler(*truth)) < 0.5
+    assert result.neutral.source == "explicit"
+    assert result.sample_count == 150 and result.missing_count == 0
+    assert 0.5 < result.spread_deg < 2.5  # ~ noise * sqrt(3)
+    assert result.duration_s == pytest.approx(149 / 30)
+
+
+def test_explicit_calibration_rejects_outliers() -> None:
+    truth = (6.0, -14.0, 2.0)
+    obs = still(truth, outlier_prob=0.1, outlier_deg=30.0, seed=2)
+    result = calibrate_neutral(obs, C, S.mount)
+    assert result.rejected_count >= 5
+    assert geodesic_deg(result.neutral.rotation, rotation_from_euler(*truth)) < 0.5
+
+
+def test_refuses_when_the_face_is_missing() -> None:
+    obs = still((8.0, -20.0, 0.0))
+    obs = [Observation(o.t_s, None) if i % 2 else o for i, o in enumerate(obs)]
+    with pytest.raises(CalibrationRefused) as err:
+        calibrate_neutral(obs, C, S.mount)
+    assert err.value.code == "face_missing" and "face missing" in str(err.value)
+
+
+def test_refuses_when_the_driver_moved() -> None:
+    b = ScenarioBuilder(S, rate_hz=30).road(1)
+    for _ in range(4):
+        b.glance("left_mirror", 0.6).road(0.4)
+    with pytest.raises(CalibrationRefused) as err:
+        calibrate_neutral(b.build().observations, C, S.mount)
+    assert err.value.code == "moved_too_much" and "moved" in str(err.value)
+
+
+def test_refuses_a_neutral_far_from_the_mount() -> None:
+    p, y, r = (S.mount.neutral_pitch_deg, S.mount.neutral_yaw_deg, 0.0)
+    obs = still((p, y + C.max_offset_from_mount_deg + 10, r))
+    with pytest.raises(CalibrationRefused) as err:
+        calibrate_neutral(obs, C, S.mount)
+    assert err.value.code == "not_at_road"
+
+
+def test_refuses_too_few_samples_and_no_frames() -> None:
+    with pytest.raises(CalibrationRefused) as err:
+        calibrate_neutral([], C)
+    assert err.value.code == "no_frames"
+    with pytest.raises(CalibrationRefused) as err:
+        calibrate_neutral(still((0, 0, 0), seconds=0.5), C)
+    assert err.value.code == "too_few_samples"
+
+
+def test_low_confidence_counts_as_missing() -> None:
+    obs = [Observation(o.t_s, dataclasses.replace(o.pose, confidence=C.min_confidence / 2))
+           for o in still((0, 0, 0)) if o.pose is not None]
+    with pytest.raises(CalibrationRefused, match="face missing"):
+        calibrate_neutral(obs, C)
+
+
+def test_relative_pose_is_composed_not_subtracted() -> None:
+    """A-pillar mount: the neutral is turned 35 deg and pitched 10 deg. Looking 25 deg down in
+    the driver's own frame must read 25 deg of pitch and no yaw."""
+    neutral = rotation_from_euler(10.0, 35.0, 0.0)
+    R = neutral @ rotation_from_euler(-25.0, 0.0, 0.0)
+    eng = Engine(S, neutral=NeutralPose(neutral))
+    rel = eng.step(Observation(0.0, HeadPose(R, *euler_from_rotation(R)))).relative
+    assert rel is not None
+    assert rel.pitch_deg == pytest.approx(-25.0, abs=1e-6)
+    assert rel.yaw_deg == pytest.approx(0.0, abs=1e-6)
+    naive = np.subtract(euler_from_rotation(R), euler_from_rotation(neutral))
+    assert np.abs(naive - (-25.0, 0.0, 0.0)).max() > 3.0  # Euler subtraction is wrong here
+
+
+def test_explicit_calibration_of_an_offset_driver_prevents_false_alerts() -> None:
+    # a driver who sits further outboard than the mount expects: off the road zone
+    m = S.mount
+    truth = (m.neutral_pitch_deg, m.neutral_yaw_deg - (S.zones.yaw_outboard_deg + 4.0), 0.0)
+    drive = ScenarioBuilder(S, rate_hz=20, neutral_deg=truth).road(30).build()
+    uncalibrated = raised(run(drive))
+    assert uncalibrated  # looks like a long glance to an uncalibrated engine
+    result = calibrate_neutral(still(truth), C, S.mount)
+    assert run(drive, Engine(S, neutral=result.neutral)) == []
+
+
+def test_online_calibration_learns_after_a_minute_while_attentive() -> None:
+    m = S.mount
+    truth = (m.neutral_pitch_deg + 4.0, m.neutral_yaw_deg + 8.0, 0.0)
+    eng = Engine(S)
+    sc = ScenarioBuilder(S, rate_hz=10, noise_deg=1.0, neutral_deg=truth, seed=5).road(
+        C.online_min_s + 10).build()
+    ready_at = None
+    for o in sc.observations:
+        state = eng.step(o).state
+        if state.calibrated and ready_at is None:
+            ready_at = o.t_s
+    assert ready_at is not None and ready_at >= C.online_min_s - 0.5
+    assert ready_at <= C.online_min_s + 1.5
+    assert eng.neutral.source == "online"
+    pitch, yaw, _ = euler_from_rotation(
+        relative_rotation(rotation_from_euler(*truth), eng.neutral.rotation))
+    assert abs(pitch) < 1.0 and abs(yaw) < 1.0
+
+
+def test_online_calibration_is_clamped_to_its_range() -> None:
+    base = mount_prior(S.mount)
+    est = OnlineNeutral(C, base)
+    far = base.rotation @ rotation_from_euler(0.0, 19.0, 0.0)  # inside the gate, beyond clamp
+    t = 0.0
+    while t < C.online_min_s + 2:
+        est.update(t, far, learnable=True)
+        t += 0.1
+    assert est.ready
+    pitch, yaw, _ = euler_from_rotation(relative_rotation(base.rotation, est.neutral().rotation))
+    assert yaw == pytest.approx(C.online_yaw_range_deg[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("why", ["slow", "not_attentive", "unknown_speed_required"])
+def test_online_calibration_only_learns_when_allowed(why: str) -> None:
+    settings = S
+    speed: float | None = 80.0
+    if why == "slow":
+        speed = C.online_min_speed_kmh - 5
+    if why == "unknown_speed_required":
+        speed = None
+        settings = dataclasses.replace(
+            S, calibration=dataclasses.replace(C, online_requires_speed=True))
+    b = ScenarioBuilder(settings, rate_hz=10, speed_kmh=speed)
+    if why == "not_attentive":
+        while b.t_s < C.online_min_s + 10:
+            b.glance("passenger", 4.0).road(0.5)
+    else:
+        b.road(C.online_min_s + 10)
+    eng = Engine(settings)
+    for o in b.build().observations:
+        eng.step(o)
+    assert not eng.calibrated and eng.neutral.source == "mount"
