@@ -4,6 +4,11 @@ events as JSON lines on stdout, nothing else.
     dms replay --poses FILE.csv [--settings FILE.toml ...] [--plot timeline.png]
     dms replay VIDEO [--detector D] [--pose-model M] [--out-video OUT.mp4] [--plot P.png]
 
+With ``--config FILE`` (its ``[mqtt]`` enabled) or ``--mqtt HOST:PORT`` the events are also
+published through exactly the path ``dms run`` uses (durable outbox, QoS 1), so recorded
+drives can be re-published; before exiting it waits up to ``--drain-timeout-s`` for the
+outbox, and whatever is left is delivered by the next process using the same state directory.
+
 The poses CSV has a header row with columns ``t,yaw,pitch,roll`` (seconds, degrees, AFLW2000
 convention: pitch < 0 is head down) and optionally ``face`` (0/1; when 0 the pose fields are
 empty), ``confidence``, ``speed_kmh``, ``steering_deg``.
@@ -42,6 +47,14 @@ def register(subparsers: Any) -> None:
                    help="write an annotated video (video only)")
     p.add_argument("--plot", type=Path, default=None, metavar="PATH",
                    help="write a timeline plot (PNG) of the relative pose, zones and events")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                   help="dms configuration: its [engine] settings, and its [mqtt] and state "
+                   "directory to publish the events like `dms run`")
+    p.add_argument("--mqtt", default=None, metavar="HOST:PORT",
+                   help="publish the events to this broker (durable outbox, as `dms run`)")
+    p.add_argument("--drain-timeout-s", type=float, default=None, metavar="S",
+                   help="wait this long for the outbox before exiting (default: the config's "
+                   "service.stop_drain_timeout_s)")
     p.set_defaults(func=run)
 
 
@@ -144,7 +157,7 @@ def read_poses_csv(path: Path) -> list[Any]:
 
 
 def replay(observations: Iterable[Any], settings: Any, out: Any,
-           keep_samples: bool = False) -> tuple[list[Any], list[Any]]:
+           keep_samples: bool = False, outputs: Any = None) -> tuple[list[Any], list[Any]]:
     """Feed observations to a fresh Engine; write events as JSON lines to ``out``.
 
     Returns (samples, events) for plotting: samples are (t, yaw, pitch, roll) relative to
@@ -158,6 +171,8 @@ def replay(observations: Iterable[Any], settings: Any, out: Any,
         result = engine.step(obs)
         for event in result.events:
             out.write(event.to_json() + "\n")
+            if outputs is not None:
+                outputs.publish_event(event.to_dict())
         events.extend(result.events)
         if keep_samples:
             r = result.relative
@@ -167,24 +182,90 @@ def replay(observations: Iterable[Any], settings: Any, out: Any,
     return samples, events
 
 
+def _video_steps(args: argparse.Namespace, settings: Any) -> Iterable[tuple[Any, Any, Any]]:
+    """(frame, perception result, engine result) for every frame of the video."""
+    from dms.capture import video_frames
+    from dms.engine.engine import Engine
+    from dms.pipeline import build_perception
+
+    perception = build_perception(args.detector, args.pose_model)
+    engine = Engine(settings)
+    for frame in video_frames(args.video):
+        fr = perception.process(frame.image, frame.t_s)
+        yield frame, fr, engine.step(fr.observation())
+
+
 def run(args: argparse.Namespace) -> int:
+    from dms.config import load_config, state_dir
+    from dms.service import AlertOutputs, open_mqtt
+
     if (args.poses is None) == (args.video is None):
         raise InputError("give either --poses FILE.csv or a VIDEO, not both or neither")
-    settings = load_settings_files(args.settings)
-    if args.poses is not None:
-        if args.out_video is not None:
-            raise InputError("--out-video needs a VIDEO, not --poses")
-        observations: Iterable[Any] = read_poses_csv(args.poses)
-    else:
-        if args.out_video is not None:
-            raise InputError("--out-video is not wired to the video pipeline yet")
-        from dms.pipeline import observations_from_source
-
-        observations = observations_from_source(args.video, detector=args.detector,
-                                                 pose_model=args.pose_model)
-    samples, events = replay(observations, settings, sys.stdout, keep_samples=bool(args.plot))
+    cfg = load_config(args.config) if args.config else None
+    settings = (cfg.engine if cfg is not None and not args.settings
+                else load_settings_files(args.settings))
+    comm = None
+    if args.mqtt or (cfg is not None and cfg.mqtt.enabled):
+        cfg = cfg or load_config(None)
+        comm = open_mqtt(cfg, state_dir(cfg), args.mqtt)
+    outputs = AlertOutputs(comm)
+    drain_s = args.drain_timeout_s
+    if drain_s is None:
+        drain_s = cfg.service.stop_drain_timeout_s if cfg is not None else 3.0
+    try:
+        if args.poses is not None:
+            if args.out_video is not None:
+                raise InputError("--out-video needs a VIDEO, not --poses")
+            observations = read_poses_csv(args.poses)
+            samples, events = replay(observations, settings, sys.stdout,
+                                     keep_samples=bool(args.plot), outputs=outputs)
+        else:
+            samples, events = _replay_video(args, settings, outputs)
+    finally:
+        drained = outputs.close(drain_s)
+        if comm is not None and not drained:
+            print(f"dms replay: outbox not drained within {drain_s:g} s; the next dms process "
+                  "with the same state directory delivers the rest", file=sys.stderr)
     if args.plot is not None:
         from dms.viz import plot_timeline
 
         plot_timeline(samples, events, settings.zones, args.plot)
     return 0
+
+
+def _replay_video(args: argparse.Namespace, settings: Any, outputs: Any
+                  ) -> tuple[list[Any], list[Any]]:
+    samples: list[tuple[float, float | None, float | None, float | None]] = []
+    events: list[Any] = []
+    writer = None
+    try:
+        for frame, fr, result in _video_steps(args, settings):
+            for event in result.events:
+                sys.stdout.write(event.to_json() + "\n")
+                outputs.publish_event(event.to_dict())
+            sys.stdout.flush()
+            events.extend(result.events)
+            r = result.relative
+            samples.append((frame.t_s, None, None, None) if r is None
+                           else (frame.t_s, r.yaw_deg, r.pitch_deg, r.roll_deg))
+            if args.out_video is not None:
+                import cv2
+
+                from dms.viz import annotate_frame
+
+                img = annotate_frame(frame.image, fr.face, result.pose, result.state,
+                                     result.events)
+                if writer is None:
+                    from dms.capture import video_fps
+
+                    args.out_video.parent.mkdir(parents=True, exist_ok=True)
+                    writer = cv2.VideoWriter(str(args.out_video),
+                                             cv2.VideoWriter_fourcc(*"mp4v"),
+                                             video_fps(args.video), img.shape[1::-1])
+                    if not writer.isOpened():
+                        raise InputError(f"{args.out_video}: cannot write video here")
+                writer.write(img)
+    finally:
+        if writer is not None:
+            writer.release()
+    return samples, events
