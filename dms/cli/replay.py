@@ -182,17 +182,11 @@ def replay(observations: Iterable[Any], settings: Any, out: Any,
     return samples, events
 
 
-def _video_steps(args: argparse.Namespace, settings: Any) -> Iterable[tuple[Any, Any, Any]]:
-    """(frame, perception result, engine result) for every frame of the video."""
-    from dms.capture import video_frames
-    from dms.engine.engine import Engine
-    from dms.pipeline import build_perception
+def _print_event(record: dict[str, Any]) -> None:
+    import json
 
-    perception = build_perception(args.detector, args.pose_model)
-    engine = Engine(settings)
-    for frame in video_frames(args.video):
-        fr = perception.process(frame.image, frame.t_s)
-        yield frame, fr, engine.step(fr.observation())
+    sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,7 +214,13 @@ def run(args: argparse.Namespace) -> int:
             samples, events = replay(observations, settings, sys.stdout,
                                      keep_samples=bool(args.plot), outputs=outputs)
         else:
-            samples, events = _replay_video(args, settings, outputs)
+            from dms.replay import replay_video
+            from dms.service import AlertOutputs as _Outputs
+
+            printing = _Outputs(outputs.comm, on_event=_print_event)
+            rv = replay_video(args.video, settings, printing, detector=args.detector,
+                              pose_model=args.pose_model, out_video=args.out_video)
+            samples, events = rv.samples, rv.events
     finally:
         drained = outputs.close(drain_s)
         if comm is not None and not drained:
@@ -231,41 +231,3 @@ def run(args: argparse.Namespace) -> int:
 
         plot_timeline(samples, events, settings.zones, args.plot)
     return 0
-
-
-def _replay_video(args: argparse.Namespace, settings: Any, outputs: Any
-                  ) -> tuple[list[Any], list[Any]]:
-    samples: list[tuple[float, float | None, float | None, float | None]] = []
-    events: list[Any] = []
-    writer = None
-    try:
-        for frame, fr, result in _video_steps(args, settings):
-            for event in result.events:
-                sys.stdout.write(event.to_json() + "\n")
-                outputs.publish_event(event.to_dict())
-            sys.stdout.flush()
-            events.extend(result.events)
-            r = result.relative
-            samples.append((frame.t_s, None, None, None) if r is None
-                           else (frame.t_s, r.yaw_deg, r.pitch_deg, r.roll_deg))
-            if args.out_video is not None:
-                import cv2
-
-                from dms.viz import annotate_frame
-
-                img = annotate_frame(frame.image, fr.face, result.pose, result.state,
-                                     result.events)
-                if writer is None:
-                    from dms.capture import video_fps
-
-                    args.out_video.parent.mkdir(parents=True, exist_ok=True)
-                    writer = cv2.VideoWriter(str(args.out_video),
-                                             cv2.VideoWriter_fourcc(*"mp4v"),
-                                             video_fps(args.video), img.shape[1::-1])
-                    if not writer.isOpened():
-                        raise InputError(f"{args.out_video}: cannot write video here")
-                writer.write(img)
-    finally:
-        if writer is not None:
-            writer.release()
-    return samples, events

@@ -331,7 +331,11 @@ class FaceRenderer:
         gain = truth.light_gain * drift
         light = self._vignette * (gain + sun * self._window_mask)
         if truth.blocked:
-            light = light * 0.06
+            # a hand or tape over the lens: no structure left, only a dim, smooth glow
+            # (dimming alone leaves a face the detector rightly still finds)
+            sigma = 0.12 * s.width_px
+            img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
+            light = light * 0.25
         if s.ir:
             gray = img[..., 0] * 0.15 + img[..., 1] * 0.3 + img[..., 2] * 0.55
             gray = gray * light * 1.1
