@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "size": list(timed[0].shape[1::-1]),
         "tracking": not args.no_tracking,
         "detector": detector.name,
+        "detector_input": list(getattr(detector, "input_size", ()) or ()) or None,
         "pose_model": estimator.name,
         "fps_p50": round(1000.0 / float(tot["p50_ms"]), 1),
         "fps_mean": round(1000.0 / float(tot["mean_ms"]), 1),

@@ -116,6 +116,13 @@ class ScrfdDetector:
         self._model.det_thresh = score_threshold
         self._model.nms_thresh = nms_iou
         self.input_size = (input_size, input_size)
+        fixed = self._model.static_input_size
+        if fixed is not None and tuple(fixed) != self.input_size:
+            # exports with a fixed input (e.g. the 640x640 *_bnkps files) bake size-specific
+            # constants into the graph: they only run at their own size
+            log.info("%s has a fixed %dx%d input; input_size %d is not used",
+                     self.model_path.name, fixed[0], fixed[1], input_size)
+            self.input_size = (int(fixed[0]), int(fixed[1]))
 
     def detect(self, image_bgr: np.ndarray) -> list[FaceBox]:
         det, kps = self._model.detect(image_bgr, input_size=self.input_size)
