@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from dms.errors import InputError
-
-DEFAULT_STATE_DIR = "/var/lib/dms"
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +30,10 @@ def register(subparsers: Any) -> None:
                    help="seconds to collect (default: engine.calibration.duration_s)")
     p.add_argument("--profile", default="default", help="driver profile name")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help="state directory (default: $STATE_DIRECTORY or /var/lib/dms)")
+                   help="state directory (default: as `dms run`: $STATE_DIRECTORY, else the "
+                   "config's service.state_dir, else ~/.local/state/dms)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                   help="dms configuration (its [engine] settings, profile and state directory)")
     p.add_argument("--settings", type=Path, action="append", default=[], metavar="FILE.toml",
                    help="TOML with an [engine] table (repeatable; e.g. a calibration/ profile)")
     p.add_argument("--detector", default=None, help="face detector (--source only)")
@@ -44,10 +44,14 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dms.calibration_store import calibrate_and_store, profile_path
     from dms.cli.replay import load_settings_files, read_poses_csv
+    from dms.config import load_config
+    from dms.config import state_dir as resolve_state_dir
     from dms.engine.calibration import CalibrationRefused
 
-    settings = load_settings_files(args.settings)
-    state_dir = args.state_dir or Path(os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIR))
+    cfg = load_config(args.config)
+    settings = cfg.engine if args.config and not args.settings else load_settings_files(
+        args.settings)
+    state_dir = args.state_dir or resolve_state_dir(cfg)
     profile_path(state_dir, args.profile)  # a bad profile name fails before the camera starts
     duration = args.duration_s if args.duration_s is not None else settings.calibration.duration_s
     if duration <= 0:
