@@ -23,15 +23,10 @@ from dms.errors import DmsError
 from dms.outputs.buzzer import BuzzerSettings
 from dms.outputs.mqtt import MqttSettings
 from dms.pipeline import TrackingSettings
-from dms.settings import load_settings
+from dms.settings import load_settings, parse_toml, read_text_file
 from dms.vision.detect import DetectorSettings
 from dms.vision.headpose import PoseModelSettings
 from dms.vision.runtime import RuntimeSettings
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (JetPack 6)
-    import tomli as tomllib  # type: ignore[no-redef]
 
 
 class ConfigError(DmsError):
@@ -119,10 +114,7 @@ class Config:
 
 
 def parse_config(text: str, where: str = "config") -> Config:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    data = parse_toml(text, where, ConfigError)
     known = {"camera", "vision", "engine", "mqtt", "buzzer", "service"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -139,14 +131,7 @@ def load_config(path: str | Path | None) -> Config:
     """The configuration from ``path`` (None: all defaults)."""
     if path is None:
         return Config()
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read configuration file ({exc})") from None
-    return parse_config(text, str(p))
+    return parse_config(read_text_file(path, "configuration file", ConfigError), str(path))
 
 
 def state_dir(cfg: Config, environ: Mapping[str, str] | None = None) -> Path:

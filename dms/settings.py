@@ -15,9 +15,15 @@ import json
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dms.errors import DmsError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 
 class SettingsError(DmsError):
@@ -165,3 +171,31 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
             default = f.default_factory()  # type: ignore[misc]
         rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
     return rows
+
+
+def read_text_file(path: str | Path, what: str, error: type[DmsError] = SettingsError) -> str:
+    """The text of ``path``, or ``error`` saying ``"<path>: <what> not found"`` or why it
+    cannot be read."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{p}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{p}: cannot read {what} ({exc})") from None
+
+
+def parse_toml(
+    text: str, where: str | Path, error: type[DmsError] = SettingsError
+) -> dict[str, Any]:
+    """TOML text as a dict, or ``error`` naming ``where`` and the line of the syntax error."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}: not valid TOML: {exc}") from None
+
+
+def read_toml(
+    path: str | Path, what: str, error: type[DmsError] = SettingsError
+) -> dict[str, Any]:
+    return parse_toml(read_text_file(path, what, error), path, error)

@@ -61,22 +61,11 @@ def register(subparsers: Any) -> None:
 def load_settings_files(paths: Sequence[Path]) -> Any:
     """EngineSettings from the ``[engine]`` tables of ``paths``, later files winning."""
     from dms.engine.settings import load_engine_settings, merge_tables
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    from dms.settings import read_toml
 
     table: dict[str, Any] = {}
     for path in paths:
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path}: settings file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: cannot read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: not valid TOML: {exc}") from None
+        doc = read_toml(path, "settings file", InputError)
         if "engine" not in doc:
             raise InputError(f"{path}: no [engine] table")
         table = merge_tables(table, doc["engine"])
@@ -97,14 +86,10 @@ def _number(value: str, column: str, where: str) -> float:
 def read_poses_csv(path: Path) -> list[Any]:
     """Observations from a poses CSV; errors name the file and the line."""
     from dms.geometry import rotation_from_euler
+    from dms.settings import read_text_file
     from dms.types import HeadPose, Observation
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: poses file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
+    text = read_text_file(path, "poses file", InputError)
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:

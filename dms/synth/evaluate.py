@@ -39,13 +39,10 @@ class TruthRow:
 
 def read_truth_csv(path: str | Path) -> list[TruthRow]:
     """Rows of a ground-truth poses CSV written by ``dms synth render``."""
+    from dms.settings import read_text_file
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{p}: ground-truth poses not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: cannot read: {exc}") from None
+    text = read_text_file(p, "ground-truth poses", InputError)
     rows = list(csv.reader(text.splitlines()))
     if not rows or [c.strip() for c in rows[0][:5]] != ["t", "yaw", "pitch", "roll", "face"]:
         raise InputError(f"{p}:1: expected the header t,yaw,pitch,roll,face")

@@ -24,11 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dms.errors import ModelError
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (JetPack 6)
-    import tomli as tomllib  # type: ignore[no-redef]
+from dms.settings import read_toml
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +63,7 @@ def user_models_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 def load_manifest(path: Path | None = None) -> list[ModelEntry]:
     path = path or models_dir() / "manifest.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model manifest not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "model manifest", ModelError)
     entries = []
     known = set(ModelEntry.__slots__)  # type: ignore[attr-defined]
     for i, raw in enumerate(data.get("model", [])):
