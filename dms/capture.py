@@ -70,19 +70,62 @@ def open_capture(source: str) -> cv2.VideoCapture:
     return cap
 
 
+MAX_BAD_FRAMES = 30  # consecutive undecodable frames skipped before a file counts as ended
+
+
+class FileFrames:
+    """``(position, image)`` for each decodable frame of an opened video file, in order.
+
+    ``cap.read()`` also fails on one damaged packet in the middle of a file (the decoder
+    rejects it; the next read goes on). Such frames are skipped and counted in ``skipped``
+    instead of ending the file early, and ``position`` still counts them, so timestamps stay
+    those of the file. The file ends at its frame count, or after ``max_bad`` consecutive
+    failed reads. ``positions`` is how many frame slots were consumed (skips included).
+    """
+
+    def __init__(self, cap: cv2.VideoCapture, source: str = "", *,
+                 max_bad: int = MAX_BAD_FRAMES) -> None:
+        self.cap = cap
+        self.source = source
+        self.max_bad = max_bad
+        self.skipped = 0
+        self.positions = 0
+        get = getattr(cap, "get", None)
+        count = (get(cv2.CAP_PROP_FRAME_COUNT) if get else 0.0) or 0.0
+        self._count = int(count) if 0 < count < 1e9 else 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        bad = 0
+        while True:
+            ok, img = self.cap.read()
+            if ok:
+                if bad:
+                    log.warning("%s: %d undecodable frame(s) skipped before frame %d",
+                                self.source, bad, self.positions + bad)
+                    self.skipped += bad
+                    self.positions += bad
+                    bad = 0
+                yield self.positions, img
+                self.positions += 1
+                continue
+            bad += 1
+            if bad > self.max_bad or (self._count and self.positions + bad >= self._count):
+                return
+
+
 def video_frames(path: str, *, max_frames: int | None = None) -> Iterator[Frame]:
-    """Frames of a video file in order, ``t_s`` from the file's frame rate."""
+    """Frames of a video file in order, ``t_s`` from the file's frame rate; undecodable
+    frames are skipped (see :class:`FileFrames`)."""
     cap = open_capture(path)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     if not 1.0 <= fps <= 1000.0:
         fps = 30.0
     i = 0
     try:
-        while max_frames is None or i < max_frames:
-            ok, img = cap.read()
-            if not ok:
+        for pos, img in FileFrames(cap, path):
+            if max_frames is not None and i >= max_frames:
                 break
-            yield Frame(img, i / fps, i)
+            yield Frame(img, pos / fps, i)
             i += 1
     finally:
         cap.release()

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from dms import __version__
-from dms.capture import Frame, LatestFrameReader, open_capture, source_kind, video_fps
+from dms.capture import (
+    FileFrames,
+    Frame,
+    LatestFrameReader,
+    open_capture,
+    source_kind,
+    video_fps,
+)
 from dms.config import CameraSettings, Config, state_dir
 from dms.engine.engine import Engine, StepResult
 from dms.errors import DmsError
@@ -62,6 +69,8 @@ class FrameSource:
         self._opener = opener
         self._clock = clock
         self.reconnects = 0
+        self.reopens = 0  # video files with loop: times the file was opened again
+        self.skipped_frames = 0  # undecodable frames skipped in video files
 
     def frames(self, stop: threading.Event) -> Iterator[Frame | SourceStatus]:
         if source_kind(self.cfg.source) == "file":
@@ -75,13 +84,13 @@ class FrameSource:
         start = self._clock()
         while not stop.is_set():
             cap = self._opener(self.cfg.source)
+            reader = FileFrames(cap, self.cfg.source)
             n = 0
             try:
-                while not stop.is_set():
-                    ok, img = cap.read()
-                    if not ok:
+                for pos, img in reader:
+                    if stop.is_set():
                         break
-                    t_s = offset_s + n / fps
+                    t_s = offset_s + pos / fps
                     if self.cfg.realtime:
                         delay = start + t_s - self._clock()
                         if delay > 0 and stop.wait(delay):
@@ -91,10 +100,16 @@ class FrameSource:
                     index += 1
             finally:
                 cap.release()
-            if n == 0 or not self.cfg.loop:
-                yield SourceStatus(offset_s + n / fps, "ended", self.cfg.source)
+                self.skipped_frames += reader.skipped
+            if stop.is_set():
                 return
-            offset_s += n / fps
+            if n == 0 or not self.cfg.loop:
+                yield SourceStatus(offset_s + reader.positions / fps, "ended", self.cfg.source)
+                return
+            offset_s += reader.positions / fps
+            self.reopens += 1
+            log.debug("%s: end of file after %d frames; looping (reopen %d)", self.cfg.source,
+                      n, self.reopens)
 
     def _live_frames(self, stop: threading.Event) -> Iterator[Frame | SourceStatus]:
         reader = LatestFrameReader(self.cfg.source, opener=self._opener, clock=self._clock)
@@ -147,11 +162,20 @@ class AlertOutputs:
         self.audible_min_level = audible_min_level
         self.on_event = on_event
         self.published = 0
+        self.failed = 0  # alerts the communicator refused (logged; should stay 0)
 
     def publish_event(self, record: dict[str, Any]) -> None:
+        """Queue ``record`` in the durable outbox (on disk, or in memory while the disk refuses
+        writes, before this returns). A failure here is logged, never raised: monitoring and
+        the buzzer must not stop because the alert path broke."""
         if self.comm is not None:
-            self.comm.publish_alert(record)  # on disk before this returns
-            self.published += 1
+            try:
+                self.comm.publish_alert(record)
+                self.published += 1
+            except Exception:
+                self.failed += 1
+                log.exception("alert %s could not be queued for MQTT (%d so far)",
+                              record.get("event_id"), self.failed)
         if self.on_event is not None:
             self.on_event(record)
 

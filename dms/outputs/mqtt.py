@@ -365,7 +365,9 @@ class MqttCommunicator:
     def publish_alert(self, event: Mapping[str, Any]) -> int:
         """Store ``event`` (a JSON-able dict, e.g. ``Event.to_dict()``) durably, then send it.
 
-        Returns its sequence number. The alert is on disk when this returns.
+        Returns its sequence number. The alert is on disk when this returns, or, while the
+        disk refuses writes (read-only state directory, disk full), kept in memory, published
+        from there and written once the disk takes writes again (see :mod:`.outbox`).
         """
         outbox = self._require_started()
         body = jsonable(event)
@@ -535,6 +537,8 @@ class MqttCommunicator:
             try:
                 if item[0] == "ack":
                     self._handle_ack(item[1], item[2])
+                assert self._outbox is not None
+                self._outbox.sync()  # writes a refusing disk kept back (rate-limited, cheap)
                 self._fill()
             except Exception:  # keep the worker alive; the outbox keeps the data
                 log.exception("mqtt outbox worker: unexpected error")
