@@ -40,6 +40,7 @@ from dms.pipeline import Perception
 log = logging.getLogger(__name__)
 
 AUDIBLE_MIN_LEVEL = 2  # Euro NCAP / openpilot: level 1 is a silent (visual) warning
+MQTT_RETRY_S = 10.0  # retry starting MQTT this often when it could not start
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +164,20 @@ class AlertOutputs:
         self.on_event = on_event
         self.published = 0
         self.failed = 0  # alerts the communicator refused (logged; should stay 0)
+        # alerts raised while MQTT is wanted but could not start (e.g. the state directory
+        # was read-only at start): kept in order until attach() hands them over
+        self.backlog: list[dict[str, Any]] | None = None
 
-    def publish_event(self, record: dict[str, Any]) -> None:
+    def attach(self, comm: Any) -> None:
+        """MQTT came up late: hand over the alerts held meanwhile, in order, then go live."""
+        held, self.backlog = self.backlog or [], None
+        self.comm = comm
+        for record in held:
+            self.publish_event(record, notify=False)
+        if held:
+            log.info("%d alerts held while MQTT was unavailable are now queued", len(held))
+
+    def publish_event(self, record: dict[str, Any], notify: bool = True) -> None:
         """Queue ``record`` in the durable outbox (on disk, or in memory while the disk refuses
         writes, before this returns). A failure here is logged, never raised: monitoring and
         the buzzer must not stop because the alert path broke."""
@@ -176,7 +189,9 @@ class AlertOutputs:
                 self.failed += 1
                 log.exception("alert %s could not be queued for MQTT (%d so far)",
                               record.get("event_id"), self.failed)
-        if self.on_event is not None:
+        elif self.backlog is not None:
+            self.backlog.append(record)
+        if notify and self.on_event is not None:
             self.on_event(record)
 
     def handle(self, result: StepResult) -> None:
@@ -215,6 +230,10 @@ class AlertOutputs:
         if self.comm is not None:
             drained = self.comm.wait_drained(drain_timeout_s) if drain_timeout_s > 0 else False
             self.comm.stop(0.0)
+        if self.backlog:
+            log.error("%d alerts held in memory are lost: MQTT never started (%s)",
+                      len(self.backlog), ", ".join(str(r.get("event_id")) for r in self.backlog))
+            drained = False
         return drained
 
 
@@ -300,14 +319,32 @@ class Service:
             log.info("calibration profile %s loaded (%s)", self.cfg.service.profile, stored.path)
         self.buzzer = open_buzzer(self.cfg.buzzer)
         self.buzzer_thread = BuzzerThread(self.buzzer).start()
-        comm = open_mqtt(self.cfg, self.state_dir, self._mqtt_override)
-        self.outputs = AlertOutputs(comm, self.buzzer, on_event=self._on_event)
-        if comm is not None:
-            comm.set_command_handlers({
-                "calibrate": self._cmd_calibrate,
-                "mute": lambda c: self.buzzer.mute(c.duration_s),
-                "state": lambda c: self.state_payload(),
-            })
+        self.outputs = AlertOutputs(None, self.buzzer, on_event=self._on_event)
+        self._mqtt_retry_at: float | None = None
+        self._try_mqtt(time.monotonic())
+
+    def _try_mqtt(self, now: float) -> None:
+        """Start MQTT; if it cannot start (the outbox cannot open: a read-only or full state
+        directory), monitoring and the buzzer go on, alerts are held in memory, and the start
+        is retried every MQTT_RETRY_S."""
+        try:
+            comm = open_mqtt(self.cfg, self.state_dir, self._mqtt_override)
+        except DmsError as exc:
+            if self._mqtt_retry_at is None:
+                log.error("MQTT cannot start (%s); monitoring and the buzzer continue, alerts "
+                          "are held in memory and MQTT is retried every %g s", exc, MQTT_RETRY_S)
+                self.outputs.backlog = []
+            self._mqtt_retry_at = now + MQTT_RETRY_S
+            return
+        self._mqtt_retry_at = None
+        if comm is None:
+            return
+        comm.set_command_handlers({
+            "calibrate": self._cmd_calibrate,
+            "mute": lambda c: self.buzzer.mute(c.duration_s),
+            "state": lambda c: self.state_payload(),
+        })
+        self.outputs.attach(comm)
 
     # -- commands (run on the MQTT thread: only set flags) ---------------------------------------
     def _cmd_calibrate(self, _cmd: Any) -> dict[str, Any]:
@@ -404,6 +441,8 @@ class Service:
                 if now - fps_t0 >= 2.0:
                     self._fps, fps_t0, fps_n = fps_n / (now - fps_t0), now, 0
                 watchdog.maybe_ping(now)
+                if self._mqtt_retry_at is not None and now >= self._mqtt_retry_at:
+                    self._try_mqtt(now)
                 if self.outputs.comm is not None and now - last_state >= \
                         self.cfg.service.state_interval_s:
                     self.outputs.comm.publish_state(self.state_payload())

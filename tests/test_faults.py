@@ -191,3 +191,62 @@ def test_a_damaged_frame_mid_file_is_skipped_not_the_end_of_the_video(tmp_path: 
     assert source.reopens == 1 and source.skipped_frames >= 1
     assert got[len(frames)].t_s == pytest.approx(90 / 15.0)  # the 2nd loop starts after 6 s
     assert not isinstance(got[-1], SourceStatus)
+
+
+def test_read_only_state_dir_at_start_keeps_monitoring_and_delivers_later(tmp_path):
+    """The outbox cannot open at start: dms run still monitors (events printed), holds the
+    alerts in memory and, once the directory is writable, MQTT starts and delivers them."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+    import numpy as np
+
+    from dms.benchclip import render_clip
+
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr to make a directory refuse writes, even for root")
+    face = render_clip(tmp_path / "face.mp4", seconds=2.0)
+    cap = cv2.VideoCapture(str(face))
+    src = tmp_path / "drive.mp4"
+    w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        w.write(img)
+    for _ in range(90):
+        w.write(np.full((480, 640, 3), 30, np.uint8))
+    w.release()
+    state = tmp_path / "state"
+    state.mkdir()
+    if subprocess.run(["chattr", "+i", str(state)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem does not support chattr +i")
+    try:
+        with start_broker(tmp_path / "broker") as b:
+            sub = Collector(b.port, "dms/ro/alert")
+            cfg = tmp_path / "dms.toml"
+            cfg.write_text(f'[camera]\nloop = true\n[service]\nstate_dir = "{state}"\n'
+                           '[mqtt]\ndevice_id = "ro"\n')
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dms", "run", "--config", str(cfg), "--source", str(src),
+                 "--mqtt", f"127.0.0.1:{b.port}", "--print-events"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                first = json.loads(proc.stdout.readline())  # monitoring works: an event
+                assert first["type"] == "driver_not_visible"
+                time.sleep(1.0)
+                assert sub.messages == []  # nothing could be sent yet
+                subprocess.run(["chattr", "-i", str(state)], check=True)
+                assert sub.wait_for(lambda m: len(m) >= 1, 30)  # retried within 10 s
+                got = sub.payloads("/alert")
+                assert got[0]["event"]["event_id"] == first["event_id"]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+                sub.close()
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], capture_output=True)
