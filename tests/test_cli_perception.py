@@ -75,3 +75,21 @@ def test_pose_json_with_scrfd_and_a_cnn_model(tmp_path, scrfd_models, aflw_dir):
         assert r["detector"] == "scrfd_500m_bnkps" and r["pose_model"] == "hp"
         assert len(r["box"]) == 4 and 0 < r["score"] <= 1
         assert (r["pitch"], r["yaw"], r["roll"]) == pytest.approx((-5.0, 20.0, 3.0), abs=0.01)
+
+
+def test_bench_reports_stages_and_fps_on_the_embedded_default(tmp_path):
+    from dms.benchclip import render_clip
+
+    clip = render_clip(tmp_path / "clip.mp4", seconds=1.0)
+    p = dms("bench", "--video", str(clip), "--frames", "20", "--warmup", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["frames"] == 20 and out["size"] == [640, 480]
+    assert out["detector"] == "blazeface" and out["pose_model"] == "facemesh"
+    assert out["detector_input"] == [256, 256]
+    assert out["fps_p50"] > 0 and out["face_found_fraction"] > 0.9
+    assert out["stages"]["detect"]["calls"] >= 1 and out["stages"]["total"]["calls"] == 20
+    # without tracking the detector runs on every frame
+    p = dms("bench", "--video", str(clip), "--frames", "10", "--warmup", "0", "--json",
+            "--no-tracking")
+    assert json.loads(p.stdout)["detector_runs_per_frame"] == 1.0

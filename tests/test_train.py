@@ -372,3 +372,104 @@ def test_cli_help_does_not_import_torch():
     code = "import sys, dms.cli; dms.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- rendered heads
+
+
+def test_rendered_heads_labels_agree_with_the_landmark_teacher_and_boxes_follow_aflw():
+    """A render's exact label, box and crop are what the runtime's own FaceMesh + Procrustes
+    reads back on a moderate pose; the AFLW-style box loses the far ear lobe when turned."""
+    from dms.paths import models_dir
+    from dms.train.rendered import RenderedHeads, RenderSettings, crop_of
+    from dms.vision.landmark_pose import LandmarkHeadPose
+
+    teacher = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx")
+    heads = RenderedHeads(
+        ("astronaut",), mirror=False, settings=RenderSettings(box_jitter=0.0), teacher=teacher
+    )
+    for pose in ((-10.0, 30.0, 10.0), (5.0, -25.0, -15.0)):
+        face = heads.render(3, pose_deg=pose)
+        np.testing.assert_allclose(euler_from_aflw_matrix(face.gt), pose, atol=1e-9)
+        assert face.teacher_conf > 0.5
+        got = euler_from_aflw_matrix(face.teacher)
+        assert max(abs(a - b) for a, b in zip(got, pose, strict=True)) < 10.0, (got, pose)
+        assert crop_of(face, 64).shape == (64, 64, 3)
+    # deterministic in (seed, index)
+    a, b = heads.render(5), heads.render(5)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_allclose(a.gt, b.gt)
+    # turning the head hides the far ear and brow: the box narrows, but the chin (on the
+    # outline) still bounds it below, as in AFLW's annotations
+    renderer = heads._renderer(0, 0)
+    frontal = heads.aflw_box(renderer, 0, aflw_matrix_from_euler(0, 0, 0).T)
+    turned = heads.aflw_box(renderer, 0, aflw_matrix_from_euler(0, 85, 0).T)
+    width, height = frontal[2] - frontal[0], frontal[3] - frontal[1]
+    assert turned[2] - turned[0] < 0.85 * width
+    assert abs(turned[3] - frontal[3]) < 0.1 * height
+
+
+def test_rendered_recipe_end_to_end_cache_train_eval_onnx(tmp_path):
+    """The CPU recipe of docs/training.md in miniature: render a cache (with the landmark
+    teacher's soft targets), train a MobileNetV3-small, evaluate held-out renders, export."""
+    import onnxruntime as ort
+
+    from dms.train.distill import load_config, train
+    from dms.train.rendered import read_cache
+
+    cfg_path = tmp_path / "rendered.toml"
+    cfg_path.write_text(
+        f"""
+out_dir = "{tmp_path / "run"}"
+backbone = "mobilenet_v3_small"
+input_size_px = 32
+steps = 3
+batch_size = 4
+warmup_steps = 1
+bins = 66
+gt_weight = 0.9
+log_every_steps = 1
+progress = false
+[[sources]]
+kind = "rendered"
+path = "{tmp_path / "train.npz"}"
+count = 6
+photos = ["astronaut"]
+mirror = false
+teacher = true
+min_conf = 0.5
+[[eval_sources]]
+kind = "rendered"
+path = "{tmp_path / "val.npz"}"
+count = 3
+photos = ["astronaut"]
+mirror = false
+seed = 7
+"""
+    )
+    log = train(load_config(cfg_path))
+    assert log["finished"] and log["step"] == 3
+    assert all(np.isfinite(h["loss"]) for h in log["history"])
+    ev = log["eval"][f"rendered:{tmp_path / 'val.npz'}"]
+    assert ev["faces"] == 3 and np.isfinite(ev["mean_mae_deg"])
+    assert log["export"]["max_angle_diff_deg"] < 1e-3
+    recs = read_cache(tmp_path / "train.npz")
+    assert len(recs) == 6 and recs[0].image.shape == (96, 96, 3)
+    assert any(r.teacher is not None for r in recs)  # soft targets where FaceMesh is sure
+    assert all(r.teacher is None for r in read_cache(tmp_path / "train.npz", min_conf=1.01))
+    # a second run reuses the cache (same key) instead of rendering again
+    mtime = (tmp_path / "train.npz").stat().st_mtime_ns
+    train(load_config(cfg_path, {"out_dir": str(tmp_path / "run2"), "steps": 1}))
+    assert (tmp_path / "train.npz").stat().st_mtime_ns == mtime
+    sess = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"))
+    assert list(sess.get_inputs()[0].shape) == [1, 3, 32, 32]
+    assert sess.get_outputs()[0].name == "rotation_matrix"
+
+
+def test_rendered_source_needs_a_cache_file(tmp_path):
+    from dms.train.distill import load_config
+
+    p = tmp_path / "bad.toml"
+    p.write_text('[[sources]]\nkind = "rendered"\npath = "renders"\n')
+    with pytest.raises(DmsError, match="npz"):
+        load_config(p)

@@ -36,6 +36,14 @@ def _stats(ms: list[float]) -> dict[str, float | int]:
     }
 
 
+def _input_size(detector: object) -> list[int] | None:
+    """The detector's network input as [width, height] (int or pair attributes)."""
+    size = getattr(detector, "input_size", None)
+    if size is None:
+        return None
+    return [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
+
+
 def run(args: argparse.Namespace) -> int:
     from dms.benchclip import default_clip
     from dms.capture import video_frames
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "size": list(timed[0].shape[1::-1]),
         "tracking": not args.no_tracking,
         "detector": detector.name,
-        "detector_input": list(getattr(detector, "input_size", ()) or ()) or None,
+        "detector_input": _input_size(detector),
         "pose_model": estimator.name,
         "fps_p50": round(1000.0 / float(tot["p50_ms"]), 1),
         "fps_mean": round(1000.0 / float(tot["mean_ms"]), 1),

@@ -7,5 +7,6 @@ See docs/training.md.
 
 Modules: ``backbones`` (ResNet, MobileNetV2/V3), ``heads`` (6D -> rotation), ``losses``
 (geodesic, distillation), ``augment``, ``datasets`` (readers, synthetic heads, crops),
+``rendered`` (faces rendered by :mod:`dms.synth` with AFLW-style boxes, cached),
 ``teachers``, ``distill`` (the loop), ``export`` (ONNX + checks + fp16/int8).
 """

@@ -35,7 +35,7 @@ from dms.train.augment import AugmentSettings
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["aflw", "300wlp", "biwi", "folder", "pseudo", "synthetic"]
+SourceKind = Literal["aflw", "300wlp", "biwi", "folder", "pseudo", "synthetic", "rendered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +50,25 @@ class SourceConfig:
     textures: str = field(
         default="", metadata={"doc": "synthetic: folder of frontal faces (+ boxes.json)"}
     )
-    min_conf: float = field(default=0.0, metadata={"doc": "pseudo: drop labels below this"})
+    min_conf: float = field(
+        default=0.0, metadata={"doc": "pseudo / rendered: drop teacher labels below this"}
+    )
+    photos: tuple[str, ...] = field(
+        default=("astronaut", "grace_hopper"),
+        metadata={"doc": "rendered: public-domain photos to lift (names or paths)"},
+    )
+    mirror: bool = field(default=True, metadata={"doc": "rendered: also lift each photo mirrored"})
+    teacher: bool = field(
+        default=False,
+        metadata={"doc": "rendered: add the landmark teacher's soft target (FaceMesh presence)"},
+    )
+    seed: int = field(default=-1, metadata={"doc": "rendered: render seed; -1 = the run's seed"})
 
     def validate(self) -> None:
-        if self.kind != "synthetic" and not self.path:
+        if self.kind not in ("synthetic", "rendered") and not self.path:
             raise ValueError(f"source kind {self.kind!r} needs a path")
+        if self.kind == "rendered" and not self.path.endswith(".npz"):
+            raise ValueError("a rendered source needs path = the cache file (.npz) to use/build")
         if self.weight <= 0:
             raise ValueError("weight must be positive")
 
@@ -86,6 +100,10 @@ class TrainConfig:
     device: str = field(default="cpu", metadata={"doc": "'cpu', 'cuda' or 'cuda:N'"})
     log_every_steps: int = field(default=50, metadata={"doc": "history / run.json interval"})
     checkpoint_every_steps: int = field(default=500, metadata={"doc": "last.pt interval"})
+    keep_every_steps: int = field(
+        default=0,
+        metadata={"doc": "also keep step_N.pt (weights) every N steps, for reports; 0 = off"},
+    )
     resume: bool = field(default=True, metadata={"doc": "continue from out_dir/last.pt"})
     export_onnx: bool = field(default=True, metadata={"doc": "write and check model.onnx"})
     progress: bool = field(default=True, metadata={"doc": "tqdm progress bar"})
@@ -129,6 +147,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 def source_records(src: SourceConfig, cfg_seed: int = 0, size_px: int = 112) -> Any:
     """Records (or a SyntheticHeads generator) for one source.
 
+    Rendered heads (:mod:`dms.train.rendered`) are rendered once into the ``path`` cache, with
+    a cut-out of 1.5 x the crop side (at least 96 px) around each face.
+
     Synthetic heads render on a canvas of 1.6 x the crop side: about one rendered pixel per
     crop pixel, since the crop covers roughly 0.65 of the canvas."""
     from dms.train import datasets as ds
@@ -141,6 +162,20 @@ def source_records(src: SourceConfig, cfg_seed: int = 0, size_px: int = 112) -> 
         return ds.read_folder(src.path, limit=src.limit)
     if src.kind == "pseudo":
         return ds.read_pseudo(src.path, min_conf=src.min_conf, limit=src.limit)
+    if src.kind == "rendered":
+        from dms.train.rendered import RenderSettings, build_cache, read_cache
+
+        settings = RenderSettings(cutout_px=max(96, round(1.5 * size_px)))
+        path = build_cache(
+            src.path,
+            src.count,
+            photos=src.photos,
+            settings=settings,
+            seed=cfg_seed if src.seed < 0 else src.seed,
+            teacher=src.teacher,
+            mirror=src.mirror,
+        )
+        return read_cache(path, limit=src.limit, min_conf=src.min_conf)
     textures = None
     if src.textures:
         textures = [(ds.load_image(r.image), r.box) for r in ds.read_folder(src.textures)]
@@ -366,6 +401,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 write_log()
             if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
                 save_last()
+            if cfg.keep_every_steps and step % cfg.keep_every_steps == 0:
+                _atomic_save(
+                    {"model": model.state_dict(), "meta": meta, "step": step},
+                    out / f"step_{step}.pt",
+                )
             if step >= cfg.steps:
                 break
         bar.close()
