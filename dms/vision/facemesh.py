@@ -168,10 +168,26 @@ class FaceMeshLandmarker:
     def landmarks(self, image_bgr: np.ndarray, roi: FaceRoi) -> FaceLandmarks:
         """The 468 landmarks in image pixels and the face-presence probability for ``roi``."""
         x, A = self.crop(image_bgr, roi)
+        return self._run(x, A, roi, mirrored=False)
+
+    def landmarks_mirrored(self, image_bgr: np.ndarray, roi: FaceRoi) -> FaceLandmarks:
+        """FaceMesh on the horizontally mirrored crop, points mapped back into the image.
+
+        Point i then sits where the mirror partner of landmark i is (the subject's left and
+        right swap), so it matches the canonical mesh mirrored in x; averaging the two fits
+        cancels the model's small left/right asymmetry (test-time flip augmentation).
+        """
+        x, A = self.crop(image_bgr, roi)
+        return self._run(np.ascontiguousarray(x[..., ::-1] if self._nchw else x[:, :, ::-1]),
+                         A, roi, mirrored=True)
+
+    def _run(self, x: np.ndarray, A: np.ndarray, roi: FaceRoi, mirrored: bool) -> FaceLandmarks:
         outs = self._session.run(None, {self._input_name: x})
         raw = np.asarray(outs[self._lm_index], dtype=np.float64).reshape(NUM_LANDMARKS, 3)
         logit = float(np.asarray(outs[self._flag_index]).reshape(-1)[0])
         presence = 1.0 / (1.0 + math.exp(-max(-100.0, min(100.0, logit))))
+        if mirrored:  # back from the mirrored crop (edge coordinates: x -> size - x)
+            raw[:, 0] = self.input_size - raw[:, 0]
         # Crop edge coordinates -> crop pixel centres -> image pixel centres.
         lin, t = A[:, :2], A[:, 2]
         xy = np.linalg.solve(lin, (raw[:, :2] - 0.5 - t).T).T

@@ -42,6 +42,13 @@ class LandmarkPoseSettings:
     refine_steps: int = field(
         default=1, metadata={"doc": "still images: re-crop from the landmarks this many times"}
     )
+    flip_average: bool = field(
+        default=True,
+        metadata={
+            "doc": "also fit FaceMesh on the mirrored crop and average the two rotations "
+            "(cancels FaceMesh's left/right asymmetry; one more landmark run per frame)"
+        },
+    )
     min_presence: float = field(
         default=0.5,
         metadata={
@@ -72,6 +79,7 @@ class LandmarkHeadPose:
             self._ids = mesh.procrustes_ids.astype(np.int64)
             self._weights = mesh.procrustes_weights.astype(np.float64)
         self._src = mesh.vertices_cm[self._ids].astype(np.float64)
+        self._src_mirrored = self._src * np.array([-1.0, 1.0, 1.0])
 
     @classmethod
     def from_files(
@@ -86,16 +94,26 @@ class LandmarkHeadPose:
         landmarker = FaceMeshLandmarker(create_session(model_path, runtime), name=name)
         return cls(landmarker, load_canonical_mesh(mesh_path), settings, name=name)
 
-    def rotation_from_landmarks(self, points_px: np.ndarray) -> np.ndarray:
-        """Head rotation R (head -> camera) from 468 landmarks in image pixels."""
+    def rotation_from_landmarks(self, points_px: np.ndarray, mirrored: bool = False
+                                ) -> np.ndarray:
+        """Head rotation R (head -> camera) from 468 landmarks in image pixels
+        (``mirrored``: landmarks from :meth:`FaceMeshLandmarker.landmarks_mirrored`, fitted
+        to the canonical mesh mirrored in x, which the symmetric face makes equivalent)."""
         dst = np.asarray(points_px, dtype=np.float64)[self._ids] * _TO_CAMERA
-        _, R, _ = geometry.weighted_procrustes(self._src, dst, self._weights)
+        src = self._src_mirrored if mirrored else self._src
+        _, R, _ = geometry.weighted_procrustes(src, dst, self._weights)
         return R
 
-    def _pose(self, lm: FaceLandmarks) -> HeadPose:
+    def _pose(self, image_bgr: np.ndarray, lm: FaceLandmarks) -> HeadPose:
         R = self.rotation_from_landmarks(lm.points_px)
+        confidence = lm.presence
+        if self.settings.flip_average:
+            mirrored = self.landmarker.landmarks_mirrored(image_bgr, lm.roi)
+            R_m = self.rotation_from_landmarks(mirrored.points_px, mirrored=True)
+            R = geometry.mean_rotation(np.stack([R, R_m]))
+            confidence = min(confidence, mirrored.presence)
         pitch, yaw, roll = geometry.euler_from_rotation(R)
-        return HeadPose(R, pitch, yaw, roll, lm.presence)
+        return HeadPose(R, pitch, yaw, roll, confidence)
 
     @staticmethod
     def _box(lm: FaceLandmarks, score: float) -> FaceBox:
@@ -107,7 +125,7 @@ class LandmarkHeadPose:
 
     def _run(self, image_bgr: np.ndarray, roi: FaceRoi) -> Tracked:
         lm, next_roi = self.landmarker.track(image_bgr, roi)
-        return self._box(lm, lm.presence), self._pose(lm), next_roi
+        return self._box(lm, lm.presence), self._pose(image_bgr, lm), next_roi
 
     def start(self, image_bgr: np.ndarray, face: FaceBox) -> Tracked:
         """First frame after a detection: ROI from the box, refined from the landmarks.
@@ -116,10 +134,10 @@ class LandmarkHeadPose:
         confidence is FaceMesh's presence, which is low on near-profile faces (where the
         pose is least accurate) and tells the caller not to keep tracking from it.
         """
-        out = self._run(image_bgr, roi_from_face_box(face))
-        for _ in range(self.settings.refine_steps):
-            out = self._run(image_bgr, out[2])
-        return out
+        roi = roi_from_face_box(face)
+        for _ in range(self.settings.refine_steps):  # landmarks only: these poses are unused
+            _, roi = self.landmarker.track(image_bgr, roi)
+        return self._run(image_bgr, roi)
 
     def track(self, image_bgr: np.ndarray, previous: FaceRoi) -> Tracked | None:
         """Next frame: landmarks in the ROI the previous landmarks gave; None when lost."""
