@@ -14,6 +14,7 @@ car). The engine converts camera yaw to inboard yaw with ``right_hand_drive``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,6 +263,18 @@ class PolicySettings:
         "Mirror yaw so zones stay inboard/outboard. openpilot flips yaw for RHD."))
 
     def validate(self) -> None:
+        # every time and angle threshold must be positive: a zero or negative one would
+        # silently disable (or always trigger) an alert
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("_s", "_deg", "_dps")) and not value > 0:
+                raise ValueError(f"{f.name} must be > 0 (got {value})")
+        if not 0 < self.min_confidence <= 1:
+            raise ValueError("min_confidence must be in (0, 1]")
+        if self.min_speed_kmh < 0:
+            raise ValueError("min_speed_kmh must be >= 0")
+        if not self.vats_total_s <= self.vats_window_s:
+            raise ValueError("need vats_total_s <= vats_window_s")
         if not 0 < self.level2_after_s <= self.level3_after_s:
             raise ValueError("need 0 < level2_after_s <= level3_after_s")
         if not self.nod_return_deg < self.nod_depth_deg or self.nod_onset_deg >= self.nod_depth_deg:

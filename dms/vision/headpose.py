@@ -35,6 +35,7 @@ from dms import geometry
 from dms.errors import ModelError
 from dms.types import FaceBox, HeadPose
 from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
+from dms.vision.landmark_pose import LandmarkPoseSettings
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class PoseModelSettings:
             "doc": "override the output format of a CNN ONNX: 'rotation_matrix', '6d', "
             "'matrix9', 'euler:yaw,pitch,roll' (any order) or 'bins:yaw,pitch,roll'"
         },
+    )
+    landmarks: LandmarkPoseSettings = field(
+        default_factory=LandmarkPoseSettings,
+        metadata={"doc": "the embedded landmark estimator ([vision.pose.landmarks])"},
     )
 
 
@@ -205,7 +210,9 @@ def create_pose_estimator(
     if family == "facemesh":
         from dms.vision.landmark_pose import LandmarkHeadPose
 
-        return LandmarkHeadPose.from_files(path, runtime=runtime, name=entry.name)  # type: ignore[union-attr]
+        return LandmarkHeadPose.from_files(
+            path, runtime=runtime, settings=settings.landmarks, name=entry.name  # type: ignore[union-attr]
+        )
     session = create_session(path, runtime)
     output = settings.output or (entry.output if entry is not None else "")
     name = entry.name if entry is not None else Path(path).stem
