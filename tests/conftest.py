@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
 SHARED = Path(os.environ.get("DMS_SHARED", ROOT.parent / "shared"))
 
 
@@ -34,3 +38,28 @@ def scrfd_models(shared_dir: Path) -> dict[str, Path]:
     if not found:
         pytest.skip(f"needs SCRFD ONNX files in {shared_dir / 'models'}")
     return found
+
+
+def model_session(file: str) -> ort.InferenceSession:
+    """A one-thread CPU session on a model shipped in models/."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(MODELS / file), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def detector():  # type: ignore[no-untyped-def]
+    """The embedded BlazeFace detector."""
+    from dms.vision.blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(model_session("face_detection_back.onnx"))
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    """The public-domain astronaut portrait shipped in scikit-image (BGR)."""
+    skimage = pytest.importorskip("skimage")
+    path = Path(skimage.__file__).parent / "data" / "astronaut.png"
+    if not path.is_file():
+        pytest.skip(f"{path} not installed")
+    return cv2.imread(str(path))

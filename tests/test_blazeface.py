@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 import pytest
 import scipy.io
 
@@ -19,30 +18,18 @@ from dms.vision.blazeface import (
     weighted_nms,
 )
 
+from conftest import model_session
+
 MODELS = Path(__file__).resolve().parents[1] / "models"
 # The astronaut's face in skimage's astronaut.png (512x512, public domain, NASA), by eye:
 # forehead to chin and cheek to cheek.
 ASTRONAUT_FACE = (170.0, 70.0, 280.0, 180.0)
 
 
-def session(file: str) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(MODELS / file), opts, providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module")
-def detector() -> BlazeFaceDetector:
-    return BlazeFaceDetector(session("face_detection_back.onnx"))
 
 
-@pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    skimage = pytest.importorskip("skimage")
-    path = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    if not path.is_file():
-        pytest.skip(f"{path} not installed")
-    return cv2.imread(str(path))
 
 
 def iou(a, b) -> float:
@@ -134,9 +121,9 @@ def test_bad_inputs_and_wrong_model_are_reported(detector: BlazeFaceDetector) ->
     with pytest.raises(InputError):
         detector.detect(np.zeros((480, 640), np.uint8))
     with pytest.raises(ModelError, match="outputs"):
-        BlazeFaceDetector(session("face_landmark.onnx"))
+        BlazeFaceDetector(model_session("face_landmark.onnx"))
     with pytest.raises(ValueError):
-        BlazeFaceDetector(session("face_detection_back.onnx"), score_threshold=1.5)
+        BlazeFaceDetector(model_session("face_detection_back.onnx"), score_threshold=1.5)
 
 
 def aflw_usable(aflw_dir: Path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 import pytest
 import scipy.io
 
@@ -21,6 +20,8 @@ from dms.vision.facemesh import (
     roi_from_landmarks,
     roi_transform,
 )
+
+from conftest import model_session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 # 68-point (AFLW2000 pt3d_68) -> FaceMesh index: eye corners, mouth corners, nose tip, chin.
@@ -36,29 +37,15 @@ PAIRS_68_TO_MESH = [
 ]
 
 
-def session(file: str) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(MODELS / file), opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
 def mesh() -> FaceMeshLandmarker:
-    return FaceMeshLandmarker(session("face_landmark.onnx"))
+    return FaceMeshLandmarker(model_session("face_landmark.onnx"))
 
 
-@pytest.fixture(scope="module")
-def detector() -> BlazeFaceDetector:
-    return BlazeFaceDetector(session("face_detection_back.onnx"))
 
 
-@pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    skimage = pytest.importorskip("skimage")
-    path = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    if not path.is_file():
-        pytest.skip(f"{path} not installed")
-    return cv2.imread(str(path))
 
 
 def apply(A: np.ndarray, pts: np.ndarray) -> np.ndarray:
