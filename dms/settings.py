@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -199,3 +200,14 @@ def read_toml(
     path: str | Path, what: str, error: type[DmsError] = SettingsError
 ) -> dict[str, Any]:
     return parse_toml(read_text_file(path, what, error), path, error)
+
+
+def parse_number(text: str, what: str, where: str, error: type[DmsError] = SettingsError) -> float:
+    """A finite float from ``text``, or ``error`` saying "<where>: <what> '<text>' is not ..."."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise error(f"{where}: {what} {text!r} is not a number") from None
+    if not math.isfinite(x):
+        raise error(f"{where}: {what} {text!r} is not finite")
+    return x

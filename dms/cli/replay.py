@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -74,13 +73,9 @@ def load_settings_files(paths: Sequence[Path]) -> Any:
 
 
 def _number(value: str, column: str, where: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise InputError(f"{where}: {column} {value!r} is not a number") from None
-    if not math.isfinite(x):
-        raise InputError(f"{where}: {column} {value!r} is not finite")
-    return x
+    from dms.settings import parse_number
+
+    return parse_number(value, column, where, InputError)
 
 
 def read_poses_csv(path: Path) -> list[Any]:

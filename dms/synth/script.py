@@ -143,13 +143,9 @@ def _duration(word: str, where: str) -> float:
 
 
 def _number(word: str, what: str, where: str) -> float:
-    try:
-        x = float(word)
-    except ValueError:
-        raise ScriptError(f"{where}: {what} {word!r} is not a number") from None
-    if not math.isfinite(x):
-        raise ScriptError(f"{where}: {what} {word!r} is not finite")
-    return x
+    from dms.settings import parse_number
+
+    return parse_number(word, what, where, ScriptError)
 
 
 def _target(word: str, targets: Mapping[str, tuple[float, float]],
