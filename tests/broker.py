@@ -166,6 +166,11 @@ class Collector:
                 self._cond.wait(left)
         return True
 
+    def clear(self) -> None:
+        """Forget what arrived so far."""
+        with self._cond:
+            self.messages.clear()
+
     def payloads(self, suffix: str) -> list[Any]:
         with self._cond:
             return [json.loads(p) if p[:1] == b"{" else p.decode()

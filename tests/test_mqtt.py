@@ -175,6 +175,15 @@ def test_commands_are_dispatched_and_bad_ones_get_a_reply(broker: Broker,
     try:
         assert comm.wait_connected(10)
         comm.publish_state({"driver_state": "unknown"})
+        # both subscriptions must be live before the batch: a command the broker receives
+        # before the device's cmd/# SUBACK is dropped (MQTT), so probe until one is answered
+        deadline = time.monotonic() + 20
+        while not any(t.endswith("/reply") for t, _ in sub.messages):
+            assert time.monotonic() < deadline, "no reply to the probe command"
+            sub.client.publish("dms/cab1/cmd/state", b'{"request_id": "probe"}', qos=1)
+            sub.wait_for(lambda m: any(t.endswith("/reply") for t, _ in m), 1.0)
+        time.sleep(0.5)  # let any second probe's reply arrive before counting
+        sub.clear()
         sends = [("mute", b'{"duration_s": 30, "request_id": "r1"}'),
                  ("mute", b"600"),  # beyond the buzzer's bound
                  ("mute", b"not json"),
@@ -205,7 +214,7 @@ def test_commands_are_dispatched_and_bad_ones_get_a_reply(broker: Broker,
     assert "unknown command 'selfdestruct'" in replies[4]["error"]
     assert replies[6]["request_id"] == "7" and replies[6]["result"] == {"published": True}
     assert "internal error" in replies[8]["error"]
-    assert len(sub.payloads("/state")) >= 2  # the state request re-published it
+    assert len(sub.payloads("/state")) >= 1  # the state request re-published it
     assert buzzer.muted() and calls == [calls[0]]
 
 
