@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from dms.errors import InputError
+from dms.paths import load_photo
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,7 @@ WIDTH, HEIGHT, FPS = 640, 480, 30
 
 def public_domain_face() -> np.ndarray:
     """The astronaut portrait (BGR) from scikit-image's data directory."""
-    try:
-        import skimage
-    except ImportError:
-        raise InputError("scikit-image is needed for the benchmark clip's face photo") from None
-    p = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"{p}: public-domain face photo not found in scikit-image")
-    return img
+    return load_photo("astronaut")
 
 
 def render_clip(path: Path, seconds: float = 10.0, seed: int = 0) -> Path:

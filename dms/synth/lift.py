@@ -19,28 +19,20 @@ The lift is deterministic: the same photo and models give the same face.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from dms import geometry
 from dms.errors import InputError
-from dms.paths import models_dir
+from dms.paths import load_photo, models_dir, photo_path
 from dms.vision.canonical import CanonicalFaceMesh, load_canonical_mesh
 
 log = logging.getLogger(__name__)
 
 _TO_CAMERA = np.array([1.0, -1.0, -1.0])
-
-# Public-domain photos shipped inside registry packages: (module, path inside the package).
-BUILTIN_PHOTOS: dict[str, tuple[str, str]] = {
-    "astronaut": ("skimage", "data/astronaut.png"),
-    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-}
 
 # Rings grown outside the face boundary: (radial scale from the face centre, depth pushed back
 # in cm, extra downward stretch below the face centre for the neck and jaw).
@@ -75,38 +67,6 @@ class LiftedFace:
     @property
     def num_face_vertices(self) -> int:
         return 468
-
-
-def photo_path(name_or_path: str | Path) -> Path:
-    """The file of a built-in photo name (``astronaut``, ``grace_hopper``) or a path."""
-    key = str(name_or_path)
-    if key in BUILTIN_PHOTOS:
-        module, rel = BUILTIN_PHOTOS[key]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise InputError(
-                f"photo {key!r}: the Python package {module!r} that ships it is not installed "
-                f"(pip install {'scikit-image' if module == 'skimage' else module}), or pass "
-                "--photo PATH"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / rel
-        if not path.is_file():
-            raise InputError(f"photo {key!r}: {path} not found in the installed {module}")
-        return path
-    path = Path(key)
-    if not path.is_file():
-        known = ", ".join(BUILTIN_PHOTOS)
-        raise InputError(f"{path}: photo not found (give a file or one of: {known})")
-    return path
-
-
-def load_photo(name_or_path: str | Path) -> np.ndarray:
-    """A BGR uint8 image of a built-in photo name or a file path."""
-    path = photo_path(name_or_path)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"{path}: not an image OpenCV can read")
-    return image
 
 
 def _boundary_loop(triangles: np.ndarray) -> np.ndarray:

@@ -42,8 +42,8 @@ import cv2
 import numpy as np
 
 from dms.errors import InputError
-from dms.paths import models_dir
-from dms.synth.lift import LiftedFace, lift_photo, photo_path
+from dms.paths import models_dir, photo_path
+from dms.synth.lift import LiftedFace, lift_photo
 from dms.synth.script import (
     FrameTruth,
     RenderOptions,

@@ -255,15 +255,9 @@ def astronaut_texture() -> tuple[np.ndarray, Box]:
     The box was found once with SCRFD; she faces the camera within a few degrees, which is
     the label noise this texture brings.
     """
-    try:
-        import skimage
-    except ImportError:
-        msg = "synthetic heads need scikit-image (its astronaut.png) or a textures folder"
-        raise InputError(msg) from None
-    path = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"{path}: scikit-image's astronaut.png is missing")
+    from dms.paths import load_photo
+
+    img = load_photo("astronaut")
     return img, (180.0, 57.0, 271.0, 177.0)
 
 

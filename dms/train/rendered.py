@@ -119,7 +119,8 @@ class RenderedHeads:
         seed: int = 0,
         teacher: object | None = None,
     ) -> None:
-        from dms.synth.lift import lift_face, load_photo
+        from dms.paths import load_photo
+        from dms.synth.lift import lift_face
         from dms.vision.canonical import load_canonical_mesh
 
         mesh = load_canonical_mesh()
@@ -260,7 +261,7 @@ class RenderedHeads:
 def cache_key(photos: Sequence[str], settings: RenderSettings, seed: int, count: int,
               teacher: bool, mirror: bool = True) -> str:
     """Hash of what a cache depends on (renderer code, photos, settings, seed, count, teacher)."""
-    from dms.synth.lift import photo_path
+    from dms.paths import photo_path
 
     h = hashlib.sha256(CACHE_VERSION.encode())
     synth = Path(__file__).resolve().parent.parent / "synth"
