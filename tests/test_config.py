@@ -24,6 +24,7 @@ def test_state_dir_precedence_systemd_then_config_then_per_user(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("[camera]\nsorce = '0'\n", "camera.sorce: unknown setting"),
     ("[vision.pose.landmarks]\nflip_average = 'yes'\n", "flip_average: expected true or false"),
+    ("[vision.pose.landmarks]\nyaw_gain = -0.5\n", "yaw_gain must be in [0, 2]"),
     ("[engine.policy]\nlong_glance_s = -1\n", "engine.policy"),
     ("[cameras]\n", "unknown section [cameras]"),
     ("[camera]\nsource = \n", "not valid TOML"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["tensorrt", "cuda", "cpu"],
         help="onnxruntime provider, in order of preference (repeat; default: cpu)",
     )
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (0: onnxruntime's)")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="take the [vision.detector], [vision.pose] and [vision.runtime] settings from "
+        "this dms TOML (the options above override it)",
+    )
 
 
 def build_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -40,11 +49,22 @@ def build_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dms.vision.headpose import PoseModelSettings, create_pose_estimator
     from dms.vision.runtime import RuntimeSettings
 
-    runtime = RuntimeSettings(
-        providers=tuple(args.provider or ["cpu"]), intra_op_threads=args.threads
-    )
-    det_settings = DetectorSettings(**({"model": args.detector} if args.detector else {}))
-    pose_settings = PoseModelSettings(
-        **({"model": args.pose_model} if args.pose_model else {}), output=args.pose_output
-    )
+    if getattr(args, "config", None):
+        from dms.config import load_config
+
+        vision = load_config(args.config).vision
+        runtime, det_settings, pose_settings = vision.runtime, vision.detector, vision.pose
+    else:
+        runtime = RuntimeSettings(providers=("cpu",), intra_op_threads=0)
+        det_settings, pose_settings = DetectorSettings(), PoseModelSettings()
+    if args.provider:
+        runtime = replace(runtime, providers=tuple(args.provider))
+    if args.threads is not None:
+        runtime = replace(runtime, intra_op_threads=args.threads)
+    if args.detector:
+        det_settings = replace(det_settings, model=args.detector)
+    if args.pose_model:
+        pose_settings = replace(pose_settings, model=args.pose_model)
+    if args.pose_output:
+        pose_settings = replace(pose_settings, output=args.pose_output)
     return create_detector(det_settings, runtime), create_pose_estimator(pose_settings, runtime)

@@ -4,10 +4,13 @@
                      [--fps N] [--size WxH] [--ir] [--seed S] [--force]
     dms synth eval DIR [--detector D] [--pose-model NAME|PATH] [--stride N]
     dms synth list
+    dms synth yaw-fit [--photo NAME ...] [--max-yaw DEG] [--step DEG]
 
 ``render`` writes ``DIR/video.mp4``, ``DIR/poses.csv`` (t,yaw,pitch,roll,face: the
 ``dms replay --poses`` format) and ``DIR/expected_events.json``; ``eval`` prints one JSON
-object with the estimator's MAE per axis and face-found rate on that clip.
+object with the estimator's MAE per axis and face-found rate on that clip. ``yaw-fit`` renders
+still heads over a yaw x pitch x roll grid and prints (JSON) the landmark estimator's
+large-yaw correction fitted on them (``[vision.pose.landmarks] yaw_knee_deg``/``yaw_gain``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ def register(subparsers: Any) -> None:
     add_model_args(e)
     e.add_argument("--stride", type=int, default=1, help="evaluate every N-th frame")
     sub.add_parser("list", help="the shipped scenarios")
+    y = sub.add_parser("yaw-fit", help="fit the embedded estimator's large-yaw correction on "
+                       "rendered heads (prints yaw_knee_deg and yaw_gain)")
+    y.add_argument("--photo", action="append", default=None, metavar="PATH|NAME",
+                   help="face photo to lift (repeat; default: astronaut and grace_hopper)")
+    y.add_argument("--max-yaw", type=float, default=55.0, metavar="DEG",
+                   help="largest rendered |yaw| (renders are faithful to about 60 deg)")
+    y.add_argument("--step", type=float, default=5.0, metavar="DEG", help="yaw grid step")
     p.set_defaults(func=run)
 
 
@@ -63,10 +73,30 @@ def run(args: argparse.Namespace) -> int:
                           "expected_events": str(res.expected_events), "frames": res.frames,
                           "fps": res.fps, "cached": res.cached}))
         return 0
+    if args.synth_command == "yaw-fit":
+        return _yaw_fit(args)
     from dms.cli._common import build_models
     from dms.synth.evaluate import evaluate_dir
 
     detector, estimator = build_models(args)
     result = evaluate_dir(args.dir, detector, estimator, stride=args.stride)
     print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _yaw_fit(args: argparse.Namespace) -> int:
+    from dms.errors import InputError
+    from dms.paths import models_dir
+    from dms.synth.yawfit import DEFAULT_PHOTOS, fit_yaw_expansion, sweep
+    from dms.vision.landmark_pose import LandmarkHeadPose
+
+    if not 0.0 < args.step <= args.max_yaw < 90.0:
+        raise InputError(f"--max-yaw {args.max_yaw} / --step {args.step}: need "
+                         "0 < step <= max-yaw < 90")
+    estimator = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx")
+    rows = sweep(estimator, photos=args.photo or DEFAULT_PHOTOS, max_yaw_deg=args.max_yaw,
+                 step_deg=args.step)
+    fit = fit_yaw_expansion(rows[:, 1], rows[:, 4])
+    print(json.dumps(fit.to_dict() | {"photos": list(args.photo or DEFAULT_PHOTOS),
+                                      "max_yaw_deg": args.max_yaw}))
     return 0

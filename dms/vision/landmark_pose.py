@@ -6,6 +6,11 @@
    (x, -y, -z) since FaceMesh's y points down and its z grows away from the camera).
 3. A weighted similarity fit (Umeyama) maps the canonical face mesh onto them; its rotation
    is the head rotation R (head -> camera), and the AFLW Euler angles are read from R.T.
+4. FaceMesh's landmarks lean toward a frontal face when the head turns far (measured on
+   rendered heads with exact ground truth: 50 deg reads as about 41), so yaw beyond
+   ``yaw_knee_deg`` is expanded by ``yaw_gain`` (:func:`expand_yaw`) and R rebuilt from the
+   angles. Both numbers are fitted on renders only (``dms synth yaw-fit``), never on the
+   evaluation faces; ``yaw_gain = 0`` turns the correction off.
 
 On a still image (``estimate``) the ROI is refined once from the first landmarks, as the
 tracker would on the next frame: MediaPipe's own ROI-from-landmarks step, which is more
@@ -14,6 +19,7 @@ accurate than a raw detector box. Confidence is FaceMesh's face-presence probabi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,7 +39,8 @@ Tracked = tuple[FaceBox, HeadPose, FaceRoi]
 
 @dataclass(frozen=True, slots=True)
 class LandmarkPoseSettings:
-    """Tuning of the landmark estimator (measured on AFLW2000-64, see docs/benchmarks.md)."""
+    """Tuning of the landmark estimator (choices measured in docs/benchmarks.md section 1;
+    the large-yaw correction is fitted on rendered heads only, never on evaluation faces)."""
 
     points: Literal["procrustes", "all"] = field(
         default="all",
@@ -49,6 +56,20 @@ class LandmarkPoseSettings:
             "(cancels FaceMesh's left/right asymmetry; one more landmark run per frame)"
         },
     )
+    yaw_knee_deg: float = field(
+        default=18.0,
+        metadata={
+            "doc": "large-yaw correction: |yaw| beyond this many degrees is expanded "
+            "(fitted by `dms synth yaw-fit` on rendered heads)"
+        },
+    )
+    yaw_gain: float = field(
+        default=0.46,
+        metadata={
+            "doc": "large-yaw correction: yaw += gain * (|yaw| - knee) beyond the knee, "
+            "away from zero (0 turns it off; fitted by `dms synth yaw-fit`)"
+        },
+    )
     min_presence: float = field(
         default=0.5,
         metadata={
@@ -56,6 +77,27 @@ class LandmarkPoseSettings:
             "(after a fresh detection the pose is returned anyway, with confidence = presence)"
         },
     )
+
+    def validate(self) -> None:
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        if not 0.0 <= self.yaw_knee_deg < 90.0:
+            raise ValueError(f"yaw_knee_deg must be in [0, 90), got {self.yaw_knee_deg}")
+        if not 0.0 <= self.yaw_gain <= 2.0:
+            raise ValueError(f"yaw_gain must be in [0, 2], got {self.yaw_gain}")
+        if not 0.0 <= self.min_presence <= 1.0:
+            raise ValueError(f"min_presence must be in [0, 1], got {self.min_presence}")
+
+
+def expand_yaw(yaw_deg: float, knee_deg: float, gain: float) -> float:
+    """``yaw + gain * (|yaw| - knee)`` away from zero beyond the knee; unchanged inside it.
+
+    Odd (a mirrored face still negates yaw), continuous and increasing for gain >= 0, so it
+    keeps the order of angles and can be inverted; clipped to +-90 deg, the AFLW yaw range.
+    """
+    excess = max(0.0, abs(yaw_deg) - knee_deg)
+    out = yaw_deg + math.copysign(gain * excess, yaw_deg)
+    return max(-90.0, min(90.0, out))
 
 
 class LandmarkHeadPose:
@@ -70,6 +112,7 @@ class LandmarkHeadPose:
         name: str = "facemesh",
     ) -> None:
         self.landmarker = landmarker
+        self.mesh = mesh
         self.settings = settings
         self.name = name
         if settings.points == "all":
@@ -113,6 +156,9 @@ class LandmarkHeadPose:
             R = geometry.mean_rotation(np.stack([R, R_m]))
             confidence = min(confidence, mirrored.presence)
         pitch, yaw, roll = geometry.euler_from_rotation(R)
+        if self.settings.yaw_gain > 0.0 and abs(yaw) > self.settings.yaw_knee_deg:
+            yaw = expand_yaw(yaw, self.settings.yaw_knee_deg, self.settings.yaw_gain)
+            R = geometry.rotation_from_euler(pitch, yaw, roll)
         return HeadPose(R, pitch, yaw, roll, confidence)
 
     @staticmethod
