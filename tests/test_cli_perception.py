@@ -93,3 +93,9 @@ def test_bench_reports_stages_and_fps_on_the_embedded_default(tmp_path):
     p = dms("bench", "--video", str(clip), "--frames", "10", "--warmup", "0", "--json",
             "--no-tracking")
     assert json.loads(p.stdout)["detector_runs_per_frame"] == 1.0
+    # more frames than the clip holds: it plays forward and back until the count is reached
+    p = dms("bench", "--video", str(clip), "--frames", "45", "--warmup", "5", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["clip_frames"] == 30 and out["frames"] == 45
+    assert out["stages"]["total"]["calls"] == 45 and out["face_found_fraction"] > 0.9

@@ -53,13 +53,20 @@ def run(args: argparse.Namespace) -> int:
     video = args.video or str(default_clip())
     if args.frames < 1 or args.warmup < 0:
         raise InputError("--frames must be >= 1 and --warmup >= 0")
-    frames = [f.image for f in video_frames(video, max_frames=args.frames + args.warmup)]
+    clip = [f.image for f in video_frames(video, max_frames=args.frames + args.warmup)]
+    if not clip:
+        raise InputError(f"{video}: no frames could be read")
+    # A clip shorter than warm-up + timed frames plays forward and back again (no jump cut,
+    # so tracking sees continuous motion) until the requested number of frames is reached.
+    period = max(1, 2 * len(clip) - 2)
+    order = [k % period for k in range(args.frames + args.warmup)]
+    frames = [clip[k if k < len(clip) else period - k] for k in order]
     detector, estimator = build_models(args)
     perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking))
-    for i in range(min(args.warmup, len(frames))):
+    for i in range(args.warmup):
         perception.process(frames[i], i / 30.0)
     detect, pose, total, found = [], [], [], 0
-    timed = frames[args.warmup:] or frames
+    timed = frames[args.warmup:]
     perception.detections = 0
     for i, img in enumerate(timed):
         t0 = time.perf_counter()
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     out = {
         "video": video,
         "frames": len(timed),
+        "clip_frames": len(clip),
         "size": list(timed[0].shape[1::-1]),
         "tracking": not args.no_tracking,
         "detector": detector.name,

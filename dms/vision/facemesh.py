@@ -178,8 +178,17 @@ class FaceMeshLandmarker:
         cancels the model's small left/right asymmetry (test-time flip augmentation).
         """
         x, A = self.crop(image_bgr, roi)
-        return self._run(np.ascontiguousarray(x[..., ::-1] if self._nchw else x[:, :, ::-1]),
-                         A, roi, mirrored=True)
+        return self._run(self._mirror(x), A, roi, mirrored=True)
+
+    def landmarks_and_mirrored(self, image_bgr: np.ndarray, roi: FaceRoi
+                               ) -> tuple[FaceLandmarks, FaceLandmarks]:
+        """:meth:`landmarks` and :meth:`landmarks_mirrored` from one crop of ``roi``."""
+        x, A = self.crop(image_bgr, roi)
+        return (self._run(x, A, roi, mirrored=False),
+                self._run(self._mirror(x), A, roi, mirrored=True))
+
+    def _mirror(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x[..., ::-1] if self._nchw else x[:, :, ::-1])
 
     def _run(self, x: np.ndarray, A: np.ndarray, roi: FaceRoi, mirrored: bool) -> FaceLandmarks:
         outs = self._session.run(None, {self._input_name: x})

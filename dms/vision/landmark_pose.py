@@ -29,7 +29,13 @@ import numpy as np
 from dms import geometry
 from dms.types import FaceBox, HeadPose
 from dms.vision.canonical import CanonicalFaceMesh, load_canonical_mesh
-from dms.vision.facemesh import FaceLandmarks, FaceMeshLandmarker, FaceRoi, roi_from_face_box
+from dms.vision.facemesh import (
+    FaceLandmarks,
+    FaceMeshLandmarker,
+    FaceRoi,
+    roi_from_face_box,
+    roi_from_landmarks,
+)
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
 
 _TO_CAMERA = np.array([1.0, -1.0, -1.0])
@@ -147,11 +153,10 @@ class LandmarkHeadPose:
         _, R, _ = geometry.weighted_procrustes(src, dst, self._weights)
         return R
 
-    def _pose(self, image_bgr: np.ndarray, lm: FaceLandmarks) -> HeadPose:
+    def _pose(self, lm: FaceLandmarks, mirrored: FaceLandmarks | None) -> HeadPose:
         R = self.rotation_from_landmarks(lm.points_px)
         confidence = lm.presence
-        if self.settings.flip_average:
-            mirrored = self.landmarker.landmarks_mirrored(image_bgr, lm.roi)
+        if mirrored is not None:
             R_m = self.rotation_from_landmarks(mirrored.points_px, mirrored=True)
             R = geometry.mean_rotation(np.stack([R, R_m]))
             confidence = min(confidence, mirrored.presence)
@@ -170,8 +175,13 @@ class LandmarkHeadPose:
         )
 
     def _run(self, image_bgr: np.ndarray, roi: FaceRoi) -> Tracked:
-        lm, next_roi = self.landmarker.track(image_bgr, roi)
-        return self._box(lm, lm.presence), self._pose(image_bgr, lm), next_roi
+        mirrored: FaceLandmarks | None = None
+        if self.settings.flip_average:  # both runs share one crop
+            lm, mirrored = self.landmarker.landmarks_and_mirrored(image_bgr, roi)
+        else:
+            lm = self.landmarker.landmarks(image_bgr, roi)
+        next_roi = roi_from_landmarks(lm.points_px)
+        return self._box(lm, lm.presence), self._pose(lm, mirrored), next_roi
 
     def start(self, image_bgr: np.ndarray, face: FaceBox) -> Tracked:
         """First frame after a detection: ROI from the box, refined from the landmarks.
