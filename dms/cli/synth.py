@@ -52,6 +52,9 @@ def register(subparsers: Any) -> None:
     y.add_argument("--max-yaw", type=float, default=55.0, metavar="DEG",
                    help="largest rendered |yaw| (renders are faithful to about 60 deg)")
     y.add_argument("--step", type=float, default=5.0, metavar="DEG", help="yaw grid step")
+    y.add_argument("--config", default=None, metavar="FILE",
+                   help="the other [vision.pose.landmarks] settings from this dms TOML "
+                   "(the correction is refitted for them; e.g. flip_average = false)")
     p.set_defaults(func=run)
 
 
@@ -93,7 +96,13 @@ def _yaw_fit(args: argparse.Namespace) -> int:
     if not 0.0 < args.step <= args.max_yaw < 90.0:
         raise InputError(f"--max-yaw {args.max_yaw} / --step {args.step}: need "
                          "0 < step <= max-yaw < 90")
-    estimator = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx")
+    settings = None
+    if args.config:
+        from dms.config import load_config
+
+        settings = load_config(args.config).vision.pose.landmarks
+    estimator = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx",
+                                            **({"settings": settings} if settings else {}))
     rows = sweep(estimator, photos=args.photo or DEFAULT_PHOTOS, max_yaw_deg=args.max_yaw,
                  step_deg=args.step)
     fit = fit_yaw_expansion(rows[:, 1], rows[:, 4])
