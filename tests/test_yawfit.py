@@ -94,3 +94,16 @@ def test_cli_yaw_fit(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["yaw_gain"] > 0.0 and out["yaw_mae_after"] < out["yaw_mae_before"]
     assert main(["synth", "yaw-fit", "--max-yaw", "95"]) == 2
     assert "--max-yaw 95.0" in capsys.readouterr().err
+
+
+def test_cli_yaw_fit_takes_the_other_landmark_settings_from_a_config(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["synth", "yaw-fit", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml" in capsys.readouterr().err
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[vision.pose.landmarks]\nflip_average = 2\n")
+    assert main(["synth", "yaw-fit", "--config", str(cfg)]) == 2
+    assert "flip_average" in capsys.readouterr().err
+    cfg.write_text("[vision.pose.landmarks]\nflip_average = false\n")
+    assert main(["synth", "yaw-fit", "--config", str(cfg), "--photo", "grace_hopper",
+                 "--max-yaw", "40", "--step", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3 * 5 * 3
