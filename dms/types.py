@@ -27,6 +27,13 @@ class FaceBox:
     score: float
     keypoints: np.ndarray | None = field(default=None, compare=False)
 
+    @classmethod
+    def around(cls, points_px: np.ndarray, score: float) -> FaceBox:
+        """The extent of ``points_px`` (N x 2 or more columns; x, y first) as a box."""
+        p = np.asarray(points_px, dtype=np.float64)
+        return cls(float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()),
+                   float(p[:, 1].max()), float(score))
+
     @property
     def width(self) -> float:
         return self.x2 - self.x1

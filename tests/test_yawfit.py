@@ -10,7 +10,7 @@ import pytest
 
 from dms.cli import main
 from dms.paths import models_dir
-from dms.synth.yawfit import expand_yaw_array, fit_yaw_expansion, sweep
+from dms.synth.yawfit import fit_yaw_expansion, sweep
 from dms.vision.landmark_pose import LandmarkHeadPose, LandmarkPoseSettings, expand_yaw
 
 
@@ -24,7 +24,7 @@ def test_expand_yaw_is_identity_inside_the_knee_odd_increasing_and_clipped() -> 
     assert np.all(np.diff(out) >= 0.0)
     assert np.allclose(out, -out[::-1])
     assert out.max() == 90.0 and out.min() == -90.0
-    assert np.allclose(expand_yaw_array(ys, knee, gain), out)
+    assert np.allclose(expand_yaw(ys, knee, gain), out)
     assert expand_yaw(60.0, knee, 0.0) == 60.0
 
 
@@ -56,7 +56,7 @@ def test_facemesh_compresses_large_yaw_and_the_default_correction_undoes_it(
     # the raw fit reads a 50 deg turn as well under 50 (measured: about 41)
     assert np.all(np.abs(raw[[0, 4]]) < 46.0)
     s = LandmarkPoseSettings()
-    corrected = expand_yaw_array(raw, s.yaw_knee_deg, s.yaw_gain)
+    corrected = expand_yaw(raw, s.yaw_knee_deg, s.yaw_gain)
     assert np.all(np.abs(corrected - true)[[0, 4]] < np.abs(raw - true)[[0, 4]])
     assert np.all(np.abs(corrected - true) < 4.0)
     assert abs(corrected[2]) < 2.0  # a frontal face is left alone

@@ -89,20 +89,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _yaw_fit(args: argparse.Namespace) -> int:
     from dms.errors import InputError
-    from dms.paths import models_dir
     from dms.synth.yawfit import DEFAULT_PHOTOS, fit_yaw_expansion, sweep
+    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
     from dms.vision.landmark_pose import LandmarkHeadPose
 
     if not 0.0 < args.step <= args.max_yaw < 90.0:
         raise InputError(f"--max-yaw {args.max_yaw} / --step {args.step}: need "
                          "0 < step <= max-yaw < 90")
-    settings = None
+    pose = PoseModelSettings()
     if args.config:
         from dms.config import load_config
 
-        settings = load_config(args.config).vision.pose.landmarks
-    estimator = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx",
-                                            **({"settings": settings} if settings else {}))
+        pose = PoseModelSettings(landmarks=load_config(args.config).vision.pose.landmarks)
+    estimator = create_pose_estimator(pose)  # the embedded FaceMesh estimator
+    assert isinstance(estimator, LandmarkHeadPose)
     rows = sweep(estimator, photos=args.photo or DEFAULT_PHOTOS, max_yaw_deg=args.max_yaw,
                  step_deg=args.step)
     fit = fit_yaw_expansion(rows[:, 1], rows[:, 4])

@@ -1,13 +1,13 @@
 """Fit the landmark estimator's large-yaw correction on rendered heads (``dms synth yaw-fit``).
 
 FaceMesh's landmarks lean toward a frontal face as the head turns away (its 2-D points, not
-just its depths: on a rendered head turned 50 deg the fitted yaw is about 41 deg). Renders
-give exact ground truth, so the compression can be measured without touching any evaluation
-set: every photo is lifted, rendered over a grid of yaw x pitch x roll in the default
-cabin scene, the estimator is run *without* the correction on the true face box, and
-``yaw_true ~= expand_yaw(yaw_measured, knee, gain)`` is fitted by grid search (least absolute
-error). Renders stay faithful up to about 60 deg of yaw (past that the lifted head's far side
-smears), hence the default ``max_yaw_deg`` of 55.
+just its depths: on a rendered head turned 50 deg the fitted yaw is about 41 deg). Renders give
+exact ground truth, so the compression can be measured without touching any evaluation set:
+every photo is lifted, rendered over a grid of yaw x pitch x roll in the default cabin scene,
+the estimator is run *without* the correction on the true face box, and ``yaw_true ~=
+expand_yaw(yaw_measured, knee, gain)`` (:func:`dms.vision.landmark_pose.expand_yaw`) is fitted
+by grid search (least absolute error). Renders stay faithful up to about 60 deg of yaw (past
+that the lifted head's far side smears), hence the default ``max_yaw_deg`` of 55.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dms.synth.lift import lift_photo
 from dms.synth.render import FaceRenderer, SceneSettings
 from dms.synth.script import FrameTruth
 from dms.types import FaceBox
-from dms.vision.landmark_pose import LandmarkHeadPose
+from dms.vision.landmark_pose import LandmarkHeadPose, expand_yaw
 
 DEFAULT_PHOTOS = ("astronaut", "grace_hopper")
 DEFAULT_PITCHES = (-20.0, -10.0, 0.0, 10.0, 20.0)
@@ -70,19 +70,9 @@ def sweep(
             R = geometry.rotation_from_euler(pitch, yaw, roll)
             img = renderer.render(FrameTruth(0.0, R, yaw, pitch, roll, yaw, pitch, roll,
                                              True, "yaw-fit"))
-            px = renderer.landmarks_px(R)[:468]
-            box = FaceBox(float(px[:, 0].min()), float(px[:, 1].min()),
-                          float(px[:, 0].max()), float(px[:, 1].max()), 1.0)
-            pose = raw.estimate(img, box)
+            pose = raw.estimate(img, FaceBox.around(renderer.landmarks_px(R)[:468], 1.0))
             rows.append([pitch, yaw, roll, pose.pitch_deg, pose.yaw_deg, pose.roll_deg])
     return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
-
-
-def expand_yaw_array(yaw: np.ndarray, knee_deg: float, gain: float) -> np.ndarray:
-    """Vectorised :func:`dms.vision.landmark_pose.expand_yaw`."""
-    yaw = np.asarray(yaw, dtype=np.float64)
-    out = yaw + np.sign(yaw) * gain * np.maximum(0.0, np.abs(yaw) - knee_deg)
-    return np.clip(out, -90.0, 90.0)
 
 
 def fit_yaw_expansion(
@@ -98,8 +88,7 @@ def fit_yaw_expansion(
         raise ValueError("need equal, non-empty arrays of true and measured yaw")
     best = (float("inf"), 0.0, 0.0)
     for knee in knees:
-        excess = np.sign(m) * np.maximum(0.0, np.abs(m) - knee)
-        corrected = np.clip(m[None, :] + gains[:, None] * excess[None, :], -90.0, 90.0)
+        corrected = expand_yaw(m, float(knee), gains[:, None])  # one row per gain
         err = np.abs(corrected - t[None, :]).mean(axis=1)
         i = int(np.argmin(err))
         if err[i] < best[0] - 1e-12:

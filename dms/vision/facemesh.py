@@ -170,19 +170,16 @@ class FaceMeshLandmarker:
         x, A = self.crop(image_bgr, roi)
         return self._run(x, A, roi, mirrored=False)
 
-    def landmarks_mirrored(self, image_bgr: np.ndarray, roi: FaceRoi) -> FaceLandmarks:
-        """FaceMesh on the horizontally mirrored crop, points mapped back into the image.
-
-        Point i then sits where the mirror partner of landmark i is (the subject's left and
-        right swap), so it matches the canonical mesh mirrored in x; averaging the two fits
-        cancels the model's small left/right asymmetry (test-time flip augmentation).
-        """
-        x, A = self.crop(image_bgr, roi)
-        return self._run(self._mirror(x), A, roi, mirrored=True)
-
     def landmarks_and_mirrored(self, image_bgr: np.ndarray, roi: FaceRoi
                                ) -> tuple[FaceLandmarks, FaceLandmarks]:
-        """:meth:`landmarks` and :meth:`landmarks_mirrored` from one crop of ``roi``."""
+        """:meth:`landmarks`, and FaceMesh on the horizontally mirrored crop with its points
+        mapped back into the image, both from one crop of ``roi``.
+
+        In the mirrored result point i sits where the mirror partner of landmark i is (the
+        subject's left and right swap), so it matches the canonical mesh mirrored in x;
+        averaging the two fits cancels the model's small left/right asymmetry (test-time flip
+        augmentation).
+        """
         x, A = self.crop(image_bgr, roi)
         return (self._run(x, A, roi, mirrored=False),
                 self._run(self._mirror(x), A, roi, mirrored=True))

@@ -19,7 +19,6 @@ accurate than a raw detector box. Confidence is FaceMesh's face-presence probabi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -95,15 +94,17 @@ class LandmarkPoseSettings:
             raise ValueError(f"min_presence must be in [0, 1], got {self.min_presence}")
 
 
-def expand_yaw(yaw_deg: float, knee_deg: float, gain: float) -> float:
+def expand_yaw(yaw_deg: float | np.ndarray, knee_deg: float, gain: float | np.ndarray
+               ) -> float | np.ndarray:
     """``yaw + gain * (|yaw| - knee)`` away from zero beyond the knee; unchanged inside it.
 
     Odd (a mirrored face still negates yaw), continuous and increasing for gain >= 0, so it
     keeps the order of angles and can be inverted; clipped to +-90 deg, the AFLW yaw range.
+    Takes a float or arrays (``gain`` broadcasts against ``yaw_deg``, as the fit uses it).
     """
-    excess = max(0.0, abs(yaw_deg) - knee_deg)
-    out = yaw_deg + math.copysign(gain * excess, yaw_deg)
-    return max(-90.0, min(90.0, out))
+    excess = np.maximum(0.0, np.abs(yaw_deg) - knee_deg)
+    out = np.clip(yaw_deg + np.sign(yaw_deg) * gain * excess, -90.0, 90.0)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 class LandmarkHeadPose:
@@ -146,7 +147,8 @@ class LandmarkHeadPose:
     def rotation_from_landmarks(self, points_px: np.ndarray, mirrored: bool = False
                                 ) -> np.ndarray:
         """Head rotation R (head -> camera) from 468 landmarks in image pixels
-        (``mirrored``: landmarks from :meth:`FaceMeshLandmarker.landmarks_mirrored`, fitted
+        (``mirrored``: the mirrored landmarks of
+        :meth:`FaceMeshLandmarker.landmarks_and_mirrored`, fitted
         to the canonical mesh mirrored in x, which the symmetric face makes equivalent)."""
         dst = np.asarray(points_px, dtype=np.float64)[self._ids] * _TO_CAMERA
         src = self._src_mirrored if mirrored else self._src
@@ -162,17 +164,9 @@ class LandmarkHeadPose:
             confidence = min(confidence, mirrored.presence)
         pitch, yaw, roll = geometry.euler_from_rotation(R)
         if self.settings.yaw_gain > 0.0 and abs(yaw) > self.settings.yaw_knee_deg:
-            yaw = expand_yaw(yaw, self.settings.yaw_knee_deg, self.settings.yaw_gain)
+            yaw = float(expand_yaw(yaw, self.settings.yaw_knee_deg, self.settings.yaw_gain))
             R = geometry.rotation_from_euler(pitch, yaw, roll)
         return HeadPose(R, pitch, yaw, roll, confidence)
-
-    @staticmethod
-    def _box(lm: FaceLandmarks, score: float) -> FaceBox:
-        p = lm.points_px
-        return FaceBox(
-            float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()),
-            float(p[:, 1].max()), score,
-        )
 
     def _run(self, image_bgr: np.ndarray, roi: FaceRoi) -> Tracked:
         mirrored: FaceLandmarks | None = None
@@ -181,7 +175,7 @@ class LandmarkHeadPose:
         else:
             lm = self.landmarker.landmarks(image_bgr, roi)
         next_roi = roi_from_landmarks(lm.points_px)
-        return self._box(lm, lm.presence), self._pose(lm, mirrored), next_roi
+        return FaceBox.around(lm.points_px, lm.presence), self._pose(lm, mirrored), next_roi
 
     def start(self, image_bgr: np.ndarray, face: FaceBox) -> Tracked:
         """First frame after a detection: ROI from the box, refined from the landmarks.
