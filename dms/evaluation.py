@@ -10,6 +10,10 @@ Every face that gets a pose counts in the MAE. Poses the estimator itself flags 
 (confidence < ``CONFIDENT``; FaceMesh does so on near-profile faces) are also counted in
 ``low_confidence``, and ``mean_mae_confident`` is the mean MAE without them - the figure
 comparable with pipelines that drop such faces as "not found".
+
+``bins`` breaks the MAE down by the ground-truth |yaw| (``YAW_BINS_DEG``: 0-30, 30-60,
+60-99 deg, lower edge included): the overall mean is dominated by near-frontal faces, while
+off-road glances live at 30-90 deg.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_ABS_ANGLE_DEG = 99.0
 LARGE_YAW_DEG = 45.0
 CONFIDENT = 0.5
+YAW_BINS_DEG: tuple[tuple[float, float], ...] = ((0.0, 30.0), (30.0, 60.0), (60.0, 99.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,50 @@ def read_aflw2000(directory: str | Path) -> list[LabelledFace]:
 
 
 @dataclass(frozen=True, slots=True)
+class BinResult:
+    """MAE over the evaluated faces whose ground-truth |yaw| is in [lo_deg, hi_deg)."""
+
+    lo_deg: float
+    hi_deg: float
+    n: int
+    pitch_mae: float
+    yaw_mae: float
+    roll_mae: float
+    mean_mae: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.lo_deg:g}-{self.hi_deg:g}"
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return {"bin": self.label} | {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+def yaw_bins(
+    errors_deg: np.ndarray,
+    gt_yaw_deg: np.ndarray,
+    edges: tuple[tuple[float, float], ...] = YAW_BINS_DEG,
+) -> tuple[BinResult, ...]:
+    """Per-|yaw|-bin MAE of ``errors_deg`` (N x 3 absolute pitch/yaw/roll errors).
+
+    A face belongs to the bin with ``lo <= |yaw| < hi``; the last bin also takes ``|yaw| ==
+    hi`` (99 deg is the protocol's own limit). Empty bins report NaN with n = 0.
+    """
+    err = np.asarray(errors_deg, dtype=np.float64).reshape(-1, 3)
+    ay = np.abs(np.asarray(gt_yaw_deg, dtype=np.float64).reshape(-1))
+    if len(ay) != len(err):
+        raise ValueError(f"{len(err)} error rows but {len(ay)} yaw labels")
+    out = []
+    for i, (lo, hi) in enumerate(edges):
+        last = i == len(edges) - 1
+        sel = (ay >= lo) & ((ay <= hi) if last else (ay < hi))
+        mae = err[sel].mean(axis=0) if sel.any() else np.full(3, np.nan)
+        out.append(BinResult(lo, hi, int(sel.sum()), float(mae[0]), float(mae[1]),
+                             float(mae[2]), float(mae.mean())))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class EvalResult:
     n: int
     not_found: int
@@ -88,9 +137,14 @@ class EvalResult:
     skipped: int
     low_confidence: int
     mean_mae_confident: float
+    bins: tuple[BinResult, ...] = ()
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            k: getattr(self, k) for k in self.__slots__ if k != "bins"  # type: ignore[attr-defined]
+        }
+        out["bins"] = [b.as_dict() for b in self.bins]
+        return out
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -157,4 +211,5 @@ def evaluate(
         mean_mae_confident=float(err[np.asarray(confident, bool)].mean())
         if any(confident)
         else float("nan"),
+        bins=yaw_bins(err, np.asarray(gt_yaw, dtype=np.float64)),
     )

@@ -44,4 +44,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"yaw MAE with |yaw| > 45 deg: {res.yaw_mae_large:.2f} deg over {res.n_large} faces")
     print(f"low-confidence poses: {res.low_confidence}; mean MAE without them: "
           f"{res.mean_mae_confident:.2f} deg")
+    print("per |yaw| bin (deg)   n     pitch   yaw     roll    mean")
+    for b in res.bins:
+        print(f"  {b.label:<18} {b.n:>5}   {b.pitch_mae:6.2f}  {b.yaw_mae:6.2f}  "
+              f"{b.roll_mae:6.2f}  {b.mean_mae:6.2f}")
     return 0
