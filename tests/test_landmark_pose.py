@@ -107,9 +107,11 @@ def test_eval_cli_reports_the_protocol_fields(aflw_dir):
 def test_eval_with_gt_boxes_meets_the_target_and_config_switches_the_yaw_correction(
     aflw_dir, tmp_path
 ):
-    """Acceptance (issue 2): mean MAE <= 3.0 deg with ground-truth boxes on all 61 faces.
-    The yaw correction is fitted on renders only; turning it off through --config must
-    bring back FaceMesh's large-yaw compression (measured 18.5 deg yaw MAE there)."""
+    """On these 61 faces the default (no yaw correction, issue 10: it hurts real faces below
+    60 deg on aflw2000-dev) measures 3.27 deg mean MAE with ground-truth boxes; the
+    render-fitted correction (knee 18, gain 0.46), one config away, measures 2.87 (issue 2's
+    <= 3.0) because this subset has few faces at 30-60 deg and six beyond 60, where it helps
+    (yaw MAE there 18.5 -> 6.5)."""
     def run(*extra: str) -> dict:
         p = subprocess.run([sys.executable, "-m", "dms", "eval", str(aflw_dir), "--boxes",
                             "gt", "--json", *extra], capture_output=True, text=True,
@@ -117,12 +119,13 @@ def test_eval_with_gt_boxes_meets_the_target_and_config_switches_the_yaw_correct
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
 
-    on = run()
-    assert on["n"] == 61 and on["not_found"] == 0
+    off = run()
+    assert off["n"] == 61 and off["not_found"] == 0
+    assert off["mean_mae"] <= 3.4
+    on_cfg = tmp_path / "on.toml"
+    on_cfg.write_text("[vision.pose.landmarks]\nyaw_knee_deg = 18.0\nyaw_gain = 0.46\n")
+    on = run("--config", str(on_cfg))
     assert on["mean_mae"] <= 3.0
-    off_cfg = tmp_path / "off.toml"
-    off_cfg.write_text("[vision.pose.landmarks]\nyaw_gain = 0.0\n")
-    off = run("--config", str(off_cfg))
     assert off["yaw_mae_large"] > on["yaw_mae_large"] + 5.0
     assert off["pitch_mae"] == pytest.approx(on["pitch_mae"], abs=1e-6)
     bad = subprocess.run([sys.executable, "-m", "dms", "eval", str(aflw_dir), "--config",

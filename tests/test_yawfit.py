@@ -13,6 +13,14 @@ from dms.paths import models_dir
 from dms.synth.yawfit import fit_yaw_expansion, sweep
 from dms.vision.landmark_pose import LandmarkHeadPose, LandmarkPoseSettings, expand_yaw
 
+# The gain `dms synth yaw-fit` fits on renders. It is no longer the default (it hurts real
+# faces below 60 deg on aflw2000-dev, docs/training.md); these tests pass it explicitly.
+FITTED = LandmarkPoseSettings(yaw_knee_deg=18.0, yaw_gain=0.46)
+
+
+def test_the_correction_is_off_by_default() -> None:
+    assert LandmarkPoseSettings().yaw_gain == 0.0
+
 
 def test_expand_yaw_is_identity_inside_the_knee_odd_increasing_and_clipped() -> None:
     knee, gain = 18.0, 0.46
@@ -46,7 +54,7 @@ def landmark_estimator() -> LandmarkHeadPose:
     return LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx")
 
 
-def test_facemesh_compresses_large_yaw_and_the_default_correction_undoes_it(
+def test_facemesh_compresses_large_yaw_and_the_fitted_correction_undoes_it(
     landmark_estimator: LandmarkHeadPose,
 ) -> None:
     rows = sweep(landmark_estimator, photos=("astronaut",), max_yaw_deg=50.0, step_deg=25.0,
@@ -55,7 +63,7 @@ def test_facemesh_compresses_large_yaw_and_the_default_correction_undoes_it(
     assert list(true) == [-50.0, -25.0, 0.0, 25.0, 50.0]
     # the raw fit reads a 50 deg turn as well under 50 (measured: about 41)
     assert np.all(np.abs(raw[[0, 4]]) < 46.0)
-    s = LandmarkPoseSettings()
+    s = FITTED
     corrected = expand_yaw(raw, s.yaw_knee_deg, s.yaw_gain)
     assert np.all(np.abs(corrected - true)[[0, 4]] < np.abs(raw - true)[[0, 4]])
     assert np.all(np.abs(corrected - true) < 4.0)
@@ -76,9 +84,9 @@ def test_estimator_applies_the_correction_to_angles_and_rotation(
     img = renderer.render(FrameTruth(0.0, R, 45.0, -5.0, 3.0, 45.0, -5.0, 3.0, True, "t"))
     px = renderer.landmarks_px(R)[:468]
     box = FaceBox(px[:, 0].min(), px[:, 1].min(), px[:, 0].max(), px[:, 1].max(), 1.0)
-    off = LandmarkHeadPose(landmark_estimator.landmarker, landmark_estimator.mesh,
-                           LandmarkPoseSettings(yaw_gain=0.0)).estimate(img, box)
-    on = landmark_estimator.estimate(img, box)
+    off = landmark_estimator.estimate(img, box)  # the default: no correction
+    on = LandmarkHeadPose(landmark_estimator.landmarker, landmark_estimator.mesh,
+                          FITTED).estimate(img, box)
     assert on.yaw_deg == pytest.approx(expand_yaw(off.yaw_deg, 18.0, 0.46))
     assert (on.pitch_deg, on.roll_deg) == pytest.approx((off.pitch_deg, off.roll_deg))
     assert geometry.euler_from_rotation(on.rotation) == pytest.approx(

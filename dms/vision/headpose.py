@@ -36,6 +36,7 @@ from dms.errors import ModelError
 from dms.types import FaceBox, HeadPose
 from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
 from dms.vision.landmark_pose import LandmarkPoseSettings
+from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class PoseModelSettings:
     landmarks: LandmarkPoseSettings = field(
         default_factory=LandmarkPoseSettings,
         metadata={"doc": "the embedded landmark estimator ([vision.pose.landmarks])"},
+    )
+    limits: PoseLimits = field(
+        default_factory=PoseLimits,
+        metadata={"doc": "poses beyond these get confidence 0, any model ([vision.pose.limits])"},
     )
 
 
@@ -144,8 +149,10 @@ class CnnHeadPose:
         margins: CropMargins = TEST_MARGINS,
         bin_width_deg: float = 3.0,
         bin_start_deg: float = -99.0,
+        limits: PoseLimits = DEFAULT_LIMITS,
     ) -> None:
         self.session = session
+        self.limits = limits
         self.name = name
         inp = session.get_inputs()[0]
         self.input_name = inp.name
@@ -196,7 +203,7 @@ class CnnHeadPose:
                     vals.append(float(p @ centres))
             angles = dict(zip(self.order, (float(v) for v in vals), strict=True))
             M = geometry.aflw_matrix_from_euler(angles["pitch"], angles["yaw"], angles["roll"])
-        return pose_from_aflw_matrix(M, 1.0)
+        return limit_confidence(pose_from_aflw_matrix(M, 1.0), self.limits)
 
 
 def create_pose_estimator(
@@ -211,9 +218,10 @@ def create_pose_estimator(
         from dms.vision.landmark_pose import LandmarkHeadPose
 
         return LandmarkHeadPose.from_files(
-            path, runtime=runtime, settings=settings.landmarks, name=entry.name  # type: ignore[union-attr]
+            path, runtime=runtime, settings=settings.landmarks, name=entry.name,  # type: ignore[union-attr]
+            limits=settings.limits,
         )
     session = create_session(path, runtime)
     output = settings.output or (entry.output if entry is not None else "")
     name = entry.name if entry is not None else Path(path).stem
-    return CnnHeadPose(session, name=name, output_format=output)
+    return CnnHeadPose(session, name=name, output_format=output, limits=settings.limits)
