@@ -184,7 +184,9 @@ def test_annotate_frame_draws_pose_state_and_banner() -> None:
     from dms.types import FaceBox
     from dms.viz import annotate_frame
 
-    sc = ScenarioBuilder(S, rate_hz=20).road(1).glance("passenger", 4).build()
+    # the neutral is learned first (online_settle_s), then the glance alerts
+    sc = ScenarioBuilder(S, rate_hz=20).road(S.calibration.online_settle_s + 2).glance(
+        "passenger", 4).build()
     eng = Engine(S)
     results = [eng.step(o) for o in sc.observations]
     hit = next(r for r in results if r.events)

@@ -5,15 +5,21 @@ Two pure pieces (no I/O, no clock; storage is :mod:`dms.calibration_store`):
 * :func:`calibrate_neutral` - explicit calibration from a few seconds of poses (``dms
   calibrate``): robust centre, outlier rejection, and a refusal with a reason when the face was
   missing or the driver moved too much.
-* :class:`OnlineNeutral` - a slow running mean learned while driving attentively (openpilot
-  style): time-weighted, memory capped, usable after ``online_min_s``, its offset from the
-  base (explicit calibration or mount prior) clamped to a documented range.
+* :class:`DominantPoseNeutral` - the default, which needs no mount: the neutral is the
+  driver's own dominant pose while driving (at speed the road is where drivers look most of
+  the time), found as the peak of a time-decayed histogram of (yaw, pitch), refined by the
+  mean of the poses around it. Bounded only by physical plausibility; trusted ("settled")
+  once enough poses agree. A mount profile is an optional hint that settles it sooner.
+* :class:`OnlineNeutral` - after an explicit calibration: a slow running mean learned while
+  driving attentively (openpilot style), its offset from the calibration clamped to a
+  documented range, used after ``online_refine_min_s``.
 
 Poses relative to neutral are always ``R_neutral.T @ R`` (:func:`dms.geometry.relative_rotation`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +37,8 @@ from dms.geometry import (
 )
 from dms.types import Observation
 
+log = logging.getLogger(__name__)
+
 
 class CalibrationRefused(DmsError):
     """Explicit calibration refused; ``code`` is machine readable, the message says why."""
@@ -44,8 +52,9 @@ class CalibrationRefused(DmsError):
 class NeutralPose:
     """A neutral head rotation (head -> camera) and where it came from.
 
-    ``source`` is ``explicit`` (dms calibrate), ``online`` (learned while driving) or
-    ``mount`` (the camera mount prior)."""
+    ``source`` is ``explicit`` (dms calibrate), ``online`` (learned while driving),
+    ``prior`` (the camera mount hint, before any pose was learned) or ``none`` (nothing known
+    yet: no hint and no pose)."""
 
     rotation: np.ndarray
     source: str = "explicit"
@@ -68,7 +77,7 @@ class NeutralPose:
 def mount_prior(mount: MountSettings) -> NeutralPose:
     """The neutral pose the camera mount profile expects."""
     return NeutralPose.from_euler(mount.neutral_pitch_deg, mount.neutral_yaw_deg,
-                                  mount.neutral_roll_deg, source="mount")
+                                  mount.neutral_roll_deg, source="prior")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +153,15 @@ def calibrate_neutral(
             "moved_too_much",
             f"poses spread {spread:.1f} deg RMS (max {settings.max_spread_deg:g}): the driver "
             "moved; look at the road and keep still")
-    if mount is not None:
+    n_pitch, n_yaw, _ = euler_from_rotation(neutral)
+    (ylo, yhi), (plo, phi) = settings.neutral_yaw_range_deg, settings.neutral_pitch_range_deg
+    if not (ylo <= n_yaw <= yhi and plo <= n_pitch <= phi):
+        raise CalibrationRefused(
+            "not_at_road",
+            f"neutral yaw {n_yaw:.0f} / pitch {n_pitch:.0f} deg is outside what any camera "
+            f"mount can see of a driver looking at the road (yaw {ylo:g}..{yhi:g}, pitch "
+            f"{plo:g}..{phi:g}): look at the road, or move the camera")
+    if mount is not None and mount.hint:
         off = geodesic_deg(mount_prior(mount).rotation, neutral)
         if off > settings.max_offset_from_mount_deg:
             raise CalibrationRefused(
@@ -159,13 +176,14 @@ def calibrate_neutral(
 
 
 class OnlineNeutral:
-    """Running, time-weighted mean of attentive poses, clamped around a base neutral.
+    """After an explicit calibration: running, time-weighted mean of attentive poses, clamped
+    around it.
 
     Feed :meth:`update` every frame with whether the frame may be learned from (the engine
     decides: face confident, moving, driver on the road and not alerted). The running mean
     weighs each pose by its time step; its total weight is capped at ``online_memory_s`` so
-    old poses fade. :meth:`neutral` is the base until ``online_min_s`` of learning, then the
-    base composed with the learned offset, clamped in yaw and pitch.
+    old poses fade. :meth:`neutral` is the base until ``online_refine_min_s`` of learning, then
+    the base composed with the learned offset, clamped in yaw and pitch.
     """
 
     def __init__(self, settings: CalibrationSettings, base: NeutralPose) -> None:
@@ -184,7 +202,7 @@ class OnlineNeutral:
 
     @property
     def ready(self) -> bool:
-        return self._learned_s >= self.settings.online_min_s
+        return self._learned_s >= self.settings.online_refine_min_s
 
     def neutral(self) -> NeutralPose:
         return self._current
@@ -213,3 +231,193 @@ class OnlineNeutral:
         offset = rotation_from_euler(pitch, yaw, 0.0)  # roll is not learned
         return NeutralPose(self.base.rotation @ offset, "online",
                            int(round(self._learned_s)), 0.0)
+
+
+class DominantPoseNeutral:
+    """The mount-free default: the neutral is the driver's own dominant pose while driving.
+
+    Every learnable pose (face confident, vehicle moving when the speed is known) adds its time
+    step to a 1-degree (yaw, pitch) histogram of camera-frame angles that covers only the
+    physically plausible neutral range (``neutral_yaw_range_deg`` / ``neutral_pitch_range_deg``)
+    and fades with the time constant ``online_memory_s``. Poses outside the range still count
+    in the total, so they lower the dominance. Every ``REFRESH_S`` the dominant pose is the
+    peak of the histogram blurred by half the cluster radius, refined by the mean of the
+    poses within ``online_cluster_radius_deg`` of it (mean shift); roll is their mean roll.
+
+    It is *settled* (trusted for alerts) once ``online_settle_s`` of poses were learned and the
+    dominant cluster holds ``online_dominant_fraction`` of them; with a mount hint that the
+    cluster agrees with (within ``hint_agree_deg``) after ``hint_settle_s``. A hint the
+    cluster contradicts is reported (:attr:`mismatch_deg`) and ignored. Once settled, the
+    neutral follows its cluster and moves to another only when that one outweighs it by
+    ``online_switch_ratio``. Poses learned while an alert is active are weighted by
+    ``online_alert_weight`` (the caller passes it).
+    """
+
+    REFRESH_S = 0.25
+    BIN_DEG = 1.0
+
+    def __init__(self, settings: CalibrationSettings, hint: NeutralPose | None = None) -> None:
+        s = self.settings = settings
+        self.hint = hint
+        (ylo, yhi), (plo, phi) = s.neutral_yaw_range_deg, s.neutral_pitch_range_deg
+        self._yaw_c = ylo + self.BIN_DEG * (np.arange(max(1, math.ceil(yhi - ylo))) + 0.5)
+        self._pitch_c = plo + self.BIN_DEG * (np.arange(max(1, math.ceil(phi - plo))) + 0.5)
+        shape = (len(self._yaw_c), len(self._pitch_c))
+        self._w = np.zeros(shape)  # weight (seconds) per bin
+        self._wy = np.zeros(shape)  # weight * yaw
+        self._wp = np.zeros(shape)  # weight * pitch
+        self._wr = np.zeros(shape)  # weight * roll
+        self._total = 0.0  # all learned weight, in range or not
+        sigma = max(s.online_cluster_radius_deg / 2.0, 0.5) / self.BIN_DEG
+        self._ky = _gauss_matrix(len(self._yaw_c), sigma)
+        self._kp = _gauss_matrix(len(self._pitch_c), sigma)
+        self._dist_y = self._yaw_c[:, None]
+        self._dist_p = self._pitch_c[None, :]
+        self._t_s: float | None = None
+        self._decayed_t_s: float | None = None
+        self._refresh_at_s = -math.inf
+        self._centre: tuple[float, float] | None = None  # (yaw, pitch)
+        self._cluster_w = 0.0
+        self._settled = False
+        self._mismatch_deg: float | None = None
+        self._current = hint if hint is not None else NeutralPose(np.eye(3), "none")
+
+    # ------------------------------------------------------------- read-outs
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    @property
+    def learned_s(self) -> float:
+        """Learned weight (seconds, time-decayed)."""
+        return self._total
+
+    @property
+    def dominance(self) -> float:
+        return self._cluster_w / self._total if self._total > 0 else 0.0
+
+    @property
+    def mismatch_deg(self) -> float | None:
+        """Angle between the mount hint and the driver's dominant pose, when the hint is
+        contradicted (None when there is no hint or it agrees)."""
+        return self._mismatch_deg
+
+    @property
+    def progress(self) -> float:
+        """0..1: how far the estimate is from being trusted (1 = settled)."""
+        if self._settled:
+            return 1.0
+        need = self.settings.online_settle_s
+        if self.hint is not None and self._mismatch_deg is None:
+            need = self.settings.hint_settle_s
+        frac = self.dominance / self.settings.online_dominant_fraction
+        return float(min(0.99, min(1.0, self._total / need) * min(1.0, frac)))
+
+    def neutral(self) -> NeutralPose:
+        return self._current
+
+    # ------------------------------------------------------------- learning
+
+    def update(self, t_s: float, R: np.ndarray | None, learnable: bool,
+               weight: float = 1.0) -> NeutralPose:
+        s = self.settings
+        dt = 0.0 if self._t_s is None else min(max(t_s - self._t_s, 0.0), 0.5)
+        if self._t_s is not None and t_s <= self._t_s:
+            return self._current
+        self._t_s = t_s
+        if self._decayed_t_s is None:
+            self._decayed_t_s = t_s
+        if s.online_enabled and learnable and R is not None and dt > 0 and weight > 0:
+            pitch, yaw, roll = euler_from_rotation(R)
+            w = dt * weight
+            self._total += w
+            iy = int(math.floor((yaw - self._yaw_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
+            ip = int(math.floor((pitch - self._pitch_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
+            if 0 <= iy < self._w.shape[0] and 0 <= ip < self._w.shape[1]:
+                self._w[iy, ip] += w
+                self._wy[iy, ip] += w * yaw
+                self._wp[iy, ip] += w * pitch
+                self._wr[iy, ip] += w * roll
+        if t_s >= self._refresh_at_s:
+            self._refresh_at_s = t_s + self.REFRESH_S
+            self._decay(t_s)
+            self._refresh()
+        return self._current
+
+    def _decay(self, t_s: float) -> None:
+        assert self._decayed_t_s is not None
+        k = math.exp(-(t_s - self._decayed_t_s) / self.settings.online_memory_s)
+        self._decayed_t_s = t_s
+        if k < 1.0:
+            for a in (self._w, self._wy, self._wp, self._wr):
+                a *= k
+            self._total *= k
+            self._cluster_w *= k
+
+    def _shift(self, centre: tuple[float, float]) -> tuple[tuple[float, float], float, float]:
+        """Mean shift from ``centre``: (centre, cluster weight, mean roll)."""
+        r2 = self.settings.online_cluster_radius_deg ** 2
+        y, p = centre
+        w_sum, roll = 0.0, 0.0
+        for _ in range(6):
+            mask = (self._dist_y - y) ** 2 + (self._dist_p - p) ** 2 <= r2
+            w_sum = float(self._w[mask].sum())
+            if w_sum <= 0:
+                return centre, 0.0, 0.0
+            ny = float(self._wy[mask].sum()) / w_sum
+            npitch = float(self._wp[mask].sum()) / w_sum
+            roll = float(self._wr[mask].sum()) / w_sum
+            moved = abs(ny - y) + abs(npitch - p)
+            y, p = ny, npitch
+            if moved < 0.01:
+                break
+        return (y, p), w_sum, roll
+
+    def _refresh(self) -> None:
+        s = self.settings
+        if self._total <= 0 or not self._w.any():
+            return
+        blurred = self._ky @ self._w @ self._kp
+        iy, ip = np.unravel_index(int(np.argmax(blurred)), blurred.shape)
+        peak, peak_w, peak_roll = self._shift((float(self._yaw_c[iy]), float(self._pitch_c[ip])))
+        centre, cluster_w, roll = peak, peak_w, peak_roll
+        if self._settled and self._centre is not None:
+            here, here_w, here_roll = self._shift(self._centre)
+            apart = math.hypot(peak[0] - here[0], peak[1] - here[1])
+            if apart > s.online_cluster_radius_deg and peak_w <= s.online_switch_ratio * here_w:
+                centre, cluster_w, roll = here, here_w, here_roll
+            elif apart > s.online_cluster_radius_deg:
+                log.warning("learned neutral moved %.0f deg to yaw %.1f pitch %.1f: the "
+                            "driver's dominant pose changed", apart, peak[0], peak[1])
+        self._centre, self._cluster_w = centre, cluster_w
+        dominant = self.dominance >= s.online_dominant_fraction
+        if self.hint is not None and dominant and self._total >= s.hint_settle_s:
+            h_pitch, h_yaw, _ = self.hint.euler_deg
+            off = math.hypot(centre[0] - h_yaw, centre[1] - h_pitch)
+            if off > s.hint_agree_deg:
+                if self._mismatch_deg is None:
+                    log.warning("the driver's dominant pose (yaw %.1f, pitch %.1f) is %.0f deg "
+                                "from what the mount hint expects (yaw %.1f, pitch %.1f): "
+                                "ignoring the hint", centre[0], centre[1], off, h_yaw, h_pitch)
+                self._mismatch_deg = off
+            else:
+                self._mismatch_deg = None
+                if not self._settled:
+                    self._settle("agrees with the mount hint")
+        if not self._settled and dominant and self._total >= s.online_settle_s:
+            self._settle("learned")
+        if self._settled or self.hint is None or self._mismatch_deg is not None:
+            self._current = NeutralPose.from_euler(centre[1], centre[0], roll, "online",
+                                                   int(round(self._total)), 0.0)
+
+    def _settle(self, why: str) -> None:
+        self._settled = True
+        assert self._centre is not None
+        log.info("neutral pose %s after %.1f s of poses: yaw %.1f, pitch %.1f (%.0f%% of poses)",
+                 why, self._total, self._centre[0], self._centre[1], 100 * self.dominance)
+
+
+def _gauss_matrix(n: int, sigma: float) -> np.ndarray:
+    i = np.arange(n)
+    return np.exp(-((i[:, None] - i[None, :]) ** 2) / (2.0 * sigma * sigma))

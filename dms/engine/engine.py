@@ -1,7 +1,12 @@
 """The engine: one ``step`` per observation, chaining the pure pieces.
 
-    Observation -> RotationFilter -> relative to neutral (R_neutral.T @ R)
-                -> DriverPolicy (events) -> OnlineNeutral (learns from attentive frames)
+    Observation -> PoseGate (implausible or flipping fits = no face) -> RotationFilter
+                -> relative to neutral (R_neutral.T @ R) -> DriverPolicy (events)
+                -> neutral learning: DominantPoseNeutral (default, mount-free) or, after an
+                   explicit calibration, OnlineNeutral (clamped refinement)
+
+Until the neutral is known (settled) the policy is told so and raises no alert that depends
+on it (distraction, nods, slump); face loss is still reported.
 
 The service and ``dms replay`` call only :meth:`Engine.step`. No clock, no I/O.
 """
@@ -14,9 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from dms.engine.calibration import NeutralPose, OnlineNeutral, mount_prior
+from dms.engine.calibration import (
+    DominantPoseNeutral,
+    NeutralPose,
+    OnlineNeutral,
+    mount_prior,
+)
 from dms.engine.events import Event
-from dms.engine.filter import RotationFilter
+from dms.engine.filter import PoseGate, RotationFilter
 from dms.engine.policy import DriverPolicy, PolicyInput, PolicyState, inboard_yaw
 from dms.engine.settings import EngineSettings
 from dms.geometry import euler_from_rotation, relative_rotation
@@ -41,16 +51,39 @@ class RelativePose:
 
 
 @dataclass(frozen=True, slots=True)
+class CalibrationStatus:
+    """Where the neutral pose stands, for the ``state`` topic, the demo and the plot.
+
+    ``state`` is ``calibrated`` once alerts that depend on the neutral are armed (explicit
+    calibration, or the learned neutral settled), else ``calibrating``; ``progress`` 0..1;
+    ``source`` of the neutral in use: ``explicit``, ``online``, ``prior`` (mount hint) or
+    ``none``; ``mount_mismatch_deg`` when a mount hint contradicts the driver's pose."""
+
+    state: str
+    progress: float
+    source: str
+    mount_hint: str | None = None
+    mount_mismatch_deg: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "progress": round(self.progress, 3), "source": self.source,
+                "mount_hint": self.mount_hint,
+                "mount_mismatch_deg": None if self.mount_mismatch_deg is None
+                else round(self.mount_mismatch_deg, 1)}
+
+
+@dataclass(frozen=True, slots=True)
 class EngineState:
     """Summary for the ``state`` topic."""
 
     t_s: float | None
     driver_state: str
     calibrated: bool
-    neutral_source: str  # explicit | online | mount
+    neutral_source: str  # explicit | online | prior | none
     neutral_pitch_deg: float
     neutral_yaw_deg: float
     policy: PolicyState
+    calibration: CalibrationStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         p = self.policy
@@ -62,6 +95,7 @@ class EngineState:
             "neutral_source": self.neutral_source,
             "neutral_pitch_deg": round(self.neutral_pitch_deg, 2),
             "neutral_yaw_deg": round(self.neutral_yaw_deg, 2),
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "face_visible": p.face_visible,
             "on_road": p.on_road,
             "glance_s": round(p.glance_s, 3),
@@ -86,8 +120,9 @@ class StepResult:
 class Engine:
     """``Engine(settings, neutral=None).step(obs) -> StepResult``.
 
-    ``neutral`` is the driver's stored calibration (:class:`NeutralPose`) or None to start
-    from the camera mount prior; the online estimate refines either within its clamp.
+    ``neutral`` is the driver's stored explicit calibration (:class:`NeutralPose`), which takes
+    precedence and is refined within a clamp; None learns the neutral from the driver's
+    dominant pose (mount-free; a mount profile with ``hint = true`` speeds it up).
     ``run_id`` prefixes event ids (the service passes a per-boot id)."""
 
     def __init__(self, settings: EngineSettings | None = None,
@@ -95,23 +130,49 @@ class Engine:
         self.settings = settings or EngineSettings()
         s = self.settings
         self.version = settings_version(s)
+        self._gate = PoseGate(s.filter)
         self._filter = RotationFilter(s.filter)
-        self._online = OnlineNeutral(s.calibration, neutral or mount_prior(s.mount))
+        self._online: OnlineNeutral | None = None
+        self._learner: DominantPoseNeutral | None = None
+        if neutral is not None:
+            self.set_neutral(neutral)
+        else:
+            self._learner = DominantPoseNeutral(
+                s.calibration, mount_prior(s.mount) if s.mount.hint else None)
         self._policy = DriverPolicy(s.policy, s.zones, self.version, run_id)
         self._state = self._summary(None)
 
     @property
     def neutral(self) -> NeutralPose:
-        return self._online.neutral()
+        if self._online is not None:
+            return self._online.neutral()
+        assert self._learner is not None
+        return self._learner.neutral()
 
     @property
     def calibrated(self) -> bool:
-        return self._online.base.source == "explicit" or self._online.ready
+        """The neutral is known: explicit calibration, or the learned neutral settled."""
+        if self._online is not None:
+            return True
+        assert self._learner is not None
+        return self._learner.settled
+
+    def calibration_status(self) -> CalibrationStatus:
+        s = self.settings
+        hint = s.mount.name if s.mount.hint else None
+        if self._online is not None:
+            src = "online" if self._online.ready else "explicit"
+            return CalibrationStatus("calibrated", 1.0, src, hint)
+        assert self._learner is not None
+        lr = self._learner
+        return CalibrationStatus("calibrated" if lr.settled else "calibrating", lr.progress,
+                                 lr.neutral().source, hint, lr.mismatch_deg)
 
     def set_neutral(self, neutral: NeutralPose) -> None:
         """Use a new explicit calibration (e.g. ``dms calibrate`` ran while the service runs);
-        the online estimate restarts around it."""
+        the clamped online refinement restarts around it."""
         self._online = OnlineNeutral(self.settings.calibration, neutral)
+        self._learner = None
 
     @property
     def state(self) -> EngineState:
@@ -120,7 +181,8 @@ class Engine:
     def step(self, obs: Observation) -> StepResult:
         s = self.settings
         pose_in = obs.pose
-        usable = pose_in is not None and pose_in.confidence >= s.policy.min_confidence
+        usable = (pose_in is not None and pose_in.confidence >= s.policy.min_confidence
+                  and self._gate.accept(obs.t_s, pose_in.pitch_deg, pose_in.roll_deg))
         out = self._filter.update(obs.t_s, pose_in.rotation if usable and pose_in else None)
 
         pose: HeadPose | None = None
@@ -139,17 +201,28 @@ class Engine:
             pitch_deg=None if rel is None else rel.pitch_deg,
             roll_deg=None if rel is None else rel.roll_deg,
             confidence=1.0 if pose_in is None else pose_in.confidence,
-            speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg))
+            speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg,
+            neutral_known=self.calibrated))
 
         c = s.calibration
         moving = (obs.speed_kmh >= c.online_min_speed_kmh if obs.speed_kmh is not None
                   else not c.online_requires_speed)
-        learnable = (pose is not None and self._policy.attentive and moving
-                     and pose.confidence >= c.min_confidence)
-        before = self._online.ready
-        self._online.update(obs.t_s, None if pose is None else pose.rotation, learnable)
-        if self._online.ready and not before:
-            log.info("online neutral ready at t=%.1f s: %s", obs.t_s, self.neutral.euler_deg)
+        confident = pose is not None and pose.confidence >= c.min_confidence
+        R_learn = None if pose is None else pose.rotation
+        if self._online is not None:
+            before = self._online.ready
+            self._online.update(obs.t_s, R_learn,
+                                confident and moving and self._policy.attentive)
+            if self._online.ready and not before:
+                log.info("online refinement of the calibration ready at t=%.1f s: %s",
+                         obs.t_s, self.neutral.euler_deg)
+        else:
+            assert self._learner is not None
+            # Before the neutral is known it is learned at any speed (a first estimate, kept
+            # honest by the dominance test); once settled only while moving, as openpilot.
+            weight = c.online_alert_weight if self._policy.alert_active else 1.0
+            self._learner.update(obs.t_s, R_learn,
+                                 confident and (moving or not self._learner.settled), weight)
 
         self._state = self._summary(obs.t_s)
         return StepResult(obs.t_s, tuple(events), pose, rel, self._state)
@@ -159,4 +232,4 @@ class Engine:
         pitch, yaw, _ = n.euler_deg
         policy = self._policy.state()
         return EngineState(t_s, policy.driver_state, self.calibrated, n.source, pitch, yaw,
-                           policy)
+                           policy, self.calibration_status())

@@ -139,3 +139,35 @@ class RotationFilter:
         self._R = self._R @ matrix_from_rotvec(a * w)
         self._t_s = t_s
         return FilterOutput(self._R)
+
+
+class PoseGate:
+    """Rejects poses that are not head motion, before the filter (pure: time comes in).
+
+    A pose is rejected (the frame then counts as no usable face) when its camera-frame pitch
+    or roll is beyond what a head can do (``plausible_pitch_deg`` / ``plausible_roll_deg``:
+    a landmark fit that flips at profile reads pitch and roll near +-180), or when pitch or
+    roll jumped from the last accepted pose by more than ``flip_jump_deg + flip_rate_dps *
+    elapsed``: a fit flipping for a few frames as the head turns to profile is then face
+    lost while turning (away), not the driver looking down or up. A new pose that persists is
+    accepted once a real head could have reached it."""
+
+    def __init__(self, settings: FilterSettings) -> None:
+        self.settings = settings
+        self._last: tuple[float, float, float] | None = None  # t, pitch, roll accepted
+        self.rejected = 0
+
+    def accept(self, t_s: float, pitch_deg: float, roll_deg: float) -> bool:
+        s = self.settings
+        ok = (math.isfinite(pitch_deg) and math.isfinite(roll_deg)
+              and abs(pitch_deg) <= s.plausible_pitch_deg
+              and abs(roll_deg) <= s.plausible_roll_deg)
+        if ok and self._last is not None:
+            t0, p0, r0 = self._last
+            allow = s.flip_jump_deg + s.flip_rate_dps * max(t_s - t0, 0.0)
+            ok = abs(pitch_deg - p0) <= allow and abs(roll_deg - r0) <= allow
+        if ok:
+            self._last = (t_s, pitch_deg, roll_deg)
+        else:
+            self.rejected += 1
+        return ok

@@ -30,6 +30,11 @@ One :meth:`DriverPolicy.update` runs these small steps, in order:
    ``standstill_max_level`` when the speed is known and below ``min_speed_kmh``. A level only
    goes up while the alert is active (``escalated`` records); it ends with one ``cleared``.
 
+**Before the neutral pose is known** (``neutral_known`` false: the engine is still learning
+it and has no explicit calibration), angles relative to it mean nothing yet: every usable
+face counts as on the road, no nod is tracked and a face loss is never "turning away".
+Face loss still raises ``driver_not_visible`` / ``system_degraded``.
+
 Escalation of distraction: level 1 when raised, 2 after ``level2_after_s`` more time away,
 3 (unresponsive) after ``level3_after_s``; only time spent away counts.
 Clearing: distraction and slump after ``clear_on_road_s`` continuously on the road with the
@@ -61,6 +66,7 @@ class PolicyInput:
     confidence: float = 1.0
     speed_kmh: float | None = None
     steering_deg: float | None = None
+    neutral_known: bool = True  # False while the neutral pose is still being learned
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +221,14 @@ class DriverPolicy:
             if self._usable and self._yaw is not None and dt > 0:
                 self._yaw_out_speed_dps = (abs(obs.yaw_deg) - abs(self._yaw)) / dt
             limits = road_limits(self.zones, obs.steering_deg, s.right_hand_drive)
-            self._on_road = is_on_road(self._on_road, obs.yaw_deg, obs.pitch_deg, self.zones,
-                                       limits)
+            self._on_road = (not obs.neutral_known) or is_on_road(
+                self._on_road, obs.yaw_deg, obs.pitch_deg, self.zones, limits)
             self._yaw, self._pitch, self._roll = obs.yaw_deg, obs.pitch_deg, obs.roll_deg
             yaw_in = inboard_yaw(obs.yaw_deg, s.right_hand_drive)
             self._zone = "road" if self._on_road else glance_zone(self.zones, yaw_in,
                                                                   obs.pitch_deg)
+            if not obs.neutral_known:
+                self._zone = None
 
         # 3. face loss
         if usable:
@@ -231,7 +239,8 @@ class DriverPolicy:
             self._visible_since = None
             if self._lost_since is None:  # the face has just been lost: classify the loss
                 self._lost_since = t
-                turning = (self._yaw is not None and abs(self._yaw) >= s.turning_min_yaw_deg
+                turning = (obs.neutral_known and self._yaw is not None
+                           and abs(self._yaw) >= s.turning_min_yaw_deg
                            and self._yaw_out_speed_dps >= s.turning_speed_dps)
                 self._lost_away = (not self._on_road) or turning or (
                     EventType.DISTRACTION in self._alerts)
@@ -240,10 +249,12 @@ class DriverPolicy:
         self._usable = usable
 
         # 4. nods and slump (pitch only known on usable frames; a lost face keeps the state)
-        if usable:
+        if usable and obs.neutral_known:
             assert obs.pitch_deg is not None
             assert obs.yaw_deg is not None
             self._nod_step(t, obs.pitch_deg, obs.yaw_deg)
+        elif usable:  # angles relative to an unknown neutral: no nod can be timed
+            self._nod_down_t = self._above_onset_t = None
         nod_down = self._nod_down_t is not None
 
         # 5. glances: away = off the road (or lost while away), except a nod's head-down time
@@ -354,6 +365,12 @@ class DriverPolicy:
         the neutral pose only from such frames."""
         return (self._usable and self._on_road and not self._away and self._nod_down_t is None
                 and not self._alerts)
+
+    @property
+    def alert_active(self) -> bool:
+        """A distraction or slump alert is active (the engine learns the neutral pose at a
+        low weight then)."""
+        return EventType.DISTRACTION in self._alerts or EventType.SLUMP in self._alerts
 
     def state(self) -> PolicyState:
         alerts = tuple(

@@ -53,7 +53,28 @@ class FilterSettings:
         "After a gap without usable poses longer than this, the filter restarts from the next "
         "pose instead of sliding from a stale one. Tuned here."))
 
+    plausible_pitch_deg: float = field(default=80.0, metadata=_doc(
+        "A camera-frame pitch beyond +-this is not a head pose (a landmark fit flipping at "
+        "profile reads pitch and roll near +-180): the frame counts as no usable face. Tuned "
+        "here (head flexion/extension stays within about 60-70 deg, plus the camera's tilt)."))
+    plausible_roll_deg: float = field(default=60.0, metadata=_doc(
+        "A camera-frame roll beyond +-this is not a head pose (lateral bending stays within "
+        "about 40-45 deg): the frame counts as no usable face. Tuned here."))
+    flip_jump_deg: float = field(default=30.0, metadata=_doc(
+        "Pitch or roll jumping by more than this (plus flip_rate_dps times the time since the "
+        "last accepted pose) is a fit flipping, not motion: the frame counts as no usable "
+        "face until the pose is consistent again. Tuned here."))
+    flip_rate_dps: float = field(default=120.0, metadata=_doc(
+        "Pitch/roll speed a real head can sustain, used to widen flip_jump_deg with time: a "
+        "new pose that persists is accepted once it could have been reached. Tuned here "
+        "(nods peak at about 100 deg/s)."))
+
     def validate(self) -> None:
+        for name in ("plausible_pitch_deg", "plausible_roll_deg", "flip_jump_deg",
+                     "flip_rate_dps", "max_head_speed_dps", "outlier_min_jump_deg",
+                     "confirm_deg"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.min_cutoff_hz <= 0 or self.derivative_cutoff_hz <= 0:
             raise ValueError("min_cutoff_hz and derivative_cutoff_hz must be > 0")
         if self.beta_per_deg < 0 or self.reset_gap_s <= 0:
@@ -62,17 +83,28 @@ class FilterSettings:
 
 @dataclass(frozen=True, slots=True)
 class MountSettings:
-    """Where the camera sits: the head pose it sees when the driver looks at the road."""
+    """Where the camera sits: the head pose it sees when the driver looks at the road.
+
+    Optional. The default configuration needs no mount: the neutral pose is learned from the
+    driver's own dominant pose (``[engine.calibration]``). A profile with ``hint = true``
+    (every profile in ``calibration/``) only speeds that up; a hint that contradicts what the
+    driver does is logged and reported, never obeyed. Without a hint the angles below are
+    only the default camera geometry of the synthetic tools (``dms synth``, scenarios)."""
 
     name: str = field(default="dashboard-centre", metadata=_doc(
         "Name of the camera mount profile (calibration/NAME.toml)."))
+    hint: bool = field(default=False, metadata=_doc(
+        "Use this mount's neutral as a hint: the learned neutral is trusted after "
+        "hint_settle_s instead of online_settle_s when the driver's dominant pose agrees "
+        "with it (within hint_agree_deg). Off by default: no mount is assumed."))
     neutral_pitch_deg: float = field(default=8.0, metadata=_doc(
-        "Prior neutral pitch seen by the camera (AFLW2000 angles, camera frame). Used until "
-        "an explicit or online calibration exists. Tuned here per mount."))
+        "Neutral pitch this mount expects (AFLW2000 angles, camera frame). Tuned here per "
+        "mount."))
     neutral_yaw_deg: float = field(default=-20.0, metadata=_doc(
-        "Prior neutral yaw seen by the camera (camera frame: positive = nose toward image "
-        "left). Tuned here per mount."))
-    neutral_roll_deg: float = field(default=0.0, metadata=_doc("Prior neutral roll."))
+        "Neutral yaw this mount expects (camera frame: positive = nose toward image left). "
+        "Tuned here per mount."))
+    neutral_roll_deg: float = field(default=0.0, metadata=_doc("Neutral roll this mount "
+                                                                "expects."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +189,16 @@ class CalibrationSettings:
         "Refuse (driver moved) when the RMS angle of the kept poses around their mean "
         "exceeds this. Tuned here."))
     max_offset_from_mount_deg: float = field(default=35.0, metadata=_doc(
-        "Refuse when the neutral is further than this from the mount's prior (not looking at "
-        "the road, or wrong mount profile). Tuned here."))
+        "With a mount hint: refuse when the neutral is further than this from the mount's "
+        "expectation (not looking at the road, or wrong mount profile). Tuned here."))
+    neutral_yaw_range_deg: tuple[float, float] = field(default=(-50.0, 50.0), metadata=_doc(
+        "Physically plausible neutral yaw in the camera frame: a camera anywhere from the "
+        "A-pillar to the centre console sees the road-facing head within this range. Only "
+        "poses inside it can become the neutral; explicit calibrations outside are refused. "
+        "Tuned here (mounts: A-pillar +30, dashboard centre -20, centre console -35)."))
+    neutral_pitch_range_deg: tuple[float, float] = field(default=(-35.0, 35.0), metadata=_doc(
+        "Physically plausible neutral pitch in the camera frame (camera below or above the "
+        "eyes). Tuned here (mounts: steering column +15, rear-view mirror -15)."))
     min_confidence: float = field(default=0.5, metadata=_doc(
         "Poses below this confidence are treated as missing. Tuned here."))
     online_enabled: bool = field(default=True, metadata=_doc(
@@ -168,20 +208,64 @@ class CalibrationSettings:
         "here so town driving also calibrates."))
     online_requires_speed: bool = field(default=False, metadata=_doc(
         "If true, never learn when the vehicle speed is unknown. Tuned here."))
-    online_min_s: float = field(default=60.0, metadata=_doc(
-        "Seconds of learning before the online estimate replaces the prior. openpilot."))
+    online_settle_s: float = field(default=3.0, metadata=_doc(
+        "Seconds of learnable face data before the learned neutral may be trusted (and "
+        "alerts that depend on it armed), provided the dominant pose holds "
+        "online_dominant_fraction of them. Tuned here: long enough for a steady driver's "
+        "sway to average out, short enough that stories 5 s in are covered; the dominance "
+        "test, not the time, keeps a glance from being learned."))
+    online_dominant_fraction: float = field(default=0.7, metadata=_doc(
+        "Share of the (time-decayed) learnable poses that must lie within "
+        "online_cluster_radius_deg of the dominant pose before it is trusted. Drivers look "
+        "at the road 80-90 % of the time at speed. Tuned here."))
+    online_cluster_radius_deg: float = field(default=8.0, metadata=_doc(
+        "Radius of the dominant-pose cluster (yaw, pitch) around the road: a driver's road "
+        "gaze spreads a few degrees; mirror and cluster glances lie further out. Tuned here."))
+    online_switch_ratio: float = field(default=1.25, metadata=_doc(
+        "Once trusted, the neutral moves to another cluster only when that cluster's weight "
+        "exceeds the current one's by this factor (no flapping between two targets). Tuned "
+        "here."))
+    online_alert_weight: float = field(default=0.25, metadata=_doc(
+        "Weight of poses learned while a distraction or slump alert is active: low, so that "
+        "a long distraction (time sharing, a phone) does not become the neutral, yet not "
+        "zero, so that a wrongly learned neutral still corrects itself. Tuned here."))
     online_memory_s: float = field(default=360.0, metadata=_doc(
-        "Memory of the running mean (older samples fade). openpilot."))
+        "Time constant of the exponential forgetting of learned poses (older poses fade). "
+        "openpilot keeps about 6 minutes."))
+    hint_settle_s: float = field(default=1.5, metadata=_doc(
+        "With a mount hint that the dominant pose agrees with: trusted after this many "
+        "seconds instead of online_settle_s. Tuned here."))
+    hint_agree_deg: float = field(default=10.0, metadata=_doc(
+        "The dominant pose agrees with the mount hint when within this angle; further away "
+        "the hint is reported as contradicted and ignored. Tuned here."))
     online_gate_deg: float = field(default=20.0, metadata=_doc(
-        "Learn only from poses within this angle of the current neutral. Tuned here."))
+        "After an explicit calibration: refine it only from poses within this angle of the "
+        "current neutral. Tuned here."))
     online_yaw_range_deg: tuple[float, float] = field(default=(-15.0, 15.0), metadata=_doc(
-        "Clamp of the learned yaw offset from the mount prior or explicit calibration "
-        "(camera frame). openpilot clamps to a documented range (-1.4..16.6 for its mount)."))
+        "After an explicit calibration: clamp of the learned yaw offset from it (camera "
+        "frame). openpilot clamps to a documented range (-1.4..16.6 for its mount)."))
     online_pitch_range_deg: tuple[float, float] = field(default=(-6.0, 8.0), metadata=_doc(
-        "Clamp of the learned pitch offset. openpilot: -5..7 deg."))
+        "After an explicit calibration: clamp of the learned pitch offset. openpilot: -5..7 "
+        "deg."))
+    online_refine_min_s: float = field(default=60.0, metadata=_doc(
+        "After an explicit calibration: seconds of attentive driving before the refinement "
+        "replaces it. openpilot."))
 
     def validate(self) -> None:
-        for name in ("online_yaw_range_deg", "online_pitch_range_deg"):
+        for name in ("online_settle_s", "online_cluster_radius_deg", "online_memory_s",
+                     "hint_settle_s", "hint_agree_deg", "online_gate_deg",
+                     "online_refine_min_s", "duration_s", "outlier_deg", "max_spread_deg",
+                     "max_offset_from_mount_deg"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if not 0.5 < self.online_dominant_fraction <= 1:
+            raise ValueError("online_dominant_fraction must be in (0.5, 1]")
+        if not self.online_switch_ratio >= 1:
+            raise ValueError("online_switch_ratio must be >= 1")
+        if not 0 <= self.online_alert_weight <= 1:
+            raise ValueError("online_alert_weight must be in [0, 1]")
+        for name in ("online_yaw_range_deg", "online_pitch_range_deg", "neutral_yaw_range_deg",
+                     "neutral_pitch_range_deg"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: lower bound {lo} above upper bound {hi}")
