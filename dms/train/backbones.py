@@ -264,6 +264,13 @@ def _init_mobile(model: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- registry
 
+
+def _facemesh() -> nn.Module:
+    from dms.train.facemesh_net import FaceMeshBackbone
+
+    return FaceMeshBackbone()
+
+
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "resnet18": lambda: ResNet(BasicBlock, (2, 2, 2, 2)),
     "resnet34": lambda: ResNet(BasicBlock, (3, 4, 6, 3)),
@@ -271,12 +278,14 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "mobilenet_v2": MobileNetV2,
     "mobilenet_v3_small": lambda: MobileNetV3(V3_SMALL, 576),
     "mobilenet_v3_large": lambda: MobileNetV3(V3_LARGE, 960),
+    "facemesh": _facemesh,  # FaceMesh's own weights (dms.train.facemesh_net)
 }
 
 # Features-only parameter counts in millions (the order of magnitude the tests check).
 EXPECTED_PARAMS_M = {
     "resnet18": 11.2, "resnet34": 21.3, "resnet50": 23.5,
     "mobilenet_v2": 2.2, "mobilenet_v3_small": 0.93, "mobilenet_v3_large": 3.0,
+    "facemesh": 0.60,
 }  # fmt: skip
 
 

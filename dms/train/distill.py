@@ -35,7 +35,9 @@ from dms.train.augment import AugmentSettings
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["aflw", "300wlp", "biwi", "folder", "pseudo", "synthetic", "rendered"]
+SourceKind = Literal[
+    "aflw", "300wlp", "biwi", "folder", "pseudo", "synthetic", "rendered", "realfaces"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +65,46 @@ class SourceConfig:
         metadata={"doc": "rendered: add the landmark teacher's soft target (FaceMesh presence)"},
     )
     seed: int = field(default=-1, metadata={"doc": "rendered: render seed; -1 = the run's seed"})
+    images: str = field(
+        default="",
+        metadata={"doc": "realfaces / rendered with photos_from: folder of real face crops "
+                         "that the landmark teacher pseudo-labels (dms.train.realfaces)"},
+    )
+    labels: str = field(
+        default="",
+        metadata={"doc": "realfaces / rendered: the pseudo-label file of `images` (JSON lines, "
+                         "built on first use)"},
+    )
+    split: str = field(
+        default="train", metadata={"doc": "realfaces / rendered: 'train', 'val' or 'all' photos"}
+    )
+    max_teacher_deg: tuple[float, float, float] = field(
+        default=(90.0, 90.0, 90.0),
+        metadata={"doc": "realfaces: keep faces whose teacher |pitch|, |yaw|, |roll| are within"},
+    )
+    max_spread_deg: float = field(
+        default=180.0,
+        metadata={"doc": "realfaces / rendered photos: keep faces whose fit on the photo and on "
+                         "its mirror image differ by at most this"},
+    )
+    photo_max_deg: float = field(
+        default=0.0,
+        metadata={"doc": "rendered: lift the real photos of `labels` whose teacher angles are "
+                         "all within this (near-frontal); 0 = use `photos`"},
+    )
+    photo_limit: int = field(default=0, metadata={"doc": "rendered: lift at most this many"})
 
     def validate(self) -> None:
         if self.kind not in ("synthetic", "rendered") and not self.path:
             raise ValueError(f"source kind {self.kind!r} needs a path")
         if self.kind == "rendered" and not self.path.endswith(".npz"):
             raise ValueError("a rendered source needs path = the cache file (.npz) to use/build")
+        if self.kind == "realfaces" and not self.images:
+            raise ValueError("a realfaces source needs images = the folder of face crops")
+        if self.photo_max_deg and not (self.labels and self.images):
+            raise ValueError("photo_max_deg needs labels and images (the real photos)")
+        if self.split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {self.split!r}")
         if self.weight <= 0:
             raise ValueError("weight must be positive")
 
@@ -120,6 +156,9 @@ class TrainConfig:
             raise ValueError("input_size_px must be a multiple of 16, at least 32")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+        if self.backbone == "facemesh" and self.input_size_px % 64:
+            raise ValueError("the facemesh backbone needs input_size_px a multiple of 64 "
+                             "(128 or 192, FaceMesh's own)")
         if not 0.0 <= self.gt_weight <= 1.0:
             raise ValueError("gt_weight must be in [0, 1]")
 
@@ -144,7 +183,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 # ----------------------------------------------------------------------------- data
 
 
-def source_records(src: SourceConfig, cfg_seed: int = 0, size_px: int = 112) -> Any:
+def source_records(src: SourceConfig, cfg_seed: int = 0, size_px: int = 112,
+                   evaluation: bool = False) -> Any:
     """Records (or a SyntheticHeads generator) for one source.
 
     Rendered heads (:mod:`dms.train.rendered`) are rendered once into the ``path`` cache, with
@@ -162,18 +202,44 @@ def source_records(src: SourceConfig, cfg_seed: int = 0, size_px: int = 112) -> 
         return ds.read_folder(src.path, limit=src.limit)
     if src.kind == "pseudo":
         return ds.read_pseudo(src.path, min_conf=src.min_conf, limit=src.limit)
+    if src.kind == "realfaces":
+        from dms.train import realfaces
+
+        labels = realfaces.build_labels(src.images, src.labels or src.path)
+        rows = realfaces.select(realfaces.read_labels(labels), split=src.split,
+                                min_conf=src.min_conf, max_teacher_deg=src.max_teacher_deg,
+                                max_spread_deg=src.max_spread_deg)
+        if src.limit:
+            rows = rows[: src.limit]
+        if not rows:
+            raise InputError(f"{labels}: no faces pass the source's filters")
+        # as an evaluation set the teacher is the reference (agreement on held-out real faces)
+        return realfaces.records(rows, source=f"realfaces:{Path(src.images).name}",
+                                 teacher_as_gt=evaluation)
     if src.kind == "rendered":
         from dms.train.rendered import RenderSettings, build_cache, read_cache
 
+        photos = src.photos
+        if src.photo_max_deg:
+            from dms.train import realfaces
+
+            labels = realfaces.build_labels(src.images, src.labels)
+            lim = (src.photo_max_deg,) * 3
+            rows = realfaces.select(realfaces.read_labels(labels), split=src.split,
+                                    min_conf=0.9, max_teacher_deg=lim,
+                                    max_spread_deg=src.max_spread_deg)
+            photos = tuple(r["image"] for r in rows)[: src.photo_limit or None]
+            log.info("rendered %s: lifting %d near-frontal real photos", src.path, len(photos))
         settings = RenderSettings(cutout_px=max(96, round(1.5 * size_px)))
         path = build_cache(
             src.path,
             src.count,
-            photos=src.photos,
+            photos=photos,
             settings=settings,
             seed=cfg_seed if src.seed < 0 else src.seed,
             teacher=src.teacher,
             mirror=src.mirror,
+            face_crops=bool(src.photo_max_deg),
         )
         return read_cache(path, limit=src.limit, min_conf=src.min_conf)
     textures = None
@@ -190,7 +256,7 @@ def build_dataset(cfg: TrainConfig, sources: tuple[SourceConfig, ...], train: bo
     parts, weights = [], []
     for src in sources:
         seed = cfg.seed if train else cfg.seed + 1_000_003
-        recs = source_records(src, seed, cfg.input_size_px)
+        recs = source_records(src, seed, cfg.input_size_px, evaluation=not train)
         count = src.count if isinstance(recs, SyntheticHeads) else 0
         parts.append(
             FaceDataset(recs, cfg.input_size_px, train, cfg.augment, cfg.margin_range, count)

@@ -56,6 +56,9 @@ class PoseNet(nn.Module):
         nn.init.normal_(self.head6d.weight, std=1e-3)
         with torch.no_grad():
             self.head6d.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+        init_head = getattr(self.backbone, "init_pose_head", None)
+        if init_head is not None:  # a face-pretrained backbone knows its pose readout
+            init_head(self.head6d)
         self.bins = bins
         self.head_bins = nn.Linear(width, 3 * bins) if bins > 0 else None
 

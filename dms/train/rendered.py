@@ -97,8 +97,49 @@ class RenderedFace:
     teacher_conf: float = 0.0
 
 
+SHARED_SCENE_FACES = 8
+
+
 def _mirror(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, ::-1])
+
+
+class _CentreBox:
+    """A stand-in detector for face crops: the face is the centre 85 % of the image."""
+
+    def __init__(self, shape: tuple[int, ...], fraction: float = 0.85) -> None:
+        from dms.types import FaceBox
+
+        h, w = shape[:2]
+        side = fraction * min(h, w)
+        self.box = FaceBox((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2,
+                           score=1.0)
+
+    def detect(self, image_bgr: np.ndarray) -> list:
+        return [self.box]
+
+
+def _with_face(base: object, face: object) -> object:
+    """A shallow copy of a scene's renderer drawing another lifted face.
+
+    Sets the per-face fields exactly as ``FaceRenderer.__init__`` computes them (the renderer
+    has no public call for this; the scene's noise, cabin and vignette are shared)."""
+    import copy
+
+    from dms.synth.render import AMBIENT, DIFFUSE, PIVOT_CM, _vertex_normals
+
+    r = copy.copy(base)
+    r.face = face  # type: ignore[attr-defined]
+    r._V_m = (face.vertices_cm.astype(np.float64) - PIVOT_CM) / 100.0  # type: ignore[attr-defined]
+    r._T = face.triangles.astype(np.int64)  # type: ignore[attr-defined]
+    r._uv = face.uv_px.astype(np.float64)  # type: ignore[attr-defined]
+    r._normals = _vertex_normals(face.vertices_cm.astype(np.float64), r._T)  # type: ignore[attr-defined]
+    r._shade0 = AMBIENT + DIFFUSE * np.maximum(r._normals @ r._light, 0.0)  # type: ignore[attr-defined]
+    tex = face.texture  # type: ignore[attr-defined]
+    skin = tex[int(np.clip(r._uv[50, 1], 0, tex.shape[0] - 1)),  # type: ignore[attr-defined]
+               int(np.clip(r._uv[50, 0], 0, tex.shape[1] - 1))].astype(np.float64)  # type: ignore[attr-defined]
+    r._skin = tuple(float(c) for c in 0.85 * skin)  # type: ignore[attr-defined]
+    return r
 
 
 class RenderedHeads:
@@ -108,6 +149,14 @@ class RenderedHeads:
     ``mirror`` each photo is also lifted mirrored (a second, mirror-image identity).
     ``render(i)`` is deterministic in (seed, i). ``teacher`` (a ``LandmarkHeadPose``, or None)
     adds the landmark teacher's soft target to each render.
+
+    ``face_crops``: the photos are face crops (the face fills about ``0.85`` of the image, as
+    in ``faces-aflw``) rather than portraits: the face box is the centre of the image instead
+    of a BlazeFace detection, and a photo FaceMesh cannot lift is skipped (logged) rather than
+    failing the run. With more than :data:`SHARED_SCENE_FACES` faces the ``scenes`` random
+    scenes are built once and shared by all faces (the scene's cabin and shirt colour come
+    from the first face): a renderer per (face, scene) would hold about 3 MB of sensor noise
+    each.
     """
 
     def __init__(
@@ -118,18 +167,32 @@ class RenderedHeads:
         settings: RenderSettings = RenderSettings(),
         seed: int = 0,
         teacher: object | None = None,
+        face_crops: bool = False,
     ) -> None:
-        from dms.paths import load_photo
+        from dms.paths import load_photo, models_dir
         from dms.synth.lift import lift_face
         from dms.vision.canonical import load_canonical_mesh
+        from dms.vision.facemesh import FaceMeshLandmarker
+        from dms.vision.runtime import RuntimeSettings, create_session
 
         mesh = load_canonical_mesh()
+        one = RuntimeSettings(providers=("cpu",), intra_op_threads=1, inter_op_threads=1)
+        landmarker = FaceMeshLandmarker(create_session(models_dir() / "face_landmark.onnx", one))
         self.faces = []
         for name in photos:
             img = load_photo(name)
-            self.faces.append(lift_face(img, mesh=mesh, source=str(name)))
-            if mirror:
-                self.faces.append(lift_face(_mirror(img), mesh=mesh, source=f"{name}:mirrored"))
+            variants = [(img, str(name))] + ([(_mirror(img), f"{name}:mirrored")] if mirror else [])
+            for im, source in variants:
+                detector = _CentreBox(im.shape) if face_crops else None
+                try:
+                    self.faces.append(lift_face(im, mesh=mesh, detector=detector,
+                                                landmarker=landmarker, source=source))
+                except InputError as exc:
+                    if not face_crops:
+                        raise
+                    log.info("skipped: %s", exc)
+        if not self.faces:
+            raise InputError("no photo could be lifted")
         self.settings = settings
         self.seed = seed
         self.teacher = teacher
@@ -172,15 +235,20 @@ class RenderedHeads:
         )
 
     def _renderer(self, face_index: int, scene_index: int) -> object:
-        """The renderer of one face in one of the ``scenes`` random scenes (made once)."""
+        """The renderer of one face in one of the ``scenes`` random scenes (made once; with
+        many faces, one renderer per scene re-pointed at the face, see the class doc)."""
         from dms.synth.render import FaceRenderer
 
-        key = (face_index, scene_index)
+        shared = len(self.faces) > SHARED_SCENE_FACES
+        key = (0 if shared else face_index, scene_index)
         if key not in self._renderers:
             rng = np.random.default_rng([self.seed, 7919, scene_index])
             scene = self._scene(rng)
-            self._renderers[key] = FaceRenderer(self.faces[face_index], scene)  # type: ignore[arg-type]
-        return self._renderers[key]
+            self._renderers[key] = FaceRenderer(self.faces[key[0]], scene)  # type: ignore[arg-type]
+        base = self._renderers[key]
+        if not shared or face_index == 0:
+            return base
+        return _with_face(base, self.faces[face_index])
 
     def aflw_box(self, renderer: object, face_index: int, R: np.ndarray) -> Box | None:
         """Extent of the visible AFLW landmarks of the render (None: fewer than 3 visible)."""
@@ -283,12 +351,15 @@ def build_cache(
     teacher: bool = False,
     mirror: bool = True,
     progress: bool = True,
+    face_crops: bool = False,
 ) -> Path:
     """Render ``count`` faces into ``path`` (.npz) unless a cache with the same key is there."""
     from tqdm import tqdm
 
     path = Path(path)
     key = cache_key(photos, settings, seed, count, teacher, mirror)
+    if face_crops:
+        key = hashlib.sha256((key + "face_crops").encode()).hexdigest()[:16]
     if path.is_file():
         try:
             with np.load(path) as z:
@@ -309,7 +380,9 @@ def build_cache(
             models_dir() / "face_landmark.onnx",
             runtime=RuntimeSettings(providers=("cpu",), intra_op_threads=1, inter_op_threads=1),
         )
-    heads = RenderedHeads(photos, mirror=mirror, settings=settings, seed=seed, teacher=t)
+    heads = RenderedHeads(photos, mirror=mirror, settings=settings, seed=seed, teacher=t,
+                          face_crops=face_crops)
+    log.info("lifted %d faces from %d photos", len(heads.faces), len(photos))
     n = settings.cutout_px
     images = np.zeros((count, n, n, 3), np.uint8)
     boxes = np.zeros((count, 4), np.float32)
