@@ -23,6 +23,7 @@ class VideoReplay:
     events: list[Any] = field(default_factory=list)
     frames: int = 0
     faces: int = 0
+    calibrated_at_s: float | None = None  # when the neutral became known (None: never)
 
 
 def replay_video(
@@ -34,6 +35,7 @@ def replay_video(
     pose_model: str | None = None,
     out_video: Path | None = None,
     on_frame: Callable[[int], None] | None = None,
+    on_calibrated: Callable[[float, Any], None] | None = None,
 ) -> VideoReplay:
     import cv2
 
@@ -53,6 +55,10 @@ def replay_video(
             for event in result.events:
                 outputs.publish_event(event.to_dict())
             res.events.extend(result.events)
+            if res.calibrated_at_s is None and result.state.calibrated:
+                res.calibrated_at_s = frame.t_s
+                if on_calibrated is not None:
+                    on_calibrated(frame.t_s, result.state)
             res.frames += 1
             res.faces += fr.pose is not None
             r = result.relative

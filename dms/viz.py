@@ -46,9 +46,10 @@ def alert_spans(events: Iterable[Event], end_t_s: float) -> list[tuple[Event, fl
 
 
 def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: ZoneSettings,
-                  path: str | Path) -> Path:
+                  path: str | Path, calibrated_at_s: float | None = None) -> Path:
     """PNG of yaw/pitch/roll (relative to neutral) over time, with the road zone limits and
-    every alert shaded from raise to clear; returns the path written."""
+    every alert shaded from raise to clear; the time before the neutral pose was known
+    (``calibrated_at_s``; None = never known) is hatched "calibrating". Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +78,10 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
         for e, a, b in spans:
             ax.axvspan(a, b, color=_COLOURS.get(e.type, "tab:red"), alpha=0.15 + 0.1 * e.level,
                        lw=0)
+        if len(t):
+            cal_end = end if calibrated_at_s is None else calibrated_at_s
+            ax.axvspan(float(t[0]), cal_end, facecolor="none", edgecolor="tab:olive",
+                       hatch="//", lw=0, alpha=0.5)
         ax.set_ylabel(f"{name} (deg)")
         ax.grid(alpha=0.3)
     for e, a, _ in spans:
@@ -85,8 +90,16 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
         axes[0].annotate(label, (a, 1.0),
                          xycoords=("data", "axes fraction"), fontsize=7, rotation=30,
                          va="bottom")
-    axes[1].text(0.01, 0.02, "yaw: + = driver's right; pitch: - = head down; "
-                 "green = road zone, grey = no face", transform=axes[1].transAxes, fontsize=7)
+    if len(t):
+        cal_end = end if calibrated_at_s is None else calibrated_at_s
+        axes[0].annotate("calibrating" if calibrated_at_s is not None
+                         else "calibrating (never settled)", (float(t[0]), 0.02),
+                         xycoords=("data", "axes fraction"), fontsize=7, color="tab:olive")
+        axes[0].axvline(cal_end, color="tab:olive", lw=0.8)
+    axes[1].text(0.01, 0.02, "angles relative to the neutral pose; yaw: + = driver's right; "
+                 "pitch: - = head down; green = road zone, grey = no face, hatched = "
+                 "calibrating (neutral not yet known: no alert armed)",
+                 transform=axes[1].transAxes, fontsize=7)
     axes[-1].set_xlabel("t (s)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +143,16 @@ def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPo
     driver = str(getattr(state, "driver_state", state))
     cv2.putText(img, driver, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2,
                 cv2.LINE_AA)
+    cal = getattr(state, "calibration", None)
+    if cal is not None:
+        if cal.state == "calibrating":
+            text, colour = f"calibrating {100 * cal.progress:.0f}%", (0, 220, 255)
+        else:
+            text, colour = f"calibrated ({cal.source})", (160, 255, 160)
+        if cal.mount_mismatch_deg is not None:
+            text += f", mount hint off by {cal.mount_mismatch_deg:.0f} deg"
+        cv2.putText(img, text, (max(10, w - 10 - 9 * len(text)), 24), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, colour, 1, cv2.LINE_AA)
     level = getattr(getattr(state, "policy", None), "max_level", 0)
     live = [e for e in events if e.phase is not Phase.CLEARED]
     if live or level:

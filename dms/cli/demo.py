@@ -65,12 +65,19 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     video_out = None if args.no_video else args.out / "annotated.mp4"
     try:
+        def on_calibrated(t_s: float, state: Any) -> None:
+            pitch, yaw = state.neutral_pitch_deg, state.neutral_yaw_deg
+            bar.write(f"t={t_s:6.2f} s  calibrated: neutral pose learned from the driver "
+                      f"(yaw {yaw:+.1f}, pitch {pitch:+.1f} deg; no mount needed); alerts "
+                      "armed", file=sys.stdout)
+
         res = replay_video(clip.video, settings, outputs, out_video=video_out,
-                           on_frame=lambda n: bar.update(1))
+                           on_frame=lambda n: bar.update(1), on_calibrated=on_calibrated)
     finally:
         bar.close()
         drained = outputs.close(3.0)
-    plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png")
+    plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png",
+                         res.calibrated_at_s)
     (args.out / "events.jsonl").write_text(
         "".join(json.dumps(e.to_dict()) + "\n" for e in res.events))
     expected = json.loads(Path(clip.expected_events).read_text())["events"]

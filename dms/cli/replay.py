@@ -137,11 +137,13 @@ def read_poses_csv(path: Path) -> list[Any]:
 
 
 def replay(observations: Iterable[Any], settings: Any, out: Any,
-           keep_samples: bool = False, outputs: Any = None) -> tuple[list[Any], list[Any]]:
+           keep_samples: bool = False, outputs: Any = None,
+           calibration: dict[str, float] | None = None) -> tuple[list[Any], list[Any]]:
     """Feed observations to a fresh Engine; write events as JSON lines to ``out``.
 
     Returns (samples, events) for plotting: samples are (t, yaw, pitch, roll) relative to
-    neutral, None angles when no face."""
+    neutral, None angles when no face. ``calibration`` (a dict) receives ``at_s``, the time
+    the neutral pose became known, when it did."""
     from dms.engine.engine import Engine
 
     engine = Engine(settings)
@@ -154,6 +156,8 @@ def replay(observations: Iterable[Any], settings: Any, out: Any,
             if outputs is not None:
                 outputs.publish_event(event.to_dict())
         events.extend(result.events)
+        if calibration is not None and "at_s" not in calibration and result.state.calibrated:
+            calibration["at_s"] = obs.t_s
         if keep_samples:
             r = result.relative
             samples.append((obs.t_s, None, None, None) if r is None
@@ -183,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg or load_config(None)
         comm = open_mqtt(cfg, state_dir(cfg), args.mqtt)
     outputs = AlertOutputs(comm)
+    calibration: dict[str, float] = {}
     drain_s = args.drain_timeout_s
     if drain_s is None:
         drain_s = cfg.service.stop_drain_timeout_s if cfg is not None else 3.0
@@ -192,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError("--out-video needs a VIDEO, not --poses")
             observations = read_poses_csv(args.poses)
             samples, events = replay(observations, settings, sys.stdout,
-                                     keep_samples=bool(args.plot), outputs=outputs)
+                                     keep_samples=bool(args.plot), outputs=outputs,
+                                     calibration=calibration)
         else:
             from dms.replay import replay_video
             from dms.service import AlertOutputs as _Outputs
@@ -201,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
             rv = replay_video(args.video, settings, printing, detector=args.detector,
                               pose_model=args.pose_model, out_video=args.out_video)
             samples, events = rv.samples, rv.events
+            if rv.calibrated_at_s is not None:
+                calibration["at_s"] = rv.calibrated_at_s
     finally:
         drained = outputs.close(drain_s)
         if comm is not None and not drained:
@@ -209,5 +217,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from dms.viz import plot_timeline
 
-        plot_timeline(samples, events, settings.zones, args.plot)
+        plot_timeline(samples, events, settings.zones, args.plot, calibration.get("at_s"))
     return 0
