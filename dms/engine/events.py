@@ -31,6 +31,7 @@ class Reason(str, enum.Enum):
     HEAD_DOWN = "head_down"  # fast drop, no return within slump_s
     FACE_LOST = "face_lost"  # face lost while frontal
     NO_FACE = "no_face"  # no usable face for degraded_s
+    CAMERA_LOST = "camera_lost"  # (system_degraded, from the service) no frames from the camera
 
 
 class Phase(str, enum.Enum):
