@@ -5,30 +5,35 @@ Read this file on its own. It never reads a clock, a file or a device: time arri
 :class:`~dms.engine.settings.PolicySettings` / :class:`~dms.engine.settings.ZoneSettings`.
 Poses are relative to the driver's neutral pose (the engine composes rotations before this).
 
-One :meth:`DriverPolicy.update` runs these small steps, in order:
+One :meth:`DriverPolicy.update` runs these small steps, in order. Each step's memory is one
+small tracker class below, readable alone (named in brackets); ``DriverPolicy`` composes them
+and adds one short rule per alert type.
 
 1. **Usable face?** Face present and confidence >= ``min_confidence``.
-2. **Road zone** (hysteresis): off the road beyond any limit; back only once inside every
-   limit by ``hysteresis_deg``. Steering beyond ``steer_deadband_deg`` widens the limit on the
-   steering side. Right-hand drive mirrors yaw (zones are inboard/outboard).
-3. **Face loss**: when the face disappears, it counts as *away* if the head was already off
-   the road, was turning away (yaw moving outward faster than ``turning_speed_dps`` beyond
-   ``turning_min_yaw_deg``), or a distraction alert was active (hiding does not clear it);
-   otherwise it is *not visible* (``driver_not_visible`` after ``not_visible_s``). Any loss
-   longer than ``degraded_s`` raises ``system_degraded``.
-4. **Nods and slump**: a *fast* pitch drop (from above ``-nod_onset_deg`` to below
-   ``-nod_depth_deg`` within ``nod_max_drop_s``) starts a nod; turning beyond
-   ``nod_max_yaw_deg`` while down cancels it (a glance down-and-sideways). Back above
-   ``-nod_return_deg`` within ``nod_max_return_s`` = one nod. Still down after ``slump_s``
-   = slump (level 3).
+2. **Road zone** (:class:`RoadZone`, hysteresis): off the road beyond any limit; back only
+   once inside every limit by ``hysteresis_deg``. Steering beyond ``steer_deadband_deg``
+   widens the limit on the steering side. Right-hand drive mirrors yaw (zones are
+   inboard/outboard).
+3. **Face loss** (:class:`FaceLoss`): when the face disappears, it counts as *away* if the
+   head was already off the road, was turning away (yaw moving outward faster than
+   ``turning_speed_dps`` beyond ``turning_min_yaw_deg``), or a distraction alert was active
+   (hiding does not clear it); otherwise it is *not visible* (``driver_not_visible`` after
+   ``not_visible_s``). Any loss longer than ``degraded_s`` raises ``system_degraded``.
+4. **Nods and slump** (:class:`NodTracker`): a *fast* pitch drop (from above
+   ``-nod_onset_deg`` to below ``-nod_depth_deg`` within ``nod_max_drop_s``) starts a nod;
+   turning beyond ``nod_max_yaw_deg`` while down cancels it (a glance down-and-sideways).
+   Back above ``-nod_return_deg`` within ``nod_max_return_s`` = one nod. Still down after
+   ``slump_s`` = slump (level 3).
    While a nod is down, the head-down time is drowsiness, not a glance.
-5. **Glances**: a glance is a run of *away* frames; its start is the first away frame.
-   Long distraction when one glance lasts ``long_glance_s``; time sharing when away time
-   within the last ``vats_window_s`` reaches ``vats_total_s``. The window is emptied after
-   ``vats_reset_on_road_s`` continuously on the road, and when a distraction alert clears.
-6. **Alerts**: each alert type has a target level; the emitted level is the target capped at
-   ``standstill_max_level`` when the speed is known and below ``min_speed_kmh``. A level only
-   goes up while the alert is active (``escalated`` records); it ends with one ``cleared``.
+5. **Glances** (:class:`GlanceWindow`): a glance is a run of *away* frames; its start is the
+   first away frame. Long distraction when one glance lasts ``long_glance_s``; time sharing
+   when away time within the last ``vats_window_s`` reaches ``vats_total_s``. The window is
+   emptied after ``vats_reset_on_road_s`` continuously on the road, and when a distraction
+   alert clears.
+6. **Alerts** (:class:`AlertBook`; one rule per type in ``DriverPolicy``): each alert type
+   has a target level; the emitted level is the target capped at ``standstill_max_level``
+   when the speed is known and below ``min_speed_kmh``. A level only goes up while the alert
+   is active (``escalated`` records); it ends with one ``cleared``.
 
 **Before the neutral pose is known** (``neutral_known`` false: the engine is still learning
 it and has no explicit calibration), angles relative to it mean nothing yet: every usable
@@ -146,6 +151,225 @@ def glance_zone(zones: ZoneSettings, yaw_inboard_deg: float, pitch_deg: float) -
     return best
 
 
+# ----------------------------------------------------------------- the trackers
+#
+# Each tracker owns one group of memory and is updated once per frame by DriverPolicy, in the
+# order of the module docstring. None of them reads a clock, a file or another tracker: what
+# it needs from the others arrives as arguments.
+
+
+class RoadZone:
+    """Step 2: where the head points. Road zone with hysteresis, glance-zone name, and what a
+    face loss needs to know about the last usable pose (its yaw and how fast it turned)."""
+
+    __slots__ = ("zones", "right_hand_drive", "usable", "on_road", "yaw_deg", "pitch_deg",
+                 "roll_deg", "yaw_out_speed_dps", "zone")
+
+    def __init__(self, zones: ZoneSettings, right_hand_drive: bool) -> None:
+        self.zones = zones
+        self.right_hand_drive = right_hand_drive
+        self.usable = False  # this frame has a usable face
+        self.on_road = True
+        self.yaw_deg: float | None = None  # last usable pose (kept while the face is lost)
+        self.pitch_deg: float | None = None
+        self.roll_deg: float | None = None
+        self.yaw_out_speed_dps = 0.0  # d|yaw|/dt between the last two usable frames
+        self.zone: str | None = None
+
+    def observe(self, obs: PolicyInput, usable: bool, dt: float) -> None:
+        if usable:
+            assert obs.yaw_deg is not None and obs.pitch_deg is not None
+            if self.usable and self.yaw_deg is not None and dt > 0:
+                self.yaw_out_speed_dps = (abs(obs.yaw_deg) - abs(self.yaw_deg)) / dt
+            self.on_road = not obs.neutral_known or self._inside(obs)
+            self.yaw_deg, self.pitch_deg, self.roll_deg = obs.yaw_deg, obs.pitch_deg, obs.roll_deg
+            self.zone = self._zone_name(obs.yaw_deg, obs.pitch_deg) if obs.neutral_known else None
+        self.usable = usable
+
+    def turning_away(self, s: PolicySettings) -> bool:
+        """The last usable yaw was already off-centre and moving outward fast."""
+        return (self.yaw_deg is not None and abs(self.yaw_deg) >= s.turning_min_yaw_deg
+                and self.yaw_out_speed_dps >= s.turning_speed_dps)
+
+    def snapshot(self) -> PoseSnapshot:
+        """The pose for event records (nulls when this frame has no usable face)."""
+        if not self.usable:
+            return PoseSnapshot(None, None, None, None, False, None)
+        assert self.yaw_deg is not None
+        return PoseSnapshot(self.yaw_deg, self.pitch_deg, self.roll_deg,
+                            inboard_yaw(self.yaw_deg, self.right_hand_drive), self.on_road,
+                            self.zone)
+
+    def _inside(self, obs: PolicyInput) -> bool:
+        assert obs.yaw_deg is not None and obs.pitch_deg is not None
+        limits = road_limits(self.zones, obs.steering_deg, self.right_hand_drive)
+        return is_on_road(self.on_road, obs.yaw_deg, obs.pitch_deg, self.zones, limits)
+
+    def _zone_name(self, yaw_deg: float, pitch_deg: float) -> str | None:
+        if self.on_road:
+            return "road"
+        return glance_zone(self.zones, inboard_yaw(yaw_deg, self.right_hand_drive), pitch_deg)
+
+
+class FaceLoss:
+    """Step 3: when the face went and came back. A loss is classified once, on its first
+    frame: *away* (time away from the road) or not (``driver_not_visible``)."""
+
+    __slots__ = ("lost_since", "away", "visible_since")
+
+    def __init__(self) -> None:
+        self.lost_since: float | None = None
+        self.away = False  # the last loss was classified as away (kept after the face is back)
+        self.visible_since: float | None = None
+
+    def observe(self, t: float, usable: bool, away_if_lost: bool) -> bool:
+        """Advance; True when the face has just been lost and the loss counts as away."""
+        if usable:
+            self.lost_since = None
+            if self.visible_since is None:
+                self.visible_since = t
+            return False
+        self.visible_since = None
+        if self.lost_since is not None:
+            return False
+        self.lost_since = t
+        self.away = away_if_lost
+        return self.away
+
+    def lost_s(self, t: float) -> float:
+        return 0.0 if self.lost_since is None else t - self.lost_since
+
+    def visible_s(self, t: float) -> float:
+        return 0.0 if self.visible_since is None else t - self.visible_since
+
+
+class NodTracker:
+    """Step 4: fast pitch drops near straight ahead, their return (a nod) or not (a slump).
+    Fed only frames with a usable face and a known neutral; a lost face keeps the state."""
+
+    __slots__ = ("s", "above_onset_t", "down_t", "head_up_since", "nods")
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.s = settings
+        self.above_onset_t: float | None = None  # last time above -nod_onset_deg
+        self.down_t: float | None = None  # when the current fast drop reached depth
+        self.head_up_since: float | None = None  # above -nod_return_deg since
+        self.nods: deque[float] = deque()  # return times of counted nods
+
+    @property
+    def down(self) -> bool:
+        """A nod is down: its head-down time is drowsiness, not a glance."""
+        return self.down_t is not None
+
+    def observe(self, t: float, pitch_deg: float, yaw_deg: float) -> None:
+        s = self.s
+        if self.down_t is not None and abs(yaw_deg) > s.nod_max_yaw_deg:
+            self.down_t = None  # turning while down: a glance (e.g. glovebox), not a nod
+        if pitch_deg >= -s.nod_onset_deg and self.down_t is None:
+            self.above_onset_t = t
+        if pitch_deg >= -s.nod_return_deg:
+            self._head_up(t)
+        else:
+            self._head_down(t, pitch_deg, yaw_deg)
+
+    def forget_drop(self) -> None:
+        """Angles relative to an unknown neutral: no drop can be timed."""
+        self.down_t = self.above_onset_t = None
+
+    def head_up_s(self, t: float, usable: bool) -> float:
+        """How long the head has been back up (0 on a frame without a usable face)."""
+        if self.head_up_since is None or not usable:
+            return 0.0
+        return t - self.head_up_since
+
+    def in_window(self, t: float) -> int:
+        """Nods within the last ``nod_window_s`` (older ones are forgotten)."""
+        while self.nods and self.nods[0] < t - self.s.nod_window_s:
+            self.nods.popleft()
+        return len(self.nods)
+
+    def _head_up(self, t: float) -> None:
+        if self.head_up_since is None:
+            self.head_up_since = t
+        if self.down_t is not None:
+            if t - self.down_t <= self.s.nod_max_return_s:
+                self.nods.append(t)
+            self.down_t = None
+
+    def _head_down(self, t: float, pitch_deg: float, yaw_deg: float) -> None:
+        self.head_up_since = None
+        if self.down_t is None and self._fast_drop(t, pitch_deg, yaw_deg):
+            self.down_t = t
+            self.above_onset_t = None
+
+    def _fast_drop(self, t: float, pitch_deg: float, yaw_deg: float) -> bool:
+        s = self.s
+        return (pitch_deg < -s.nod_depth_deg and abs(yaw_deg) <= s.nod_max_yaw_deg
+                and self.above_onset_t is not None
+                and t - self.above_onset_t <= s.nod_max_drop_s)
+
+
+class GlanceWindow:
+    """Step 5: the current glance, the on-road streak and the time-sharing window (the
+    [start, end] spans of away time within the last ``vats_window_s``)."""
+
+    __slots__ = ("s", "away", "glance_start", "on_road_since", "spans", "escalation_s")
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.s = settings
+        self.away = False
+        self.glance_start: float | None = None  # first away frame of the current glance
+        self.on_road_since: float | None = None
+        self.spans: deque[list[float]] = deque()
+        # time away while away on consecutive frames; the policy restarts it when it raises
+        # a distraction, so it is then the time away since the alert was raised
+        self.escalation_s = 0.0
+
+    def observe(self, t: float, dt: float, away: bool, on_road: bool) -> None:
+        """``away`` and ``on_road`` (face visible, on the road, no nod down) exclude each
+        other; neither is true while the face is lost frontally, or during a nod."""
+        was_away, self.away = self.away, away
+        if away:
+            self._extend(t)
+        else:
+            self.glance_start = None
+            self._on_road(t, on_road)
+        if was_away and away:
+            self.escalation_s += dt
+        if self.on_road_s(t) >= self.s.vats_reset_on_road_s:
+            self.spans.clear()
+        while self.spans and self.spans[0][1] < t - self.s.vats_window_s:
+            self.spans.popleft()
+
+    def on_road_s(self, t: float) -> float:
+        return 0.0 if self.on_road_since is None else t - self.on_road_since
+
+    def glance_s(self, t: float) -> float:
+        return 0.0 if self.glance_start is None else t - self.glance_start
+
+    def away_in_window_s(self, t: float) -> float:
+        lo = t - self.s.vats_window_s
+        return sum(max(0.0, end - max(start, lo)) for start, end in self.spans)
+
+    def clear(self) -> None:
+        """Empty the time-sharing window (a fresh start)."""
+        self.spans.clear()
+
+    def _extend(self, t: float) -> None:
+        if self.glance_start is None:
+            self.glance_start = t
+            self.spans.append([t, t])
+        else:
+            self.spans[-1][1] = t
+        self.on_road_since = None
+
+    def _on_road(self, t: float, on_road: bool) -> None:
+        if not on_road:
+            self.on_road_since = None
+        elif self.on_road_since is None:
+            self.on_road_since = t
+
+
 class _Alert:
     """Book-keeping of one active alert (mutable, private to the policy)."""
 
@@ -157,289 +381,52 @@ class _Alert:
         self.level = 0
 
 
-# ----------------------------------------------------------------- the state machine
+class AlertBook:
+    """Step 6's book-keeping: at most one active alert per type, alert and event ids, and the
+    records (``raised`` / ``escalated`` / ``cleared``). Levels only go up while active."""
 
+    __slots__ = ("run_id", "settings_version", "_alerts", "_next_alert_id", "_seq")
 
-class DriverPolicy:
-    """``update(PolicyInput) -> list[Event]``. Holds only the memory the rules need."""
-
-    def __init__(self, settings: PolicySettings, zones: ZoneSettings,
-                 settings_version: str = "", run_id: str = "run") -> None:
-        self.s = settings
-        self.zones = zones
-        self.settings_version = settings_version
+    def __init__(self, run_id: str, settings_version: str) -> None:
         self.run_id = run_id
-        self._t: float | None = None
-        self._seq = 0
-        self._next_alert_id = 1
+        self.settings_version = settings_version
         self._alerts: dict[EventType, _Alert] = {}
-        # pose memory
-        self._usable = False
-        self._on_road = True
-        self._yaw: float | None = None
-        self._pitch: float | None = None
-        self._roll: float | None = None
-        self._yaw_out_speed_dps = 0.0  # d|yaw|/dt of the last usable frames
-        self._zone: str | None = None
-        # face loss
-        self._lost_since: float | None = None
-        self._lost_away = False
-        self._visible_since: float | None = None
-        # glances
-        self._away = False
-        self._glance_start: float | None = None
-        self._on_road_since: float | None = None
-        self._away_spans: deque[list[float]] = deque()  # [start, end] of away time, VATS
-        self._escalation_s = 0.0  # time away since the distraction alert was raised
-        # nods
-        self._above_onset_t: float | None = None
-        self._nod_down_t: float | None = None
-        self._head_up_since: float | None = None
-        self._nods: deque[float] = deque()
+        self._next_alert_id = 1
+        self._seq = 0
 
-    # ------------------------------------------------------------- public
+    def __contains__(self, type_: EventType) -> bool:
+        return type_ in self._alerts
 
-    def update(self, obs: PolicyInput) -> list[Event]:
-        """Advance to ``obs.t_s`` and return the events this frame produced.
+    def __bool__(self) -> bool:
+        return bool(self._alerts)
 
-        Frames whose time does not increase are ignored (no events)."""
-        s = self.s
-        if self._t is not None and obs.t_s <= self._t:
-            return []
-        t = obs.t_s
-        dt = 0.0 if self._t is None else t - self._t
-        was_away = self._away
-        events: list[Event] = []
+    def get(self, type_: EventType) -> _Alert | None:
+        return self._alerts.get(type_)
 
-        # 1. usable face?
-        usable = (obs.face_present and obs.yaw_deg is not None and obs.pitch_deg is not None
-                  and obs.confidence >= s.min_confidence)
-
-        # 2. road zone, yaw speed, zone name
-        if usable:
-            assert obs.yaw_deg is not None and obs.pitch_deg is not None
-            if self._usable and self._yaw is not None and dt > 0:
-                self._yaw_out_speed_dps = (abs(obs.yaw_deg) - abs(self._yaw)) / dt
-            limits = road_limits(self.zones, obs.steering_deg, s.right_hand_drive)
-            self._on_road = (not obs.neutral_known) or is_on_road(
-                self._on_road, obs.yaw_deg, obs.pitch_deg, self.zones, limits)
-            self._yaw, self._pitch, self._roll = obs.yaw_deg, obs.pitch_deg, obs.roll_deg
-            yaw_in = inboard_yaw(obs.yaw_deg, s.right_hand_drive)
-            self._zone = "road" if self._on_road else glance_zone(self.zones, yaw_in,
-                                                                  obs.pitch_deg)
-            if not obs.neutral_known:
-                self._zone = None
-
-        # 3. face loss
-        if usable:
-            self._lost_since = None
-            if self._visible_since is None:
-                self._visible_since = t
-        else:
-            self._visible_since = None
-            if self._lost_since is None:  # the face has just been lost: classify the loss
-                self._lost_since = t
-                turning = (obs.neutral_known and self._yaw is not None
-                           and abs(self._yaw) >= s.turning_min_yaw_deg
-                           and self._yaw_out_speed_dps >= s.turning_speed_dps)
-                self._lost_away = (not self._on_road) or turning or (
-                    EventType.DISTRACTION in self._alerts)
-                if self._lost_away:
-                    self._zone = None
-        self._usable = usable
-
-        # 4. nods and slump (pitch only known on usable frames; a lost face keeps the state)
-        if usable and obs.neutral_known:
-            assert obs.pitch_deg is not None
-            assert obs.yaw_deg is not None
-            self._nod_step(t, obs.pitch_deg, obs.yaw_deg)
-        elif usable:  # angles relative to an unknown neutral: no nod can be timed
-            self._nod_down_t = self._above_onset_t = None
-        nod_down = self._nod_down_t is not None
-
-        # 5. glances: away = off the road (or lost while away), except a nod's head-down time
-        if usable:
-            away = (not self._on_road) and not nod_down
-        else:
-            away = (self._lost_away or EventType.DISTRACTION in self._alerts) and not nod_down
-        self._away = away
-        if away:
-            if self._glance_start is None:
-                self._glance_start = t
-                self._away_spans.append([t, t])
-            else:
-                self._away_spans[-1][1] = t
-            self._on_road_since = None
-        else:
-            self._glance_start = None
-            on_road_now = usable and self._on_road and not nod_down
-            if not on_road_now:
-                self._on_road_since = None
-            elif self._on_road_since is None:
-                self._on_road_since = t
-        if was_away and away:
-            self._escalation_s += dt
-        on_road_s = 0.0 if self._on_road_since is None else t - self._on_road_since
-        if on_road_s >= s.vats_reset_on_road_s:
-            self._away_spans.clear()
-        while self._away_spans and self._away_spans[0][1] < t - s.vats_window_s:
-            self._away_spans.popleft()
-
-        cap = self._level_cap(obs.speed_kmh)
-        pose = self._snapshot()
-
-        # 6a. distraction: raise, escalate, clear
-        distraction = self._alerts.get(EventType.DISTRACTION)
-        if distraction is None and away:
-            assert self._glance_start is not None
-            if t - self._glance_start >= s.long_glance_s:
-                distraction = self._open(EventType.DISTRACTION, Reason.LONG_GLANCE,
-                                         self._glance_start)
-            elif self._away_time_in_window(t) >= s.vats_total_s:
-                distraction = self._open(EventType.DISTRACTION, Reason.TIME_SHARING,
-                                         self._away_spans[0][0])
-            self._escalation_s = 0.0
-        if distraction is not None:
-            clear_s = s.clear_on_road_s
-            if distraction.reason is Reason.TIME_SHARING:  # the window's own reset rule
-                clear_s = max(clear_s, s.vats_reset_on_road_s)
-            if on_road_s >= clear_s:
-                events.append(self._close(distraction, t, pose))
-                self._away_spans.clear()
-            else:
-                target = 1 + (self._escalation_s >= s.level2_after_s) + (
-                    self._escalation_s >= s.level3_after_s)
-                events += self._set_level(distraction, min(target, cap), t, pose)
-
-        # 6b. slump: head down after a fast drop, no return within slump_s
-        slump = self._alerts.get(EventType.SLUMP)
-        if slump is None and nod_down:
-            assert self._nod_down_t is not None
-            if t - self._nod_down_t > s.slump_s:
-                slump = self._open(EventType.SLUMP, Reason.HEAD_DOWN, self._nod_down_t)
-        if slump is not None:
-            head_up_s = 0.0 if (self._head_up_since is None or not usable) else (
-                t - self._head_up_since)
-            if not nod_down and head_up_s >= s.clear_on_road_s:
-                events.append(self._close(slump, t, pose))
-            else:
-                events += self._set_level(slump, min(3, cap), t, pose)
-
-        # 6c. drowsiness: nods within the window
-        while self._nods and self._nods[0] < t - s.nod_window_s:
-            self._nods.popleft()
-        drowsy = self._alerts.get(EventType.DROWSINESS)
-        if drowsy is None and len(self._nods) >= s.nods_for_alert:
-            drowsy = self._open(EventType.DROWSINESS, Reason.NODDING, self._nods[0])
-        if drowsy is not None:
-            if not self._nods:
-                events.append(self._close(drowsy, t, pose))
-            else:
-                target = 3 if len(self._nods) >= s.nods_for_level3 else s.drowsy_level
-                events += self._set_level(drowsy, min(max(target, drowsy.level), cap), t, pose)
-
-        # 6d. face not visible / system degraded
-        lost_s = 0.0 if self._lost_since is None else t - self._lost_since
-        visible_s = 0.0 if self._visible_since is None else t - self._visible_since
-        for type_, reason, due, level in (
-            (EventType.DRIVER_NOT_VISIBLE, Reason.FACE_LOST, s.not_visible_s, 1),
-            (EventType.SYSTEM_DEGRADED, Reason.NO_FACE, s.degraded_s, 2),
-        ):
-            alert = self._alerts.get(type_)
-            frontal_only = type_ is EventType.DRIVER_NOT_VISIBLE
-            if (alert is None and self._lost_since is not None and lost_s >= due
-                    and not (frontal_only and self._lost_away)):
-                alert = self._open(type_, reason, self._lost_since)
-            if alert is not None:
-                if visible_s >= s.visible_clear_s:
-                    events.append(self._close(alert, t, pose))
-                else:
-                    events += self._set_level(alert, min(level, cap), t, pose)
-
-        self._t = t
-        return events
-
-    @property
-    def attentive(self) -> bool:
-        """Face usable, on the road, no nod in progress and no active alert: the engine learns
-        the neutral pose only from such frames."""
-        return (self._usable and self._on_road and not self._away and self._nod_down_t is None
-                and not self._alerts)
-
-    @property
-    def alert_active(self) -> bool:
-        """A distraction or slump alert is active (the engine learns the neutral pose at a
-        low weight then)."""
-        return EventType.DISTRACTION in self._alerts or EventType.SLUMP in self._alerts
-
-    def state(self) -> PolicyState:
-        alerts = tuple(
+    def active(self) -> tuple[ActiveAlert, ...]:
+        """The raised alerts (level > 0), oldest first."""
+        return tuple(
             ActiveAlert(a.type, a.reason, a.level, a.started_t_s, a.alert_id)
             for a in sorted(self._alerts.values(), key=lambda a: a.alert_id) if a.level > 0)
-        types = {a.type for a in alerts}
-        if EventType.SLUMP in types:
-            driver = "slumped"
-        elif EventType.DROWSINESS in types:
-            driver = "drowsy"
-        elif EventType.DISTRACTION in types:
-            driver = "distracted"
-        elif not self._usable and not self._lost_away and self._t is not None:
-            driver = "not_visible"
-        elif self._away:
-            driver = "glancing"
-        else:
-            driver = "attentive" if self._t is not None else "unknown"
-        glance_s = 0.0 if (self._glance_start is None or self._t is None) else (
-            self._t - self._glance_start)
-        return PolicyState(self._t, driver, self._usable, self._on_road, self._away, glance_s,
-                           self._zone, len(self._nods), alerts)
 
-    # ------------------------------------------------------------- helpers
-
-    def _nod_step(self, t: float, pitch_deg: float, yaw_deg: float) -> None:
-        """Track fast pitch drops (head near straight in yaw) and their return; count nods."""
-        s = self.s
-        if self._nod_down_t is not None and abs(yaw_deg) > s.nod_max_yaw_deg:
-            self._nod_down_t = None  # turning while down: a glance (e.g. glovebox), not a nod
-        if pitch_deg >= -s.nod_onset_deg and self._nod_down_t is None:
-            self._above_onset_t = t
-        if pitch_deg >= -s.nod_return_deg:
-            if self._head_up_since is None:
-                self._head_up_since = t
-            if self._nod_down_t is not None:
-                if t - self._nod_down_t <= s.nod_max_return_s:
-                    self._nods.append(t)
-                self._nod_down_t = None
-        else:
-            self._head_up_since = None
-            if (self._nod_down_t is None and pitch_deg < -s.nod_depth_deg
-                    and abs(yaw_deg) <= s.nod_max_yaw_deg and self._above_onset_t is not None
-                    and t - self._above_onset_t <= s.nod_max_drop_s):
-                self._nod_down_t = t
-                self._above_onset_t = None
-
-    def _away_time_in_window(self, t: float) -> float:
-        lo = t - self.s.vats_window_s
-        return sum(max(0.0, end - max(start, lo)) for start, end in self._away_spans)
-
-    def _level_cap(self, speed_kmh: float | None) -> int:
-        if speed_kmh is not None and speed_kmh < self.s.min_speed_kmh:
-            return self.s.standstill_max_level
-        return 3
-
-    def _snapshot(self) -> PoseSnapshot:
-        if not self._usable:
-            return PoseSnapshot(None, None, None, None, False, None)
-        assert self._yaw is not None
-        return PoseSnapshot(self._yaw, self._pitch, self._roll,
-                            inboard_yaw(self._yaw, self.s.right_hand_drive), self._on_road,
-                            self._zone)
-
-    def _open(self, type_: EventType, reason: Reason, started_t_s: float) -> _Alert:
+    def open(self, type_: EventType, reason: Reason, started_t_s: float) -> _Alert:
+        """A new alert at level 0: :meth:`set_level` raises it."""
         alert = _Alert(type_, reason, started_t_s, self._next_alert_id)
         self._next_alert_id += 1
         self._alerts[type_] = alert
         return alert
+
+    def set_level(self, alert: _Alert, level: int, t: float, pose: PoseSnapshot) -> list[Event]:
+        """Raise (first time) or escalate; a level never goes down while active."""
+        if level <= alert.level:
+            return []
+        phase = Phase.RAISED if alert.level == 0 else Phase.ESCALATED
+        alert.level = level
+        return [self._record(alert, phase, t, pose)]
+
+    def close(self, alert: _Alert, t: float, pose: PoseSnapshot) -> list[Event]:
+        del self._alerts[alert.type]
+        return [self._record(alert, Phase.CLEARED, t, pose)]
 
     def _record(self, alert: _Alert, phase: Phase, t: float, pose: PoseSnapshot) -> Event:
         self._seq += 1
@@ -448,14 +435,195 @@ class DriverPolicy:
                      event_id=f"{self.run_id}-{self._seq}", pose=pose,
                      settings_version=self.settings_version)
 
-    def _set_level(self, alert: _Alert, level: int, t: float, pose: PoseSnapshot) -> list[Event]:
-        """Raise (first time) or escalate; a level never goes down while active."""
-        if level <= alert.level:
-            return []
-        phase = Phase.RAISED if alert.level == 0 else Phase.ESCALATED
-        alert.level = level
-        return [self._record(alert, phase, t, pose)]
 
-    def _close(self, alert: _Alert, t: float, pose: PoseSnapshot) -> Event:
-        del self._alerts[alert.type]
-        return self._record(alert, Phase.CLEARED, t, pose)
+# ----------------------------------------------------------------- the state machine
+
+_ALERT_DRIVER_STATES = ((EventType.SLUMP, "slumped"), (EventType.DROWSINESS, "drowsy"),
+                        (EventType.DISTRACTION, "distracted"))
+
+
+class DriverPolicy:
+    """``update(PolicyInput) -> list[Event]``: the trackers above, composed in the order of
+    the module docstring, then one small rule per alert type."""
+
+    def __init__(self, settings: PolicySettings, zones: ZoneSettings,
+                 settings_version: str = "", run_id: str = "run") -> None:
+        self.s = settings
+        self.zones = zones
+        self.settings_version = settings_version
+        self.run_id = run_id
+        self._t: float | None = None
+        self._road = RoadZone(zones, settings.right_hand_drive)
+        self._loss = FaceLoss()
+        self._nods = NodTracker(settings)
+        self._glances = GlanceWindow(settings)
+        self._alerts = AlertBook(run_id, settings_version)
+
+    # ------------------------------------------------------------- public
+
+    def update(self, obs: PolicyInput) -> list[Event]:
+        """Advance to ``obs.t_s`` and return the events this frame produced.
+
+        Frames whose time does not increase are ignored (no events)."""
+        if self._t is not None and obs.t_s <= self._t:
+            return []
+        t = obs.t_s
+        usable = self._usable(obs)
+        self._observe(obs, usable, 0.0 if self._t is None else t - self._t)
+        cap = self._level_cap(obs.speed_kmh)
+        pose = self._road.snapshot()
+        events = (self._distraction(t, cap, pose) + self._slump(t, usable, cap, pose)
+                  + self._drowsiness(t, cap, pose) + self._not_visible(t, cap, pose))
+        self._t = t
+        return events
+
+    @property
+    def attentive(self) -> bool:
+        """Face usable, on the road, no nod in progress and no active alert: the engine learns
+        the neutral pose only from such frames."""
+        return (self._road.usable and self._road.on_road and not self._glances.away
+                and not self._nods.down and not self._alerts)
+
+    @property
+    def alert_active(self) -> bool:
+        """A distraction or slump alert is active (the engine learns the neutral pose at a
+        low weight then)."""
+        return EventType.DISTRACTION in self._alerts or EventType.SLUMP in self._alerts
+
+    def state(self) -> PolicyState:
+        alerts = self._alerts.active()
+        glance_s = 0.0 if self._t is None else self._glances.glance_s(self._t)
+        return PolicyState(self._t, self._driver_state(alerts), self._road.usable,
+                           self._road.on_road, self._glances.away, glance_s, self._road.zone,
+                           len(self._nods.nods), alerts)
+
+    # ------------------------------------------------------------- steps 1-5: the trackers
+
+    def _usable(self, obs: PolicyInput) -> bool:
+        return (obs.face_present and obs.yaw_deg is not None and obs.pitch_deg is not None
+                and obs.confidence >= self.s.min_confidence)
+
+    def _observe(self, obs: PolicyInput, usable: bool, dt: float) -> None:
+        t, road = obs.t_s, self._road
+        road.observe(obs, usable, dt)
+        if self._loss.observe(t, usable, self._loss_is_away(obs)):
+            road.zone = None
+        if usable:
+            self._observe_nods(obs)
+        nod_down = self._nods.down
+        if usable:
+            away = not road.on_road and not nod_down
+        else:
+            away = (self._loss.away or EventType.DISTRACTION in self._alerts) and not nod_down
+        self._glances.observe(t, dt, away, usable and road.on_road and not nod_down)
+
+    def _loss_is_away(self, obs: PolicyInput) -> bool:
+        """Classify a face loss: already off the road, turning away (only with a known
+        neutral), or hiding from an active distraction alert."""
+        return (not self._road.on_road
+                or (obs.neutral_known and self._road.turning_away(self.s))
+                or EventType.DISTRACTION in self._alerts)
+
+    def _observe_nods(self, obs: PolicyInput) -> None:
+        if not obs.neutral_known:
+            self._nods.forget_drop()
+            return
+        assert obs.pitch_deg is not None and obs.yaw_deg is not None
+        self._nods.observe(obs.t_s, obs.pitch_deg, obs.yaw_deg)
+
+    # ------------------------------------------------------------- step 6: one rule per alert
+
+    def _distraction(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
+        """Raise on a long glance or full time-sharing window, escalate with time away,
+        clear after time on the road (emptying the window)."""
+        s, g = self.s, self._glances
+        alert = self._alerts.get(EventType.DISTRACTION)
+        if alert is None and g.away:
+            alert = self._open_distraction(t)
+            g.escalation_s = 0.0
+        if alert is None:
+            return []
+        clear_s = s.clear_on_road_s
+        if alert.reason is Reason.TIME_SHARING:  # the window's own reset rule
+            clear_s = max(clear_s, s.vats_reset_on_road_s)
+        if g.on_road_s(t) >= clear_s:
+            g.clear()
+            return self._alerts.close(alert, t, pose)
+        target = 1 + (g.escalation_s >= s.level2_after_s) + (g.escalation_s >= s.level3_after_s)
+        return self._alerts.set_level(alert, min(target, cap), t, pose)
+
+    def _open_distraction(self, t: float) -> _Alert | None:
+        g = self._glances
+        assert g.glance_start is not None
+        if t - g.glance_start >= self.s.long_glance_s:
+            return self._alerts.open(EventType.DISTRACTION, Reason.LONG_GLANCE, g.glance_start)
+        if g.away_in_window_s(t) >= self.s.vats_total_s:
+            return self._alerts.open(EventType.DISTRACTION, Reason.TIME_SHARING,
+                                     g.spans[0][0])
+        return None
+
+    def _slump(self, t: float, usable: bool, cap: int, pose: PoseSnapshot) -> list[Event]:
+        """Head down after a fast drop for longer than ``slump_s``; clears once back up."""
+        nods = self._nods
+        alert = self._alerts.get(EventType.SLUMP)
+        if alert is None and nods.down_t is not None and t - nods.down_t > self.s.slump_s:
+            alert = self._alerts.open(EventType.SLUMP, Reason.HEAD_DOWN, nods.down_t)
+        if alert is None:
+            return []
+        if not nods.down and nods.head_up_s(t, usable) >= self.s.clear_on_road_s:
+            return self._alerts.close(alert, t, pose)
+        return self._alerts.set_level(alert, min(3, cap), t, pose)
+
+    def _drowsiness(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
+        """Nods within the window; clears once the window holds none."""
+        s = self.s
+        n = self._nods.in_window(t)
+        alert = self._alerts.get(EventType.DROWSINESS)
+        if alert is None and n >= s.nods_for_alert:
+            alert = self._alerts.open(EventType.DROWSINESS, Reason.NODDING, self._nods.nods[0])
+        if alert is None:
+            return []
+        if n == 0:
+            return self._alerts.close(alert, t, pose)
+        target = 3 if n >= s.nods_for_level3 else s.drowsy_level
+        return self._alerts.set_level(alert, min(max(target, alert.level), cap), t, pose)
+
+    def _not_visible(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
+        """driver_not_visible (frontal losses only) and system_degraded (any loss)."""
+        s = self.s
+        return (self._face_loss_alert(EventType.DRIVER_NOT_VISIBLE, Reason.FACE_LOST,
+                                      s.not_visible_s, 1, t, cap, pose)
+                + self._face_loss_alert(EventType.SYSTEM_DEGRADED, Reason.NO_FACE,
+                                        s.degraded_s, 2, t, cap, pose))
+
+    def _face_loss_alert(self, type_: EventType, reason: Reason, due_s: float, level: int,
+                         t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
+        loss = self._loss
+        alert = self._alerts.get(type_)
+        frontal_only = type_ is EventType.DRIVER_NOT_VISIBLE
+        if (alert is None and loss.lost_since is not None and loss.lost_s(t) >= due_s
+                and not (frontal_only and loss.away)):
+            alert = self._alerts.open(type_, reason, loss.lost_since)
+        if alert is None:
+            return []
+        if loss.visible_s(t) >= self.s.visible_clear_s:
+            return self._alerts.close(alert, t, pose)
+        return self._alerts.set_level(alert, min(level, cap), t, pose)
+
+    # ------------------------------------------------------------- helpers
+
+    def _level_cap(self, speed_kmh: float | None) -> int:
+        if speed_kmh is not None and speed_kmh < self.s.min_speed_kmh:
+            return self.s.standstill_max_level
+        return 3
+
+    def _driver_state(self, alerts: tuple[ActiveAlert, ...]) -> str:
+        types = {a.type for a in alerts}
+        for type_, name in _ALERT_DRIVER_STATES:
+            if type_ in types:
+                return name
+        if self._t is None:
+            return "unknown"
+        if not self._road.usable and not self._loss.away:
+            return "not_visible"
+        return "glancing" if self._glances.away else "attentive"
