@@ -14,11 +14,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from dms.errors import InputError
+from dms.errors import DmsError, InputError
+
+if TYPE_CHECKING:
+    from dms.config import CameraSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,11 @@ def source_kind(source: str) -> str:
     return "file"
 
 
-def open_capture(source: str) -> cv2.VideoCapture:
-    """An opened cv2.VideoCapture for ``source`` or InputError naming it."""
+def open_capture(source: str, *, width: int = 0, height: int = 0,
+                 fps: float = 0.0) -> cv2.VideoCapture:
+    """An opened cv2.VideoCapture for ``source`` or InputError naming it. For a V4L2 camera
+    a non-zero ``width``/``height``/``fps`` is requested (the driver may pick the nearest
+    mode it has: what it delivers is logged)."""
     kind = source_kind(source)
     if kind == "file":
         p = Path(source)
@@ -67,7 +74,21 @@ def open_capture(source: str) -> cv2.VideoCapture:
             "rtsp": "stream cannot be opened (unreachable or unsupported)",
         }[kind]
         raise InputError(f"{source}: {hint}")
+    if kind == "camera" and (width or height or fps):
+        _request_mode(cap, source, width, height, fps)
     return cap
+
+
+def _request_mode(cap: cv2.VideoCapture, source: str, width: int, height: int,
+                  fps: float) -> None:
+    for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                        (cv2.CAP_PROP_FPS, fps)):
+        if value:
+            cap.set(prop, float(value))
+    got = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
+           cap.get(cv2.CAP_PROP_FPS))
+    log.info("camera %s: asked for %sx%s at %s fps, delivers %.0fx%.0f at %.1f fps", source,
+             width or "default", height or "default", fps or "default", *got)
 
 
 MAX_BAD_FRAMES = 30  # consecutive undecodable frames skipped before a file counts as ended
@@ -131,6 +152,18 @@ def video_frames(path: str, *, max_frames: int | None = None) -> Iterator[Frame]
         cap.release()
     if i == 0:
         raise InputError(f"{path}: video has no readable frames")
+
+
+def video_frame_count(path: str) -> int:
+    """Frames the file says it has (0 when unknown or not a file)."""
+    if source_kind(path) != "file":
+        return 0
+    cap = open_capture(path)
+    try:
+        n = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0
+    finally:
+        cap.release()
+    return int(n) if 0 < n < 1e9 else 0
 
 
 def video_fps(path: str) -> float:
@@ -200,3 +233,114 @@ class LatestFrameReader:
         self._stop.set()
         self._thread.join(timeout=2.0)
         self._cap.release()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """A change of the camera's condition, yielded between frames."""
+
+    t_s: float
+    status: str  # "lost" | "waiting" | "restored" | "ended"
+    detail: str = ""
+
+
+class FrameSource:
+    """Frames from the configured camera, reopened with back-off when lost.
+
+    Video files are paced at their own frame rate when ``realtime`` (so ``dms run`` on a
+    recording behaves like the car), and their timestamps come from the file. Live cameras
+    get the requested ``width``/``height``/``fps`` (0 = the camera's default; what the camera
+    actually delivers is logged). While a lost camera is being reopened, a ``waiting`` status
+    is yielded at least every ``HEARTBEAT_S``, so the loop stays alive (watchdog, state).
+    """
+
+    HEARTBEAT_S = 1.0
+
+    def __init__(
+        self,
+        cfg: CameraSettings,
+        *,
+        opener: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self._opener = opener or (lambda source: open_capture(
+            source, width=cfg.width, height=cfg.height, fps=cfg.fps))
+        self._clock = clock
+        self.reconnects = 0
+        self.reopens = 0  # video files with loop: times the file was opened again
+        self.skipped_frames = 0  # undecodable frames skipped in video files
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame | SourceStatus]:
+        if source_kind(self.cfg.source) == "file":
+            yield from self._file_frames(stop)
+        else:
+            yield from self._live_frames(stop)
+
+    def _file_frames(self, stop: threading.Event) -> Iterator[Frame | SourceStatus]:
+        fps = video_fps(self.cfg.source)
+        offset_s, index = 0.0, 0
+        start = self._clock()
+        while not stop.is_set():
+            cap = self._opener(self.cfg.source)
+            reader = FileFrames(cap, self.cfg.source)
+            n = 0
+            try:
+                for pos, img in reader:
+                    if stop.is_set():
+                        break
+                    t_s = offset_s + pos / fps
+                    if self.cfg.realtime:
+                        delay = start + t_s - self._clock()
+                        if delay > 0 and stop.wait(delay):
+                            return
+                    yield Frame(img, t_s, index)
+                    n += 1
+                    index += 1
+            finally:
+                cap.release()
+                self.skipped_frames += reader.skipped
+            if stop.is_set():
+                return
+            if n == 0 or not self.cfg.loop:
+                yield SourceStatus(offset_s + reader.positions / fps, "ended", self.cfg.source)
+                return
+            offset_s += reader.positions / fps
+            self.reopens += 1
+            log.debug("%s: end of file after %d frames; looping (reopen %d)", self.cfg.source,
+                      n, self.reopens)
+
+    def _live_frames(self, stop: threading.Event) -> Iterator[Frame | SourceStatus]:
+        reader = LatestFrameReader(self.cfg.source, opener=self._opener, clock=self._clock)
+        backoff = self.cfg.reconnect_min_s
+        try:
+            while not stop.is_set():
+                frame = reader.read(timeout_s=self.cfg.frame_timeout_s)
+                if frame is not None:
+                    backoff = self.cfg.reconnect_min_s
+                    yield frame
+                    continue
+                why = "stream ended" if reader.failed else (
+                    f"no frame for {self.cfg.frame_timeout_s:g} s")
+                yield SourceStatus(self._clock(), "lost", f"{self.cfg.source}: {why}")
+                reader.close()
+                while not stop.is_set():
+                    log.warning("camera %s lost (%s); reopening in %.1f s", self.cfg.source,
+                                why, backoff)
+                    until = self._clock() + backoff
+                    while (left := until - self._clock()) > 0:
+                        if stop.wait(min(left, self.HEARTBEAT_S)):
+                            return
+                        yield SourceStatus(self._clock(), "waiting", why)
+                    backoff = min(backoff * 2.0, self.cfg.reconnect_max_s)
+                    try:
+                        reader = LatestFrameReader(
+                            self.cfg.source, opener=self._opener, clock=self._clock)
+                    except DmsError as exc:
+                        why = str(exc)
+                        continue
+                    self.reconnects += 1
+                    yield SourceStatus(self._clock(), "restored", self.cfg.source)
+                    break
+        finally:
+            reader.close()

@@ -159,23 +159,116 @@ def build_perception(detector: str | None = None, pose_model: str | None = None)
     return Perception(det, est)
 
 
-def observations_from_source(
-    source: str, *, detector: str | None = None, pose_model: str | None = None
-) -> Iterator[Observation]:
-    """Observations for every frame of a video file (or live frames of a camera source)."""
+def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:
+    """Frames of a video file in order, or live frames of a camera source until it stops
+    delivering for ``timeout_s``."""
     from dms.capture import LatestFrameReader, source_kind, video_frames
 
-    perception = build_perception(detector, pose_model)
     if source_kind(source) == "file":
-        for frame in video_frames(source):
-            yield perception.process(frame.image, frame.t_s).observation()
+        yield from video_frames(source)
         return
     reader = LatestFrameReader(source)
     try:
-        while True:
-            f = reader.read(timeout_s=5.0)
-            if f is None:
-                break
-            yield perception.process(f.image, f.t_s).observation()
+        while (f := reader.read(timeout_s=timeout_s)) is not None:
+            yield f
     finally:
         reader.close()
+
+
+# ----------------------------------------------------------------- the per-frame step
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorStep:
+    """What one frame produced: perception's result and the engine's."""
+
+    frame: FrameResult
+    result: Any  # dms.engine.engine.StepResult
+
+
+class DriverMonitor:
+    """The one per-frame step of the product: frame -> perception -> engine, plus the capture
+    of an explicit calibration when one was asked for.
+
+    ``dms run``, ``dms replay VIDEO``, ``dms demo``, ``dms calibrate --source`` and ``dms
+    bench`` all call :meth:`step`; they differ only in where frames come from and where
+    results go. :meth:`calibrate` arms a calibration of ``duration_s`` seconds starting at
+    the next frame; when it ends, the neutral pose is computed (``calibrate_neutral``), given
+    to the engine on success, and ``on_done(result_or_refusal)`` is called.
+    """
+
+    def __init__(self, perception: Perception, engine: Any) -> None:
+        self.perception = perception
+        self.engine = engine
+        self.frames = 0
+        self._cal_duration_s: float | None = None
+        self._cal_until: float | None = None
+        self._cal_obs: list[Observation] = []
+        self._cal_done: Any = None
+
+    @classmethod
+    def from_settings(cls, vision: Any, engine_settings: Any, *, neutral: Any = None,
+                      run_id: str = "run", trt_cache_dir: str | None = None) -> DriverMonitor:
+        """Models from the ``[vision]`` settings (``VisionSettings``) and a fresh Engine."""
+        from dataclasses import replace
+
+        from dms.engine.engine import Engine
+        from dms.vision.detect import create_detector
+        from dms.vision.headpose import create_pose_estimator
+
+        rt = vision.runtime
+        if trt_cache_dir and not rt.trt_engine_cache_dir:
+            rt = replace(rt, trt_engine_cache_dir=trt_cache_dir)
+        perception = Perception(create_detector(vision.detector, rt),
+                                create_pose_estimator(vision.pose, rt), vision.tracking,
+                                vision.detector.driver_choice)
+        return cls(perception, Engine(engine_settings, neutral, run_id))
+
+    @property
+    def calibrating(self) -> bool:
+        return self._cal_duration_s is not None
+
+    def calibrate(self, duration_s: float, on_done: Any = None) -> None:
+        """Arm an explicit calibration over the next ``duration_s`` seconds of frames."""
+        self._cal_duration_s, self._cal_until, self._cal_obs = duration_s, None, []
+        self._cal_done = on_done
+
+    def step(self, image: np.ndarray, t_s: float) -> MonitorStep:
+        fr = self.perception.process(image, t_s)
+        obs = fr.observation()
+        if self._cal_duration_s is not None:
+            self._calibration_frame(obs)
+        result = self.engine.step(obs)
+        self.frames += 1
+        return MonitorStep(fr, result)
+
+    def _calibration_frame(self, obs: Observation) -> None:
+        assert self._cal_duration_s is not None
+        if self._cal_until is None:
+            self._cal_until = obs.t_s + self._cal_duration_s
+        self._cal_obs.append(obs)
+        if obs.t_s >= self._cal_until:
+            self.finish_calibration()
+
+    def finish_calibration(self) -> None:
+        """End an armed calibration now with the frames collected so far (a video that ended
+        early); nothing happens when none is armed."""
+        from dms.engine.calibration import CalibrationRefused, calibrate_neutral
+
+        if self._cal_duration_s is None:
+            return
+        observations, done = self._cal_obs, self._cal_done
+        self._cal_duration_s, self._cal_until, self._cal_obs, self._cal_done = (
+            None, None, [], None)
+        s = self.engine.settings
+        outcome: Any
+        try:
+            outcome = calibrate_neutral(observations, s.calibration, s.mount)
+        except CalibrationRefused as exc:
+            log.warning("calibration refused: %s", exc)
+            outcome = exc
+        else:
+            self.engine.set_neutral(outcome.neutral)
+            log.info("calibration done: %s", outcome.to_dict())
+        if done is not None:
+            done(outcome)

@@ -1,20 +1,29 @@
-"""The full pipeline over a recorded video: frames -> perception -> engine -> outputs.
+"""The whole product over a recorded video: frames -> :class:`dms.pipeline.DriverMonitor`
+(the same per-frame step as ``dms run``) -> outputs.
 
 Used by ``dms replay VIDEO`` and ``dms demo``. Events go to ``outputs`` (the same
-:class:`dms.service.AlertOutputs` that ``dms run`` uses) as they happen; optionally an
-annotated copy of the video is written.
+:class:`dms.outputs.routing.AlertOutputs` that ``dms run`` uses) as they happen; optionally an
+annotated copy of the video is written (H.264 when this OpenCV build can, else MPEG-4 Part 2,
+said in the log), marked by a sidecar ``<video>.dms.json`` so that replaying the annotated
+copy (whose overlays would disturb the face detector) is refused with a pointer to the clean
+clip.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dms.errors import InputError
 
+log = logging.getLogger(__name__)
+
 Sample = tuple[float, float | None, float | None, float | None]
+ANNOTATED_MARK = ".dms.json"  # sidecar suffix of an annotated video
 
 
 @dataclass
@@ -24,6 +33,44 @@ class VideoReplay:
     frames: int = 0
     faces: int = 0
     calibrated_at_s: float | None = None  # when the neutral became known (None: never)
+    video_codec: str | None = None  # fourcc of the annotated video written
+
+
+def annotated_source(video: str | Path) -> str | None:
+    """The clean clip an annotated video was made from, when ``video`` is one of ours."""
+    mark = Path(str(video) + ANNOTATED_MARK)
+    if not mark.is_file():
+        return None
+    try:
+        return str(json.loads(mark.read_text(encoding="utf-8")).get("source", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def refuse_annotated(video: str | Path) -> None:
+    source = annotated_source(video)
+    if source is not None:
+        raise InputError(
+            f"{video}: this is dms's annotated output (its overlays cover the face and would "
+            f"change the result); replay the clean clip instead: {source or 'the original'}")
+
+
+def open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, str]:
+    """A VideoWriter for ``path``: H.264 (plays in browsers) when this OpenCV build has an
+    encoder for it, else MPEG-4 Part 2 (logged). Returns (writer, fourcc)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for fourcc in ("avc1", "H264", "mp4v"):
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            if fourcc == "mp4v":
+                log.warning("%s: this OpenCV build has no H.264 encoder; wrote MPEG-4 Part 2, "
+                            "which browsers do not play (ffmpeg -i %s -c:v libx264 out.mp4 "
+                            "converts it)", path, path)
+            return writer, fourcc
+        writer.release()
+    raise InputError(f"{path}: cannot write video here")
 
 
 def replay_video(
@@ -31,27 +78,35 @@ def replay_video(
     settings: Any,
     outputs: Any,
     *,
+    vision: Any = None,
     detector: str | None = None,
     pose_model: str | None = None,
     out_video: Path | None = None,
     on_frame: Callable[[int], None] | None = None,
     on_calibrated: Callable[[float, Any], None] | None = None,
 ) -> VideoReplay:
-    import cv2
-
+    """Replay ``video`` through the per-frame step with engine ``settings`` and the
+    ``vision`` settings (``VisionSettings``; None: the defaults), ``detector`` / ``pose_model``
+    overriding their models."""
     from dms.capture import video_fps, video_frames
-    from dms.engine.engine import Engine
-    from dms.pipeline import build_perception
-    from dms.viz import annotate_frame
+    from dms.config import VisionSettings
+    from dms.pipeline import DriverMonitor
+    from dms.viz import VideoAnnotator
 
-    perception = build_perception(detector, pose_model)
-    engine = Engine(settings)
+    refuse_annotated(video)
+    vision = vision or VisionSettings()
+    if detector:
+        vision = replace(vision, detector=replace(vision.detector, model=detector))
+    if pose_model:
+        vision = replace(vision, pose=replace(vision.pose, model=pose_model))
+    monitor = DriverMonitor.from_settings(vision, settings)
     res = VideoReplay()
     writer = None
+    annotator = VideoAnnotator()
     try:
         for frame in video_frames(str(video)):
-            fr = perception.process(frame.image, frame.t_s)
-            result = engine.step(fr.observation())
+            step = monitor.step(frame.image, frame.t_s)
+            fr, result = step.frame, step.result
             for event in result.events:
                 outputs.publish_event(event.to_dict())
             res.events.extend(result.events)
@@ -65,18 +120,17 @@ def replay_video(
             res.samples.append((frame.t_s, None, None, None) if r is None
                                else (frame.t_s, r.yaw_deg, r.pitch_deg, r.roll_deg))
             if out_video is not None:
-                img = annotate_frame(frame.image, fr.face, result.pose, result.state,
-                                     result.events)
+                img = annotator.frame(frame.image, fr.face, result)
                 if writer is None:
-                    out_video.parent.mkdir(parents=True, exist_ok=True)
-                    writer = cv2.VideoWriter(str(out_video), cv2.VideoWriter_fourcc(*"mp4v"),
-                                             video_fps(str(video)), img.shape[1::-1])
-                    if not writer.isOpened():
-                        raise InputError(f"{out_video}: cannot write video here")
+                    writer, res.video_codec = open_writer(out_video, video_fps(str(video)),
+                                                          img.shape[1::-1])
                 writer.write(img)
             if on_frame is not None:
                 on_frame(res.frames)
     finally:
         if writer is not None:
             writer.release()
+    if out_video is not None and writer is not None:
+        Path(str(out_video) + ANNOTATED_MARK).write_text(
+            json.dumps({"annotated_by": "dms", "source": str(video)}) + "\n", encoding="utf-8")
     return res

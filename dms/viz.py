@@ -100,6 +100,15 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
                  "pitch: - = head down; green = road zone, grey = no face, hatched = "
                  "calibrating (neutral not yet known: no alert armed)",
                  transform=axes[1].transAxes, fontsize=7)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_COLOURS[t], alpha=0.35, label=t.value) for t in _COLOURS
+               if any(e.type is t for e, _, _ in spans)]
+    handles += [Patch(facecolor="none", edgecolor="tab:olive", hatch="//", label="calibrating"),
+                Patch(color="tab:green", alpha=0.15, label="road zone"),
+                Patch(color="gray", alpha=0.2, label="no face")]
+    axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7,
+                   title="shading (darker = higher level L1-L3)", title_fontsize=7)
     axes[-1].set_xlabel("t (s)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,3 +174,79 @@ def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPo
         cv2.putText(img, text.upper(), (10, 56), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2,
                     cv2.LINE_AA)
     return img
+
+
+class VideoAnnotator:
+    """Per-frame overlay of the annotated video, with memory so a person can follow it.
+
+    * an alert's banner stays at least ``BANNER_S`` after it is raised or escalated, even
+      when the alert cleared sooner (then marked "cleared");
+    * the active alerts and their levels are always listed (or "no active alert"), with why
+      a drowsiness alert is still on (nods in the window);
+    * a cleared alert is shown as cleared for ``BANNER_S``;
+    * angles are relative to the driver's neutral pose, labelled so, as in the plot;
+    * the calibration state (calibrating NN % / calibrated, and its source).
+    """
+
+    BANNER_S = 2.0
+
+    def __init__(self) -> None:
+        self._banner: tuple[Event, float] | None = None  # event, shown until
+        self._cleared: list[tuple[Event, float]] = []
+
+    def frame(self, frame_bgr: np.ndarray, face_box: FaceBox | None, result: Any) -> np.ndarray:
+        """Annotated copy of ``frame_bgr`` for an engine ``StepResult``."""
+        import cv2
+
+        t = float(result.t_s)
+        for e in result.events:
+            if e.phase is Phase.CLEARED:
+                self._cleared.append((e, t + self.BANNER_S))
+            elif self._banner is None or e.level >= self._banner[0].level or \
+                    t >= self._banner[1]:
+                self._banner = (e, t + self.BANNER_S)
+        self._cleared = [(e, until) for e, until in self._cleared if t < until]
+        state = result.state
+        img = annotate_frame(frame_bgr, face_box, result.pose, state, ())
+        h, w = img.shape[:2]
+        active = list(state.policy.active_alerts)
+        cleared_ids = {e.alert_id for e, _ in self._cleared}
+        top = max(active, key=lambda a: a.level) if active else None
+        shown = None
+        if self._banner is not None and t < self._banner[1]:
+            shown = self._banner[0]
+        if top is not None and (shown is None or top.level >= shown.level):
+            text, lvl, done = f"L{top.level} {top.type.value}: {top.reason.value}", top.level, False
+        elif shown is not None:
+            done = shown.alert_id in cleared_ids or all(a.alert_id != shown.alert_id
+                                                         for a in active)
+            text, lvl = f"L{shown.level} {shown.type.value}: {shown.reason.value}", shown.level
+        else:
+            text, lvl, done = "", 0, False
+        if text:
+            colour = (0, 170, 0) if done else {1: (0, 200, 255), 2: (0, 128, 255)}.get(
+                lvl, (0, 0, 255))
+            cv2.rectangle(img, (0, 34), (w, 64), colour, -1)
+            cv2.putText(img, (text + (" - cleared" if done else "")).upper(), (10, 56),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2, cv2.LINE_AA)
+        lines = []
+        for a in sorted(active, key=lambda a: -a.level):
+            why = ""
+            if a.type is EventType.DROWSINESS:
+                why = f", {state.policy.nods_in_window} nods in window"
+            lines.append(f"L{a.level} {a.type.value} ({a.reason.value}{why})")
+        lines = ["active: " + ("; ".join(lines) if lines else "no active alert")]
+        lines += [f"cleared: {e.type.value}" for e, _ in self._cleared]
+        for i, line in enumerate(lines):
+            cv2.putText(img, line, (10, 84 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        (160, 255, 160) if line.startswith("cleared") else (255, 255, 255), 1,
+                        cv2.LINE_AA)
+        rel = result.relative
+        cv2.rectangle(img, (0, h - 28), (w, h), (0, 0, 0), -1)
+        label = "no face"
+        if rel is not None:
+            label = (f"relative to neutral: yaw {rel.yaw_deg:+.0f} pitch {rel.pitch_deg:+.0f} "
+                     f"roll {rel.roll_deg:+.0f} deg")
+        cv2.putText(img, label, (10, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        return img

@@ -22,7 +22,7 @@ import pytest
 
 from dms.outputs.mqtt import MqttCommunicator, MqttSettings
 from dms.outputs.outbox import Outbox
-from dms.service import AlertOutputs
+from dms.outputs.routing import AlertOutputs
 
 from broker import Collector, require_mosquitto, start_broker
 
@@ -171,9 +171,8 @@ def damaged_video(path: Path, frames: int = 90, fps: float = 15.0) -> tuple[Path
 def test_a_damaged_frame_mid_file_is_skipped_not_the_end_of_the_video(tmp_path: Path) -> None:
     import threading
 
-    from dms.capture import Frame, video_frames
+    from dms.capture import Frame, FrameSource, SourceStatus, video_frames
     from dms.config import CameraSettings
-    from dms.service import FrameSource, SourceStatus
 
     video, plain = damaged_video(tmp_path / "damaged.mp4")
     assert plain < 60  # the damage stops a naive read loop (before the fix: the whole file)

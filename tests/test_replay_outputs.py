@@ -37,7 +37,8 @@ def config(tmp_path: Path, port: int) -> Path:
 def test_replayed_events_reach_the_broker_in_order(tmp_path, vats_csv):
     with start_broker(tmp_path / "broker") as b:
         sub = Collector(b.port, "dms/replay/alert")
-        p = dms("replay", "--poses", str(vats_csv), "--config", str(config(tmp_path, b.port)))
+        p = dms("replay", "--poses", str(vats_csv), "--config", str(config(tmp_path, b.port)),
+                "--publish")
         assert p.returncode == 0, p.stderr
         printed = [json.loads(line) for line in p.stdout.splitlines()]
         assert printed and any(e["reason"] == "time_sharing" for e in printed)
@@ -51,19 +52,35 @@ def test_replayed_events_reach_the_broker_in_order(tmp_path, vats_csv):
 def test_undelivered_events_go_out_with_the_next_process(tmp_path, vats_csv):
     port = free_port()
     cfg = config(tmp_path, port)
-    p = dms("replay", "--poses", str(vats_csv), "--config", str(cfg), "--drain-timeout-s", "1")
+    p = dms("replay", "--poses", str(vats_csv), "--config", str(cfg), "--publish",
+            "--drain-timeout-s", "1")
     assert p.returncode == 0, p.stderr
     assert "outbox not drained" in p.stderr
     first = [json.loads(line)["event_id"] for line in p.stdout.splitlines()]
     with start_broker(tmp_path / "broker", port=port) as b:
         sub = Collector(b.port, "dms/replay/alert")
-        p2 = dms("replay", "--poses", str(vats_csv), "--config", str(cfg))
+        p2 = dms("replay", "--poses", str(vats_csv), "--config", str(cfg), "--publish")
         assert p2.returncode == 0, p2.stderr
         second = [json.loads(line)["event_id"] for line in p2.stdout.splitlines()]
         assert sub.wait_for(lambda m: len(m) >= len(first) + len(second), 20)
         got = [g["event"]["event_id"] for g in sub.payloads("/alert")]
         sub.close()
     assert got == first + second  # the stored ones first, in order, then the new run's
+
+
+def test_replay_with_the_service_config_never_touches_its_outbox(tmp_path, vats_csv):
+    """Replaying with the service's config (for its [engine] and [vision] settings) must not
+    queue replayed alerts in the service's outbox: the next `dms run` would publish them."""
+    with start_broker(tmp_path / "broker") as b:
+        sub = Collector(b.port, "dms/replay/alert")
+        p = dms("replay", "--poses", str(vats_csv), "--config", str(config(tmp_path, b.port)))
+        assert p.returncode == 0, p.stderr
+        assert [json.loads(line) for line in p.stdout.splitlines()]  # events were printed
+        assert not sub.wait_for(lambda m: len(m) > 0, 2)
+        sub.close()
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").glob("outbox*"))
+    p = dms("replay", "--poses", str(vats_csv), "--publish")
+    assert p.returncode == 2 and "--publish needs" in p.stderr
 
 
 def test_video_replay_writes_annotated_video_and_plot(tmp_path):
@@ -94,3 +111,9 @@ def test_video_replay_writes_annotated_video_and_plot(tmp_path):
     assert ok and first.shape == (480, 640, 3)
     png = cv2.imread(str(plot))
     assert png is not None and png.shape[0] > 200 and png.shape[1] > 400
+    assert f"dms replay: {n + 60} frames" in p.stderr  # the human summary, on stderr
+    # the annotated copy's overlays cover the face: replaying it is refused, naming the clip
+    again = dms("replay", str(out))
+    assert again.returncode == 2 and again.stdout == ""
+    assert "annotated output" in again.stderr and str(src) in again.stderr
+    assert "Traceback" not in again.stderr

@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dms.capture import Frame
+from dms.capture import Frame, FrameSource, SourceStatus
 from dms.config import CameraSettings
 from dms.engine.settings import EngineSettings
-from dms.service import FrameSource, SourceStatus
 
 from broker import Collector, free_port, start_broker
 
@@ -259,7 +258,39 @@ def test_lost_camera_is_reported_and_reopened_with_backoff():
         if sum(isinstance(i, SourceStatus) and i.status == "restored" for i in items) == 2:
             stop.set()
     kinds = [i.status if isinstance(i, SourceStatus) else "frame" for i in items]
-    assert kinds == (["frame"] * 5 + ["lost", "restored"]) * 2
+    # while reopening, "waiting" heartbeats keep the service loop (and its watchdog) alive
+    assert [k for k in kinds if k != "waiting"] == (["frame"] * 5 + ["lost", "restored"]) * 2
+    assert kinds.count("waiting") >= 2
     assert kinds.index("lost") > kinds.index("frame")
     assert all(isinstance(i, Frame) for i in items[:5])
     assert src.reconnects == 2 and len(opened) == 3
+
+
+def test_a_long_reconnect_back_off_still_yields_heartbeats():
+    """A camera that stays missing: the back-off grows to reconnect_max_s, yet the loop hears
+    from the source at least every HEARTBEAT_S (the watchdog is pinged from the loop)."""
+    from dms.errors import InputError
+
+    calls = {"n": 0}
+
+    def opener(_source: str) -> _FakeCamera:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return _FakeCamera(2)
+        raise InputError("0: camera cannot be opened")
+
+    cfg = CameraSettings(source="0", frame_timeout_s=0.2, reconnect_min_s=2.5,
+                         reconnect_max_s=2.5)
+    src = FrameSource(cfg, opener=opener)
+    stop = threading.Event()
+    times = []
+    t0 = time.monotonic()
+    for item in src.frames(stop):
+        if isinstance(item, SourceStatus) and item.status == "waiting":
+            times.append(time.monotonic())
+        if time.monotonic() - t0 > 3 * cfg.reconnect_max_s:
+            stop.set()
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) >= 5
+    assert max(gaps) <= FrameSource.HEARTBEAT_S + 0.5
+    assert calls["n"] >= 2  # it kept trying

@@ -16,8 +16,8 @@ CLEAR_WITHIN_S = 3.0
 
 
 def test_every_alert_clears_within_3_s_of_facing_forward(tmp_path: Path) -> None:
+    from dms.outputs.routing import AlertOutputs
     from dms.replay import replay_video
-    from dms.service import AlertOutputs
     from dms.synth.render import render_scenario
 
     clip = render_scenario(SCRIPT, tmp_path / "clip", fps=10, size="320x240")

@@ -1,4 +1,5 @@
-"""``dms bench``: per-stage latency and end-to-end frames per second of the perception."""
+"""``dms bench``: per-stage latency and end-to-end frames per second of the per-frame step
+(perception + engine: :class:`dms.pipeline.DriverMonitor`, the same step ``dms run`` uses)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ def _input_size(detector: object) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from dms.benchclip import default_clip
     from dms.capture import video_frames
+    from dms.engine.engine import Engine
     from dms.errors import InputError
-    from dms.pipeline import Perception, TrackingSettings
+    from dms.pipeline import DriverMonitor, Perception, TrackingSettings
 
     video = args.video or str(default_clip())
     if args.frames < 1 or args.warmup < 0:
@@ -63,18 +65,20 @@ def run(args: argparse.Namespace) -> int:
     frames = [clip[k if k < len(clip) else period - k] for k in order]
     detector, estimator = build_models(args)
     perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking))
+    monitor = DriverMonitor(perception, Engine())
     for i in range(args.warmup):
-        perception.process(frames[i], i / 30.0)
-    detect, pose, total, found = [], [], [], 0
+        monitor.step(frames[i], i / 30.0)
+    detect, pose, engine, total, found = [], [], [], [], 0
     timed = frames[args.warmup:]
     perception.detections = 0
     for i, img in enumerate(timed):
         t0 = time.perf_counter()
-        r = perception.process(img, (args.warmup + i) / 30.0)
+        r = monitor.step(img, (args.warmup + i) / 30.0).frame
         total.append((time.perf_counter() - t0) * 1e3)
         if r.detected:
             detect.append(r.detect_ms)
         pose.append(r.pose_ms)
+        engine.append(max(total[-1] - r.detect_ms - r.pose_ms, 0.0))
         found += r.pose is not None
     tot = _stats(total)
     out = {
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         "fps_mean": round(1000.0 / float(tot["mean_ms"]), 1),
         "face_found_fraction": round(found / len(timed), 3),
         "detector_runs_per_frame": round(len(detect) / len(timed), 3),
-        "stages": {"detect": _stats(detect), "pose": _stats(pose), "total": tot},
+        "stages": {"detect": _stats(detect), "pose": _stats(pose), "engine": _stats(engine),
+                   "total": tot},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
     }

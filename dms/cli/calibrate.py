@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dms.calibration_store import calibrate_and_store, profile_path
+    from dms.calibration_store import calibrate_and_store, profile_path, save_calibration
     from dms.cli.replay import load_settings_files, read_poses_csv
     from dms.config import load_config
     from dms.config import state_dir as resolve_state_dir
@@ -56,26 +56,16 @@ def run(args: argparse.Namespace) -> int:
     duration = args.duration_s if args.duration_s is not None else settings.calibration.duration_s
     if duration <= 0:
         raise InputError(f"--duration-s {duration:g}: must be > 0")
-    if args.poses is not None:
-        observations = read_poses_csv(args.poses)
-        if observations:
-            t0 = observations[0].t_s
-            observations = [o for o in observations if o.t_s - t0 <= duration]
-    else:
-        from dms.pipeline import observations_from_source
-
-        stream = observations_from_source(args.source, detector=args.detector,
-                                          pose_model=args.pose_model)
-        observations = []
-        for o in stream:
-            if observations and o.t_s - observations[0].t_s > duration:
-                break
-            observations.append(o)
-        close = getattr(stream, "close", None)
-        if close is not None:  # stop the camera reader
-            close()
     try:
-        result, path = calibrate_and_store(observations, settings, state_dir, args.profile)
+        if args.poses is not None:
+            observations = read_poses_csv(args.poses)
+            if observations:
+                t0 = observations[0].t_s
+                observations = [o for o in observations if o.t_s - t0 <= duration]
+            result, path = calibrate_and_store(observations, settings, state_dir, args.profile)
+        else:
+            result = _calibrate_source(args, cfg, settings, duration)
+            path = save_calibration(state_dir, args.profile, result, mount=settings.mount.name)
     except CalibrationRefused as exc:
         print(json.dumps({"ok": False, "profile": args.profile, "code": exc.code,
                           "reason": str(exc)}))
@@ -84,3 +74,35 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"ok": True, "profile": args.profile, "path": str(path),
                       **result.to_dict()}))
     return 0
+
+
+def _calibrate_source(args: argparse.Namespace, cfg: Any, settings: Any, duration: float) -> Any:
+    """The service's per-frame step on the source with a calibration armed; the result, or
+    CalibrationRefused raised."""
+    from dataclasses import replace
+
+    from dms.engine.calibration import CalibrationRefused
+    from dms.pipeline import DriverMonitor, frames_from_source
+
+    vision = cfg.vision
+    if args.detector:
+        vision = replace(vision, detector=replace(vision.detector, model=args.detector))
+    if args.pose_model:
+        vision = replace(vision, pose=replace(vision.pose, model=args.pose_model))
+    monitor = DriverMonitor.from_settings(vision, settings)
+    outcome: list[Any] = []
+    monitor.calibrate(duration, outcome.append)
+    frames = frames_from_source(args.source)
+    try:
+        for frame in frames:
+            monitor.step(frame.image, frame.t_s)
+            if outcome:
+                break
+    finally:
+        frames.close()  # type: ignore[attr-defined]
+    monitor.finish_calibration()  # the source ended first: use what was collected
+    if not outcome:
+        raise CalibrationRefused("no_frames", "no frames were received")
+    if isinstance(outcome[0], CalibrationRefused):
+        raise outcome[0]
+    return outcome[0]

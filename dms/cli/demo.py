@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from dms.config import load_config, state_dir
     from dms.engine.settings import EngineSettings
+    from dms.outputs.routing import AlertOutputs, open_mqtt
     from dms.replay import replay_video
-    from dms.service import AlertOutputs, open_mqtt
     from dms.synth.render import render_scenario
     from dms.viz import plot_timeline
 
@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
                          res.calibrated_at_s)
     (args.out / "events.jsonl").write_text(
         "".join(json.dumps(e.to_dict()) + "\n" for e in res.events))
-    expected = json.loads(Path(clip.expected_events).read_text())["events"]
+    expected_doc = json.loads(Path(clip.expected_events).read_text())
+    (args.out / "expected.json").write_text(json.dumps(expected_doc, indent=2) + "\n")
+    expected = expected_doc["events"]
     raised = [e for e in res.events if e.phase.value == "raised"]
     found = 0
     for exp in expected:
@@ -94,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if video_out is not None:
         print(f"annotated video: {video_out}", file=out)
     print(f"timeline plot:   {plot}\nevents:          {args.out / 'events.jsonl'}", file=out)
+    print(f"expected:        {args.out / 'expected.json'} (the script's alerts; one on time is "
+          "a raised event of the same type within t_s +- tolerance_s)", file=out)
+    print(f"clean clip:      {clip.video} (replay it yourself: dms replay {clip.video}; the "
+          "annotated video is refused, its overlays cover the face)", file=out)
     if comm is not None:
         print(f"mqtt: {outputs.published} alerts sent to {args.mqtt}"
               + ("" if drained else " (outbox not yet drained: the next run delivers the rest)"),

@@ -4,10 +4,17 @@ events as JSON lines on stdout, nothing else.
     dms replay --poses FILE.csv [--settings FILE.toml ...] [--plot timeline.png]
     dms replay VIDEO [--detector D] [--pose-model M] [--out-video OUT.mp4] [--plot P.png]
 
-With ``--config FILE`` (its ``[mqtt]`` enabled) or ``--mqtt HOST:PORT`` the events are also
-published through exactly the path ``dms run`` uses (durable outbox, QoS 1), so recorded
-drives can be re-published; before exiting it waits up to ``--drain-timeout-s`` for the
-outbox, and whatever is left is delivered by the next process using the same state directory.
+``--config FILE`` takes the configuration's ``[engine]`` and ``[vision]`` settings, so a video
+replays exactly as ``dms run --source VIDEO --config FILE`` runs (the same per-frame step). It
+publishes nothing unless asked: with ``--mqtt HOST:PORT``, or ``--publish`` (the config's
+``[mqtt]`` and state directory), the events go through exactly the path ``dms run`` uses
+(durable outbox, QoS 1), so recorded drives can be re-published; before exiting it waits up
+to ``--drain-timeout-s`` for the outbox, and whatever is left is delivered by the next process
+using the same state directory. Without them the service's outbox is never touched.
+
+A video shows a progress bar on stderr and ends with a one-line summary there; stdout carries
+only the JSON lines. dms's own annotated videos are refused (their overlays cover the face):
+replay the clean clip.
 
 The poses CSV has a header row with columns ``t,yaw,pitch,roll`` (seconds, degrees, AFLW2000
 convention: pitch < 0 is head down) and optionally ``face`` (0/1; when 0 the pose fields are
@@ -47,8 +54,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", type=Path, default=None, metavar="PATH",
                    help="write a timeline plot (PNG) of the relative pose, zones and events")
     p.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
-                   help="dms configuration: its [engine] settings, and its [mqtt] and state "
-                   "directory to publish the events like `dms run`")
+                   help="dms configuration: its [engine] and [vision] settings (and, with "
+                   "--publish, its [mqtt] and state directory)")
+    p.add_argument("--publish", action="store_true",
+                   help="publish the events like `dms run` through the config's [mqtt] and "
+                   "state directory (never done without this or --mqtt)")
+    p.add_argument("--quiet", action="store_true", help="video: no progress bar or summary")
     p.add_argument("--mqtt", default=None, metavar="HOST:PORT",
                    help="publish the events to this broker (durable outbox, as `dms run`)")
     p.add_argument("--drain-timeout-s", type=float, default=None, metavar="S",
@@ -175,22 +186,24 @@ def _print_event(record: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dms.config import load_config, state_dir
-    from dms.service import AlertOutputs, open_mqtt
+    from dms.outputs.routing import AlertOutputs, open_mqtt
 
     if (args.poses is None) == (args.video is None):
         raise InputError("give either --poses FILE.csv or a VIDEO, not both or neither")
+    if args.publish and args.config is None and not args.mqtt:
+        raise InputError("--publish needs --config FILE (its [mqtt]) or --mqtt HOST:PORT")
     cfg = load_config(args.config) if args.config else None
     settings = (cfg.engine if cfg is not None and not args.settings
                 else load_settings_files(args.settings))
     comm = None
-    if args.mqtt or (cfg is not None and cfg.mqtt.enabled):
+    if args.mqtt or args.publish:
         cfg = cfg or load_config(None)
         comm = open_mqtt(cfg, state_dir(cfg), args.mqtt)
     outputs = AlertOutputs(comm)
-    calibration: dict[str, float] = {}
     drain_s = args.drain_timeout_s
     if drain_s is None:
         drain_s = cfg.service.stop_drain_timeout_s if cfg is not None else 3.0
+    calibration: dict[str, float] = {}
     try:
         if args.poses is not None:
             if args.out_video is not None:
@@ -200,15 +213,7 @@ def run(args: argparse.Namespace) -> int:
                                      keep_samples=bool(args.plot), outputs=outputs,
                                      calibration=calibration)
         else:
-            from dms.replay import replay_video
-            from dms.service import AlertOutputs as _Outputs
-
-            printing = _Outputs(outputs.comm, on_event=_print_event)
-            rv = replay_video(args.video, settings, printing, detector=args.detector,
-                              pose_model=args.pose_model, out_video=args.out_video)
-            samples, events = rv.samples, rv.events
-            if rv.calibrated_at_s is not None:
-                calibration["at_s"] = rv.calibrated_at_s
+            samples, events = _replay_video(args, cfg, settings, outputs, calibration)
     finally:
         drained = outputs.close(drain_s)
         if comm is not None and not drained:
@@ -219,3 +224,37 @@ def run(args: argparse.Namespace) -> int:
 
         plot_timeline(samples, events, settings.zones, args.plot, calibration.get("at_s"))
     return 0
+
+
+def _replay_video(args: argparse.Namespace, cfg: Any, settings: Any, outputs: Any,
+                  calibration: dict[str, float]) -> tuple[list[Any], list[Any]]:
+    from tqdm import tqdm
+
+    from dms.capture import video_frame_count
+    from dms.outputs.routing import AlertOutputs
+    from dms.replay import refuse_annotated, replay_video
+
+    refuse_annotated(args.video)
+    total = video_frame_count(args.video)
+    bar = tqdm(total=total or None, desc="replay", unit="frame", file=sys.stderr,
+               leave=False, disable=args.quiet)
+    printing = AlertOutputs(outputs.comm, on_event=_print_event)
+    try:
+        rv = replay_video(args.video, settings, printing, vision=None if cfg is None
+                          else cfg.vision, detector=args.detector,
+                          pose_model=args.pose_model, out_video=args.out_video,
+                          on_frame=lambda n: bar.update(1))
+    finally:
+        bar.close()
+    outputs.published += printing.published
+    if rv.calibrated_at_s is not None:
+        calibration["at_s"] = rv.calibrated_at_s
+    if not args.quiet:
+        raised = [e for e in rv.events if e.phase.value == "raised"]
+        kinds = ", ".join(sorted({f"{e.type.value}/{e.reason.value}" for e in raised}))
+        cal = ("never (the face was not steady long enough)" if rv.calibrated_at_s is None
+               else f"at {rv.calibrated_at_s:.1f} s")
+        print(f"dms replay: {rv.frames} frames, face in {rv.faces / max(rv.frames, 1):.0%}; "
+              f"neutral learned {cal}; {len(raised)} alerts raised"
+              + (f" ({kinds})" if kinds else ""), file=sys.stderr)
+    return rv.samples, rv.events
