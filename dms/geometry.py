@@ -98,9 +98,14 @@ def relative_rotation(R_neutral: np.ndarray, R: np.ndarray) -> np.ndarray:
 
 
 def geodesic_deg(R1: np.ndarray, R2: np.ndarray) -> float:
-    """Angle in degrees of the rotation that takes R1 to R2."""
-    c = (np.trace(np.asarray(R1).T @ np.asarray(R2)) - 1.0) / 2.0
-    return float(np.rad2deg(np.arccos(np.clip(c, -1.0, 1.0))))
+    """Angle in degrees of the rotation that takes R1 to R2.
+
+    atan2 of the sine (from the skew part) and the cosine (from the trace): accurate for tiny
+    angles too, where arccos of the trace alone loses half the digits (1e-6 deg of noise)."""
+    M = np.asarray(R1).T @ np.asarray(R2)
+    c = (np.trace(M) - 1.0) / 2.0
+    s = 0.5 * np.linalg.norm([M[2, 1] - M[1, 2], M[0, 2] - M[2, 0], M[1, 0] - M[0, 1]])
+    return float(np.rad2deg(np.arctan2(s, c)))
 
 
 def mirror_rotation(R: np.ndarray) -> np.ndarray:
