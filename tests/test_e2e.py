@@ -1,6 +1,7 @@
 """End to end: rendered drives -> `dms run` (embedded models, engine, outbox) -> a real
-mosquitto -> a subscriber. Each scripted alert must arrive with the right type within the
-scenario's tolerance of its scripted time; normal driving with mirror checks raises none."""
+mosquitto -> a subscriber. Each alert a scenario declares (its script's `expect` lines) must
+arrive with the declared type, reason and level inside the declared window; normal driving
+with mirror checks raises none."""
 
 from __future__ import annotations
 
@@ -52,11 +53,12 @@ def test_scripted_alerts_arrive_on_the_broker(name, clips, broker, tmp_path):
         assert raised == [], raised
         return
     for exp in expected:
-        hits = [a for a in raised if a["type"] == exp["type"]
-                and abs(a["t_s"] - exp["t_s"]) <= exp["tolerance_s"]]
-        assert hits, (f"{name}: expected {exp['type']} at {exp['t_s']:.2f} s "
-                      f"+- {exp['tolerance_s']} s; raised: "
-                      f"{[(a['type'], a['t_s']) for a in raised]}")
+        hits = [a for a in raised if a["type"] == exp["type"] and a["reason"] == exp["reason"]
+                and exp["level"] in (None, a["level"])
+                and abs(a["t_s"] - exp["t_s"]) <= exp["tolerance_s"] + 1e-6]
+        assert hits, (f"{name}: expected {exp['type']}/{exp['reason']} L{exp['level']} in "
+                      f"{exp['window_s']} s (line {exp['line']}); raised: "
+                      f"{[(a['type'], a['reason'], a['level'], a['t_s']) for a in raised]}")
     # nothing raised that the script did not ask for
     kinds = {e["type"] for e in expected}
     assert {a["type"] for a in raised} <= kinds | {"driver_not_visible", "system_degraded"}

@@ -3,7 +3,8 @@
     dms scenarios bench [--n 200] [--seed 0] [--json]   long-glance latency, false alerts
     dms scenarios mounts [--n 200] [--wrong-mount-deg 25] [--explicit] [--json]
                                                          the random-mount suite (default config)
-    dms scenarios write NAME --out FILE.csv              a named story as a poses CSV
+    dms scenarios write NAME|SCENARIO|SCRIPT --out FILE.csv
+                                                         a story as a poses CSV
     dms scenarios list                                   the named stories
 """
 
@@ -39,9 +40,12 @@ def register(subparsers: Any) -> None:
     m.add_argument("--explicit", action="store_true",
                    help="give the engine the true neutral (a perfect dms calibrate): the ceiling")
     m.add_argument("--json", action="store_true", help="print one JSON object")
-    w = sub.add_parser("write", help="write a named story as a poses CSV")
-    w.add_argument("name", help="story name (see `dms scenarios list`) or a script such as "
-                   "'road 5; glance left_mirror 1.2; road 3'")
+    w = sub.add_parser("write", help="write a story as a poses CSV",
+                       description="A named story, the script of a synth scenario (name or "
+                       ".toml, see `dms synth list`) or a script in the scenario language "
+                       "(docs/synth.md) through the engine's pose builder, as a poses CSV.")
+    w.add_argument("name", help="story name (see `dms scenarios list`), a synth scenario name "
+                   "or .toml, or a script such as 'road 5s; glance left-mirror 1.2s; road 3s'")
     w.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--rate-hz", type=float, default=20.0)
@@ -63,24 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings_files(args.settings)
     if args.scenarios_command == "write":
-        lib = scenarios.library(settings, seed=args.seed, rate_hz=args.rate_hz)
-        if args.name in lib:
-            sc = lib[args.name]
-        elif ";" in args.name or " " in args.name:
-            try:
-                sc = scenarios.build_script(args.name, settings, seed=args.seed,
-                                            rate_hz=args.rate_hz)
-            except ValueError as exc:
-                raise InputError(f"scenario script: {exc}") from None
-        else:
-            raise InputError(f"unknown scenario {args.name!r} (known: {', '.join(lib)})")
-        try:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(scenarios.csv_text(sc.observations), encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{args.out}: cannot write: {exc}") from None
-        print(f"{args.out}: {len(sc.observations)} rows, {sc.duration_s:.1f} s", file=sys.stderr)
-        return 0
+        return _write(args, settings)
     if args.n < 1:
         raise InputError(f"--n {args.n}: must be >= 1")
     if args.scenarios_command == "mounts":
@@ -106,6 +93,34 @@ def run(args: argparse.Namespace) -> int:
         for rate, j in result["jitter"].items():
             print(f"jitter at {rate}: raw {j['raw_std_deg']:.3f} deg -> filtered "
                   f"{j['filtered_std_deg']:.3f} deg (x{j['reduction']:.1f})")
+    return 0
+
+
+def _write(args: argparse.Namespace, settings: Any) -> int:
+    """A library story, a synth scenario's script, or an inline script -> poses CSV."""
+    from dms.engine import scenarios
+    from dms.synth.script import list_scenarios, load_scenario
+
+    lib = scenarios.library(settings, seed=args.seed, rate_hz=args.rate_hz)
+    if args.name in lib:
+        sc = lib[args.name]
+    else:
+        is_file = args.name.endswith(".toml") or args.name in list_scenarios()
+        if not (is_file or ";" in args.name or " " in args.name):
+            raise InputError(f"unknown scenario {args.name!r} (known: {', '.join(lib)}; "
+                             f"synth scenarios: {', '.join(list_scenarios())}; or a script)")
+        text, source = args.name, "scenario script"
+        if is_file:
+            text = load_scenario(args.name).script.text
+            source = f"{args.name}: script"
+        sc = scenarios.build_script(text, settings, source=source, seed=args.seed,
+                                    rate_hz=args.rate_hz)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(scenarios.csv_text(sc.observations), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{args.out}: cannot write: {exc}") from None
+    print(f"{args.out}: {len(sc.observations)} rows, {sc.duration_s:.1f} s", file=sys.stderr)
     return 0
 
 

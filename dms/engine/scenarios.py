@@ -4,11 +4,13 @@ A story is a list of segments in seconds::
 
     ScenarioBuilder(settings, rate_hz=20).road(5).glance("left_mirror", 1.2).road(3).build()
 
-or the same as a script: ``"road 5; glance left_mirror 1.2; road 3"``. Glance targets are the
-named zones of the settings (``zones.glance``) or ``(yaw_inboard_deg, pitch_deg)`` pairs,
-relative to the simulated driver's neutral pose, which defaults to the mount prior. Each
-segment starts and ends with the head on the road: a glance ramps out over ``turn_s``, holds,
-and ramps back over ``turn_s`` so that it is back at the road pose exactly at its end.
+or the same in the scenario language (:mod:`dms.engine.script`, shared with the renderer):
+``ScenarioBuilder(settings).script("road 5s; glance left-mirror 1.2s; road 3s").build()``.
+Glance targets are the named zones of the settings (``zones.glance``) or
+``(yaw_inboard_deg, pitch_deg)`` pairs, relative to the simulated driver's neutral pose, which
+defaults to the mount prior. Each segment starts and ends with the head on the road: a glance
+ramps out over ``turn_s``, holds, and ramps back over ``turn_s`` so that it is back at the road
+pose exactly at its end.
 
 Everything is deterministic for a given ``seed``: Gaussian pose noise (``noise_deg`` per
 axis), dropped frames (``drop_prob``: no observation at all) and single-frame outliers
@@ -17,6 +19,7 @@ axis), dropped frames (``drop_prob``: no observation at all) and single-frame ou
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import random
@@ -28,6 +31,16 @@ import numpy as np
 from dms.engine.engine import Engine
 from dms.engine.events import Event, EventType, Phase
 from dms.engine.filter import settle_delay_bound_s, smoothing_alpha
+from dms.engine.script import (
+    AWAY_TARGET,
+    FACE_VISIBLE_MAX_DEG,
+    GLANCE_LOST_BEYOND_DEG,
+    NOD_DEPTH_DEG,
+    Expectation,
+    Step,
+    parse,
+    zone_targets,
+)
 from dms.engine.settings import EngineSettings, GlanceZone
 from dms.geometry import euler_from_rotation, rotation_from_euler
 from dms.types import HeadPose, Observation
@@ -37,7 +50,7 @@ from dms.types import HeadPose, Observation
 class Segment:
     """One piece of a story. Angles are the target, relative to neutral (inboard yaw)."""
 
-    kind: str  # road | glance | nod | slump | lost | glance_lost
+    kind: str  # road | glance | nod | slump | lost | glance_lost | away
     start_s: float
     end_s: float
     target: str | None = None
@@ -46,6 +59,8 @@ class Segment:
     turn_s: float = 0.0  # ramp out (glance) or drop time (nod, slump)
     rise_s: float = 0.0  # ramp back up (nod, slump)
     lost_beyond_deg: float = 90.0  # glance_lost: face lost beyond this inboard yaw
+    # away: face lost while the head's forward axis is further than this from the camera's
+    lost_facing_deg: float = 180.0
     speed_kmh: float | None = None
     steering_deg: float | None = None
 
@@ -60,6 +75,7 @@ class Scenario:
     segments: tuple[Segment, ...]
     rate_hz: float
     settings: EngineSettings = field(compare=False)
+    expectations: tuple[Expectation, ...] = ()  # the script's ``expect`` lines
 
     @property
     def duration_s(self) -> float:
@@ -92,6 +108,7 @@ class ScenarioBuilder:
         self.R_neutral = rotation_from_euler(p, y, r)
         self._speed, self._steer = speed_kmh, steering_deg
         self._segments: list[Segment] = []
+        self._expectations: list[Expectation] = []
         self._t = 0.0
 
     # ----------------------------------------------------------------- segments
@@ -142,7 +159,7 @@ class ScenarioBuilder:
                          lost_beyond_deg=lost_beyond_deg, yaw_inboard_deg=yaw, pitch_deg=pitch,
                          turn_s=min(self.turn_s, duration_s / 2))
 
-    def nod(self, depth_deg: float = 22.0, drop_s: float = 0.3, hold_s: float = 0.4,
+    def nod(self, depth_deg: float = NOD_DEPTH_DEG, drop_s: float = 0.3, hold_s: float = 0.4,
             rise_s: float = 0.4) -> ScenarioBuilder:
         """Fast pitch drop to ``-depth_deg``, short hold, return."""
         return self._add("nod", drop_s + hold_s + rise_s, pitch_deg=-depth_deg, turn_s=drop_s,
@@ -166,29 +183,55 @@ class ScenarioBuilder:
         self._steer = deg
         return self
 
-    def script(self, text: str) -> ScenarioBuilder:
-        """Apply ``"road 5; glance left_mirror 1.2; nod; slump 5; lost 3; speed 0; ..."``."""
-        for n, part in enumerate(p.strip() for p in text.split(";")):
-            if not part:
-                continue
-            words = part.split()
-            op, args = words[0], words[1:]
-            try:
-                if op in ("road", "lost"):
-                    getattr(self, op)(float(args[0]))
-                elif op in ("glance", "glance_lost"):
-                    getattr(self, op)(_target(args[0]), float(args[1]))
-                elif op == "nod":
-                    self.nod(*(float(a) for a in args))
-                elif op == "slump":
-                    self.slump(float(args[0]), *(float(a) for a in args[1:]))
-                elif op in ("speed", "steering"):
-                    getattr(self, op)(None if args[0] == "none" else float(args[0]))
-                else:
-                    raise ValueError(f"unknown step {op!r}")
-            except (IndexError, ValueError) as exc:
-                raise ValueError(f"script step {n + 1} ({part!r}): {exc}") from None
+    def away(self, duration_s: float, target: tuple[float, float] = AWAY_TARGET,
+             facing_max_deg: float = FACE_VISIBLE_MAX_DEG) -> ScenarioBuilder:
+        """A turn far toward the side window; the face is lost while the head's forward axis
+        is more than ``facing_max_deg`` from the camera's (as the renderer decides it)."""
+        yaw, pitch = self.target_deg(target)
+        return self._add("away", duration_s, target="away", yaw_inboard_deg=yaw,
+                         pitch_deg=pitch, turn_s=min(self.turn_s, duration_s / 2),
+                         lost_facing_deg=facing_max_deg)
+
+    def script(self, text: str, *, source: str = "script") -> ScenarioBuilder:
+        """Append a script in the scenario language (:mod:`dms.engine.script`), e.g.
+        ``"road 5s; glance left-mirror 1.2s; nod x3 over 30s; slump 5s; lost 3s; speed 0"``.
+        Steps that only matter to the renderer (``hand``, ``sunglasses``, ``light``) keep
+        their time on the road or take none; ``occlude``/``block`` are ``lost``. The
+        script's ``expect`` lines, shifted to where the script starts, go into the
+        scenario's ``expectations``. Errors: :class:`dms.engine.script.ScriptError`."""
+        t0 = self._t
+        parsed = parse(text, source=source, targets=zone_targets(self.settings.zones.glance))
+        for step in parsed.steps:
+            self._apply(step)
+        self._expectations.extend(
+            dataclasses.replace(e, lo_s=e.lo_s + t0, hi_s=e.hi_s + t0)
+            for e in parsed.expectations)
         return self
+
+    def _apply(self, step: Step) -> None:
+        v, d = step.verb, step.duration_s
+        target = step.target if step.target in self._zone_names() else (
+            step.yaw_deg, step.pitch_deg)
+        if v in ("road", "hand"):
+            self.road(d)
+        elif v in ("lost", "occlude", "block"):
+            self.lost(d)
+        elif v == "glance":
+            self.glance(target, d)
+        elif v == "glance_lost":
+            self.glance_lost(target, d, GLANCE_LOST_BEYOND_DEG)
+        elif v == "away":
+            self.away(d, (step.yaw_deg, step.pitch_deg))
+        elif v == "nod":
+            self.nod(-step.pitch_deg)
+        elif v == "slump":
+            self.slump(d, -step.pitch_deg)
+        elif v in ("speed", "steering"):
+            getattr(self, v)(step.value)
+        # sunglasses, light, expect: nothing for a pose-only story
+
+    def _zone_names(self) -> set[str]:
+        return {z.name for z in self.settings.zones.glance}
 
     # ----------------------------------------------------------------- frames
 
@@ -199,7 +242,7 @@ class ScenarioBuilder:
             return 0.0, 0.0
         if seg.kind == "lost":
             return None
-        if seg.kind in ("glance", "glance_lost"):
+        if seg.kind in ("glance", "glance_lost", "away"):
             k = min(u / turn, 1.0, (d - u) / turn) if turn > 0 else 1.0
             k = max(k, 0.0)
             pose = (k * seg.yaw_inboard_deg, k * seg.pitch_deg)
@@ -234,6 +277,10 @@ class ScenarioBuilder:
             yaw_in, pitch = rel
             yaw = -yaw_in if self.rhd else yaw_in
             R = self.R_neutral @ rotation_from_euler(pitch, yaw, 0.0)
+            if _facing_deg(R) > seg.lost_facing_deg:  # away: out of the camera's view
+                obs.append(Observation(t, None, speed_kmh=seg.speed_kmh,
+                                       steering_deg=seg.steering_deg))
+                continue
             if self.outlier_prob and rng.random() < self.outlier_prob:
                 direction = nrng.normal(size=3)
                 noise = noise + self.outlier_deg * direction / np.linalg.norm(direction)
@@ -242,19 +289,21 @@ class ScenarioBuilder:
             p, y, r = euler_from_rotation(R)
             obs.append(Observation(t, HeadPose(R, p, y, r, self.confidence),
                                    speed_kmh=seg.speed_kmh, steering_deg=seg.steering_deg))
-        return Scenario(tuple(obs), tuple(self._segments), self.rate_hz, self.settings)
+        return Scenario(tuple(obs), tuple(self._segments), self.rate_hz, self.settings,
+                        tuple(self._expectations))
 
 
-def _target(word: str) -> str | tuple[float, float]:
-    if "," in word:
-        yaw, pitch = word.split(",", 1)
-        return float(yaw), float(pitch)
-    return word
+def _facing_deg(R: np.ndarray) -> float:
+    """Angle between the head's forward axis and the camera's, degrees."""
+    return math.degrees(math.acos(max(-1.0, min(1.0, float(R[2, 2])))))
 
 
-def build_script(text: str, settings: EngineSettings | None = None,
+def build_script(text: str, settings: EngineSettings | None = None, *, source: str = "script",
                  **builder_kw: object) -> Scenario:
-    return ScenarioBuilder(settings, **builder_kw).script(text).build()  # type: ignore[arg-type]
+    """A scenario from a script (:mod:`dms.engine.script`); ``builder_kw`` go to
+    :class:`ScenarioBuilder`."""
+    builder = ScenarioBuilder(settings, **builder_kw)  # type: ignore[arg-type]
+    return builder.script(text, source=source).build()
 
 
 # ----------------------------------------------------------------- running and timing

@@ -41,6 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dms.engine import script as grammar
 from dms.errors import InputError
 from dms.paths import models_dir, photo_path
 from dms.synth.lift import LiftedFace, lift_photo
@@ -401,6 +402,7 @@ def render_key(scenario: Scenario, options: RenderOptions) -> str:
     h.update(SYNTH_VERSION.encode())
     for module in ("lift.py", "render.py", "script.py"):  # the renderer's own code
         h.update((Path(__file__).parent / module).read_bytes())
+    h.update(Path(grammar.__file__).read_bytes())  # the scenario language it reads
     h.update(scenario.script.text.encode())
     h.update(json.dumps(dataclasses.asdict(options), sort_keys=True).encode())
     h.update(photo_path(options.photo).read_bytes())

@@ -1,34 +1,19 @@
-"""Driver scripts: a small text format -> a head trajectory, ground truth and expected events.
+"""Driver scripts -> a rendered head's trajectory, ground truth and the declared expected events.
 
-A script is a list of steps separated by ``;`` or new lines (``#`` starts a comment)::
+The script language is :mod:`dms.engine.script` (one grammar for the engine's stories and
+this renderer; its module doc lists every step)::
 
     road 5s; glance left-mirror 1.2s; road 3s; glance infotainment 4s
+    expect distraction/long_glance L1 12.1..12.9
     nod x3 over 40s; slump 4s; sunglasses on; hand 1.5s; occlude 3s; away 4s
 
-Steps that take time (durations: ``5s``, ``1.2s``, ``500ms`` or a bare number of seconds):
-
-==============================  ===========================================================
-``road D``                      look at the road (neutral pose, small natural sway)
-``glance TARGET D``             turn to a named target (table below, ``-`` or ``_``) or to
-                                ``YAW,PITCH[,ROLL]`` degrees relative to neutral (yaw inboard
-                                = toward the car's centre), hold, and come back; ``D``
-                                includes the turns (``GLANCE_TURN_S`` each way)
-``nod [xN] [over D]``           N nods (default 1): a fast pitch drop of ``NOD_DEPTH_DEG`` and
-                                return in ``NOD_S``; with ``over D`` the nods are spread evenly
-                                over D seconds with the road in between
-``slump D``                     head drops ``SLUMP_DEPTH_DEG`` fast and stays down; it comes
-                                back up over the last ``SLUMP_RISE_S`` of D
-``away D``                      turn far toward the side window (``AWAY_TARGET``): the face
-                                leaves the camera's view
-``occlude D``                   a hand covers the whole face (face not visible, pose frontal)
-``block D``                     the camera is blocked (dark frame, no face)
-``hand D``                      a hand crosses in front of the face (partial occlusion)
-==============================  ===========================================================
-
-Steps that take no time (they apply from that point on):
-
-* ``sunglasses on|off``  dark glasses following the eyes;
-* ``light GAIN [over D]``  scene brightness factor (1 = normal), reached over D seconds.
+This module gives the steps their rendered motion: a glance turns in ``GLANCE_TURN_S`` each
+way (minimum jerk) and is tilted by ``ROLL_PER_YAW`` unless a roll is given; a nod drops in
+``NOD_DROP_S``, holds ``NOD_HOLD_S`` and returns in ``NOD_RISE_S``; a slump drops in
+``SLUMP_DROP_S`` and comes back over the last ``SLUMP_RISE_S``; ``occlude`` moves a hand in
+over ``HAND_IN_S``; ``lost`` renders as ``block``. ``speed`` and ``steering`` are ignored
+(the rendered clip carries no vehicle signals); ``glance_lost`` cannot be rendered (a
+detector losing a visible face is not something a picture can script) and is refused.
 
 The head pose seen by the camera is ``R = R_neutral @ rotation_from_euler(pitch, yaw, roll)``
 with (pitch, yaw, roll) relative to the driver's neutral pose and ``R_neutral`` the camera
@@ -39,35 +24,33 @@ lands in the engine's zone of that name. Transitions are minimum-jerk ramps; a s
 seeded sway (a few slow sinusoids, about 1 deg) keeps the head alive. The sway and the
 script are deterministic for a given seed.
 
-Expected events (:func:`expected_events`) are derived from the script with the rules of
-REFERENCE.md section 2 and the engine's thresholds (``PolicySettings``/``ZoneSettings``);
-they live in that one function and are documented there.
+Expected events are the script's ``expect`` lines (:func:`events_json`); nothing here
+re-derives them from the engine's rules.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dms.engine import script as grammar
+from dms.engine.script import Expectation, ScriptError
 from dms.errors import InputError
 from dms.geometry import euler_from_rotation, rotation_from_euler
 
 GLANCE_TURN_S = 0.4  # ramp out / back of a glance
-NOD_DEPTH_DEG = 22.0  # pitch drop of a nod below neutral
 NOD_DROP_S, NOD_HOLD_S, NOD_RISE_S = 0.3, 0.3, 0.5
 NOD_S = NOD_DROP_S + NOD_HOLD_S + NOD_RISE_S
-SLUMP_DEPTH_DEG = 38.0
+assert abs(NOD_S - grammar.NOD_S) < 1e-9, "a rendered nod takes the grammar's NOD_S"
 SLUMP_DROP_S, SLUMP_RISE_S = 0.5, 0.8
-AWAY_TARGET = (-85.0, -5.0)  # (yaw inboard, pitch): over the shoulder, out of the side window
+NOD_DEPTH_DEG, SLUMP_DEPTH_DEG = grammar.NOD_DEPTH_DEG, grammar.SLUMP_DEPTH_DEG
 HAND_IN_S = 0.35  # time a covering hand takes to move in / out
-FACE_VISIBLE_MAX_DEG = 72.0  # head turned further from the camera than this: face out of view
+FACE_VISIBLE_MAX_DEG = grammar.FACE_VISIBLE_MAX_DEG  # beyond: the face is out of view
 ROLL_PER_YAW = 0.12  # people tilt the head a little when they turn it
 SWAY_DEG = (1.0, 0.8, 0.6)  # natural sway amplitude (yaw, pitch, roll)
 
@@ -106,14 +89,11 @@ class Script:
     segments: tuple[Segment, ...]
     switches: tuple[Switch, ...] = ()
     text: str = ""
+    expectations: tuple[Expectation, ...] = ()
 
     @property
     def duration_s(self) -> float:
         return self.segments[-1].end_s if self.segments else 0.0
-
-
-class ScriptError(InputError):
-    """A script that cannot be parsed; the message names the line and the step."""
 
 
 def glance_targets() -> dict[str, tuple[float, float]]:
@@ -121,146 +101,42 @@ def glance_targets() -> dict[str, tuple[float, float]]:
 
     The engine's glance zones (``ZoneSettings.glance``, Euro NCAP targets) so that scripted
     glances land in the zone of the same name, plus ``road``."""
-    from dms.engine.settings import ZoneSettings
-
-    out = {"road": (0.0, 0.0)}
-    for z in ZoneSettings().glance:
-        out[z.name] = (float(z.yaw_inboard_deg), float(z.pitch_deg))
-    return out
+    return grammar.default_targets()
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(s|ms)?$")
-
-
-def _duration(word: str, where: str) -> float:
-    m = _DURATION.match(word)
-    if not m:
-        raise ScriptError(f"{where}: {word!r} is not a duration (e.g. 5s, 1.2s, 500ms)")
-    value = float(m.group(1)) * (0.001 if m.group(2) == "ms" else 1.0)
-    if value <= 0:
-        raise ScriptError(f"{where}: duration {word!r} must be > 0")
-    return value
-
-
-def _number(word: str, what: str, where: str) -> float:
-    from dms.settings import parse_number
-
-    return parse_number(word, what, where, ScriptError)
-
-
-def _target(word: str, targets: Mapping[str, tuple[float, float]],
-            where: str) -> tuple[str, float, float, float | None]:
-    if "," in word:
-        parts = word.split(",")
-        if len(parts) not in (2, 3):
-            raise ScriptError(f"{where}: target {word!r}: expected YAW,PITCH or YAW,PITCH,ROLL")
-        vals = [_number(p, "angle", where) for p in parts]
-        return word, vals[0], vals[1], (vals[2] if len(vals) == 3 else None)
-    name = word.replace("-", "_").lower()
-    if name not in targets:
-        close = difflib.get_close_matches(name, list(targets), n=1)
-        hint = f" (did you mean {close[0].replace('_', '-')!r}?)" if close else ""
-        known = ", ".join(n.replace("_", "-") for n in targets)
-        raise ScriptError(f"{where}: unknown glance target {word!r}{hint}; known: {known}, "
-                          "or YAW,PITCH in degrees")
-    yaw, pitch = targets[name]
-    return name, yaw, pitch, None
-
-
-VERBS = ("road", "glance", "nod", "slump", "away", "occlude", "block", "hand", "sunglasses",
-         "light")
+def _segment(step: grammar.Step) -> Segment:
+    """The rendered segment of a time-taking step (its checks are the renderer's own)."""
+    kind = {"lost": "block"}.get(step.verb, step.verb)
+    if kind == "glance_lost":
+        raise ScriptError(f"{step.where}: glance_lost is for the engine's pose stories only "
+                          "(a renderer cannot script a detector losing a visible face); use "
+                          "'away D' for a face leaving the view")
+    if kind == "glance" and step.duration_s < 2 * GLANCE_TURN_S:
+        raise ScriptError(f"{step.where}: a glance needs at least {2 * GLANCE_TURN_S:g}s "
+                          "(turn out and back)")
+    if kind == "slump" and step.duration_s < SLUMP_DROP_S + SLUMP_RISE_S + 0.2:
+        raise ScriptError(f"{step.where}: a slump needs at least "
+                          f"{SLUMP_DROP_S + SLUMP_RISE_S + 0.2:g}s")
+    roll = step.roll_deg
+    if roll is None:
+        roll = ROLL_PER_YAW * step.yaw_deg if kind in ("glance", "away") else 0.0
+    return Segment(kind, step.start_s, step.end_s, step.line, step.text, step.target,
+                   step.yaw_deg, step.pitch_deg, roll)
 
 
 def parse_script(text: str, *, source: str = "script") -> Script:
-    """Parse a script (see the module doc). Errors name ``source``, the line and the step."""
-    targets = glance_targets()
+    """Parse a script (:mod:`dms.engine.script`) into rendered segments and switches.
+    Errors name ``source``, the line and the step."""
+    parsed = grammar.parse(text, source=source)
     segments: list[Segment] = []
     switches: list[Switch] = []
-    t = 0.0
-    for n, raw_line in enumerate(text.splitlines(), start=1):
-        line = raw_line.split("#", 1)[0]
-        for part in (p.strip() for p in line.split(";")):
-            if not part:
-                continue
-            where = f"{source}: line {n}, step {part!r}"
-            words = part.split()
-            verb, args = words[0].lower(), words[1:]
-
-            def add(kind: str, duration: float, **kw: Any) -> None:
-                nonlocal t
-                segments.append(Segment(kind, t, t + duration, n, part, **kw))  # noqa: B023
-                t += duration
-
-            if verb in ("road", "slump", "away", "occlude", "block", "hand"):
-                if len(args) != 1:
-                    raise ScriptError(f"{where}: expected '{verb} DURATION'")
-                d = _duration(args[0], where)
-                if verb == "slump" and d < SLUMP_DROP_S + SLUMP_RISE_S + 0.2:
-                    raise ScriptError(f"{where}: a slump needs at least "
-                                      f"{SLUMP_DROP_S + SLUMP_RISE_S + 0.2:g}s")
-                if verb == "slump":
-                    add("slump", d, pitch_deg=-SLUMP_DEPTH_DEG)
-                elif verb == "away":
-                    add("away", d, target="away", yaw_deg=AWAY_TARGET[0],
-                        pitch_deg=AWAY_TARGET[1], roll_deg=ROLL_PER_YAW * AWAY_TARGET[0])
-                else:
-                    add(verb, d)
-            elif verb == "glance":
-                if len(args) != 2:
-                    raise ScriptError(f"{where}: expected 'glance TARGET DURATION'")
-                name, yaw, pitch, roll = _target(args[0], targets, where)
-                d = _duration(args[1], where)
-                if d < 2 * GLANCE_TURN_S:
-                    raise ScriptError(f"{where}: a glance needs at least {2 * GLANCE_TURN_S:g}s "
-                                      "(turn out and back)")
-                add("glance", d, target=name, yaw_deg=yaw, pitch_deg=pitch,
-                    roll_deg=ROLL_PER_YAW * yaw if roll is None else roll)
-            elif verb == "nod":
-                count, over = 1, None
-                rest = list(args)
-                if rest and re.fullmatch(r"x\d+", rest[0]):
-                    count = int(rest.pop(0)[1:])
-                    if count < 1:
-                        raise ScriptError(f"{where}: nod count must be >= 1")
-                if rest and rest[0] == "over":
-                    if len(rest) != 2:
-                        raise ScriptError(f"{where}: expected 'nod xN over DURATION'")
-                    over = _duration(rest[1], where)
-                    rest = []
-                if rest:
-                    raise ScriptError(f"{where}: unexpected {rest[0]!r} "
-                                      "(expected 'nod [xN] [over DURATION]')")
-                total = over if over is not None else count * NOD_S
-                if total < count * NOD_S - 1e-9:
-                    raise ScriptError(f"{where}: {count} nods need at least "
-                                      f"{count * NOD_S:g}s")
-                gap = (total - count * NOD_S) / count
-                for _ in range(count):
-                    if gap > 0:
-                        add("road", gap / 2)
-                    add("nod", NOD_S, pitch_deg=-NOD_DEPTH_DEG)
-                    if gap > 0:
-                        add("road", gap / 2)
-            elif verb == "sunglasses":
-                if len(args) != 1 or args[0] not in ("on", "off"):
-                    raise ScriptError(f"{where}: expected 'sunglasses on' or 'sunglasses off'")
-                switches.append(Switch("sunglasses", t, 1.0 if args[0] == "on" else 0.0))
-            elif verb == "light":
-                if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "over"):
-                    raise ScriptError(f"{where}: expected 'light GAIN [over DURATION]'")
-                gain = _number(args[0], "gain", where)
-                if not 0.05 <= gain <= 4.0:
-                    raise ScriptError(f"{where}: gain {gain:g} outside [0.05, 4]")
-                ramp = _duration(args[2], where) if len(args) == 3 else 0.0
-                switches.append(Switch("light", t, gain, ramp))
-            else:
-                close = difflib.get_close_matches(verb, VERBS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ScriptError(f"{where}: unknown step {verb!r}{hint}; known: "
-                                  f"{', '.join(VERBS)}")
-    if not segments:
-        raise ScriptError(f"{source}: the script has no step that takes time (e.g. 'road 5s')")
-    return Script(tuple(segments), tuple(switches), text)
+    for step in parsed.steps:
+        if step.duration_s > 0:
+            segments.append(_segment(step))
+        elif step.verb in ("sunglasses", "light"):
+            assert step.value is not None
+            switches.append(Switch(step.verb, step.start_s, step.value, step.ramp_s))
+    return Script(tuple(segments), tuple(switches), text, parsed.expectations)
 
 
 # ----------------------------------------------------------------- scenario files
@@ -513,167 +389,10 @@ def poses_csv_text(frames: list[FrameTruth]) -> str:
 # ----------------------------------------------------------------- expected events
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedEvent:
-    """An alert the engine should raise: ``type``/``reason`` as in :mod:`dms.engine.events`,
-    the level when raised and the highest level it should reach, the raise time ``t_s``
-    (+- ``tolerance_s``) and the time the episode began (``start_s``)."""
-
-    type: str
-    reason: str
-    level: int
-    max_level: int
-    t_s: float
-    tolerance_s: float
-    start_s: float
-    step: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "reason": self.reason, "level": self.level,
-                "max_level": self.max_level, "t_s": round(self.t_s, 2),
-                "tolerance_s": self.tolerance_s, "start_s": round(self.start_s, 2),
-                "step": self.step}
-
-
-EVENT_TOLERANCE_S = 1.0  # filter lag (~0.2 s) + turn ramps + perception jitter
-
-
-def expected_events(script: Script, settings: Any | None = None, *,
-                    rate_hz: float = 50.0) -> list[ExpectedEvent]:
-    """The alerts a driver-state engine following REFERENCE.md section 2 should raise.
-
-    Thresholds come from ``settings`` (:class:`dms.engine.settings.EngineSettings`, default
-    values if None). The rules, on the scripted pose relative to neutral (no sway):
-
-    * off the road: outside the road zone (``zones`` yaw/pitch limits) while the face is
-      visible, or an ``away`` turn whose face left the view; a nod or slump is head-down, not
-      a glance;
-    * long glance: one off-road stretch of ``long_glance_s`` -> distraction/long_glance
-      (level 1) at its start + ``long_glance_s``; max level 2 after ``level2_after_s`` more
-      away, 3 after ``level3_after_s``;
-    * time sharing (VATS): off-road time within the last ``vats_window_s`` reaches
-      ``vats_total_s`` during a glance -> distraction/time_sharing (level 1); the window
-      resets after ``vats_reset_on_road_s`` on the road, and after the alert clears;
-    * nodding: each scripted nod deeper than ``nod_depth_deg`` counts when the head is back
-      (pitch above ``-nod_return_deg``); the ``nods_for_alert``-th within ``nod_window_s`` ->
-      drowsiness/nodding at ``drowsy_level`` (3 from ``nods_for_level3`` nods);
-    * slump: head below ``-nod_depth_deg`` for more than ``slump_s`` -> slump/head_down,
-      level 3;
-    * face covered or camera blocked while frontal for ``not_visible_s`` ->
-      driver_not_visible/face_lost (level 1); for ``degraded_s`` -> system_degraded/no_face
-      (level 2).
-
-    Times have a tolerance of ``EVENT_TOLERANCE_S``.
-    """
-    if settings is None:
-        from dms.engine.settings import EngineSettings
-
-        settings = EngineSettings()
-    p, z = settings.policy, settings.zones
-    traj = Trajectory(script, sway=False)
-    dt = 1.0 / rate_hz
-    n = int(math.floor(script.duration_s * rate_hz)) + 1
-    events: list[ExpectedEvent] = []
-
-    def emit(type_: str, reason: str, level: int, max_level: int, t: float, start: float,
-             seg: Segment) -> None:
-        events.append(ExpectedEvent(type_, reason, level, max_level, round(t, 3),
-                                    EVENT_TOLERANCE_S, round(start, 3), seg.text))
-
-    away_start: float | None = None
-    distraction_open: str | None = None  # reason of the open alert
-    on_road_since: float | None = 0.0
-    spans: list[list[float]] = []
-    nods: list[float] = []
-    drowsy_open = False
-    drowsy_level = 0
-    down_since: float | None = None
-    slump_open = False
-    lost_since: float | None = None
-    lost_flags = [False, False]
-    long_idx: int | None = None  # the open long-glance alert, to raise its max level
-    for k in range(n):
-        t = k * dt
-        seg = traj.segment_at(t)
-        fr = traj.at(t)
-        yaw, pitch = fr.rel_yaw_deg, fr.rel_pitch_deg
-        frontal_lost = seg.kind in ("occlude", "block") and not fr.face
-        head_down = seg.kind in ("nod", "slump") and pitch < -p.nod_depth_deg
-        off_road = (not (-z.yaw_outboard_deg <= yaw <= z.yaw_inboard_deg
-                         and -z.pitch_down_deg <= pitch <= z.pitch_up_deg))
-        away = ((off_road or (seg.kind == "away" and not fr.face))
-                and seg.kind not in ("nod", "slump") and not frontal_lost)
-        # glances and time sharing
-        if away:
-            if away_start is None:
-                away_start = t
-                spans.append([t, t])
-            spans[-1][1] = t
-            on_road_since = None
-            if distraction_open is None:
-                window = sum(max(0.0, b - max(a, t - p.vats_window_s)) for a, b in spans)
-                if t - away_start >= p.long_glance_s:
-                    distraction_open, long_idx = "long_glance", len(events)
-                    emit("distraction", "long_glance", 1, 1, t, away_start, seg)
-                elif window >= p.vats_total_s:
-                    distraction_open = "time_sharing"
-                    emit("distraction", "time_sharing", 1, 1, t, spans[0][0], seg)
-            if long_idx is not None:
-                extra = t - (away_start + p.long_glance_s)
-                lvl = 1 + (extra >= p.level2_after_s) + (extra >= p.level3_after_s)
-                if lvl > events[long_idx].max_level:
-                    events[long_idx] = replace(events[long_idx], max_level=lvl)
-        else:
-            away_start = None
-            if not frontal_lost and not head_down:
-                on_road_since = t if on_road_since is None else on_road_since
-            else:
-                on_road_since = None
-            on_s = 0.0 if on_road_since is None else t - on_road_since
-            if on_s >= p.vats_reset_on_road_s:
-                spans.clear()
-            clear_s = p.clear_on_road_s if distraction_open != "time_sharing" else max(
-                p.clear_on_road_s, p.vats_reset_on_road_s)
-            if distraction_open and on_s >= clear_s:
-                distraction_open, long_idx = None, None
-                spans.clear()
-        spans[:] = [s for s in spans if s[1] >= t - p.vats_window_s]
-        # nods and slump
-        if seg.kind in ("nod", "slump") and pitch < -p.nod_depth_deg:
-            down_since = t if down_since is None else down_since
-            if not slump_open and t - down_since > p.slump_s:
-                slump_open = True
-                emit("slump", "head_down", 3, 3, t, down_since, seg)
-        elif pitch >= -p.nod_return_deg and down_since is not None:
-            if t - down_since <= p.nod_max_return_s + 1e-9:
-                nods.append(t)
-            down_since = None
-            slump_open = False
-        nods[:] = [x for x in nods if x >= t - p.nod_window_s]
-        if nods and not drowsy_open and len(nods) >= p.nods_for_alert:
-            drowsy_open, drowsy_level = True, p.drowsy_level
-            emit("drowsiness", "nodding", p.drowsy_level, p.drowsy_level, t, nods[0], seg)
-        elif drowsy_open and len(nods) >= p.nods_for_level3 and drowsy_level < 3:
-            drowsy_level = 3
-            i = max(i for i, e in enumerate(events) if e.type == "drowsiness")
-            events[i] = replace(events[i], max_level=3)
-        elif drowsy_open and not nods:
-            drowsy_open = False
-        # face covered / camera blocked while frontal
-        if frontal_lost:
-            lost_since = t if lost_since is None else lost_since
-            if not lost_flags[0] and t - lost_since >= p.not_visible_s:
-                lost_flags[0] = True
-                emit("driver_not_visible", "face_lost", 1, 1, t, lost_since, seg)
-            if not lost_flags[1] and t - lost_since >= p.degraded_s:
-                lost_flags[1] = True
-                emit("system_degraded", "no_face", 2, 2, t, lost_since, seg)
-        elif fr.face:
-            lost_since, lost_flags = None, [False, False]
-    return events
-
-
 def events_json(script: Script, settings: Any | None = None) -> dict[str, Any]:
+    """``expected_events.json``: the script's ``expect`` lines, each with ``t_s`` the centre
+    of its window and ``tolerance_s`` half its width (so ``|t - t_s| <= tolerance_s`` is the
+    window), ``window_s`` the window itself, ``start_s``/``step`` the step it follows."""
     from dms.engine.settings import EngineSettings
     from dms.settings import settings_version
 
@@ -682,5 +401,5 @@ def events_json(script: Script, settings: Any | None = None) -> dict[str, Any]:
         "schema_version": 1,
         "duration_s": round(script.duration_s, 3),
         "engine_settings_version": settings_version(s),
-        "events": [e.to_dict() for e in expected_events(script, s)],
+        "events": [e.to_dict() for e in script.expectations],
     }
