@@ -268,29 +268,30 @@ class ScenarioBuilder:
             seg = self._segments[seg_i]
             if self.drop_prob and rng.random() < self.drop_prob:
                 continue
-            rel = self._relative(seg, t - seg.start_s)
-            noise = nrng.normal(0.0, self.noise_deg, 3) if self.noise_deg else np.zeros(3)
-            if rel is None:
-                obs.append(Observation(t, None, speed_kmh=seg.speed_kmh,
-                                       steering_deg=seg.steering_deg))
-                continue
-            yaw_in, pitch = rel
-            yaw = -yaw_in if self.rhd else yaw_in
-            R = self.R_neutral @ rotation_from_euler(pitch, yaw, 0.0)
-            if _facing_deg(R) > seg.lost_facing_deg:  # away: out of the camera's view
-                obs.append(Observation(t, None, speed_kmh=seg.speed_kmh,
-                                       steering_deg=seg.steering_deg))
-                continue
-            if self.outlier_prob and rng.random() < self.outlier_prob:
-                direction = nrng.normal(size=3)
-                noise = noise + self.outlier_deg * direction / np.linalg.norm(direction)
-            if noise.any():
-                R = R @ rotation_from_euler(*noise)
-            p, y, r = euler_from_rotation(R)
-            obs.append(Observation(t, HeadPose(R, p, y, r, self.confidence),
-                                   speed_kmh=seg.speed_kmh, steering_deg=seg.steering_deg))
+            obs.append(Observation(t, self._pose(seg, t, rng, nrng), speed_kmh=seg.speed_kmh,
+                                   steering_deg=seg.steering_deg))
         return Scenario(tuple(obs), tuple(self._segments), self.rate_hz, self.settings,
                         tuple(self._expectations))
+
+    def _pose(self, seg: Segment, t: float, rng: random.Random,
+              nrng: np.random.Generator) -> HeadPose | None:
+        """The observed pose at ``t`` (noise, outliers), or None when the face is lost."""
+        rel = self._relative(seg, t - seg.start_s)
+        noise = nrng.normal(0.0, self.noise_deg, 3) if self.noise_deg else np.zeros(3)
+        if rel is None:
+            return None
+        yaw_in, pitch = rel
+        yaw = -yaw_in if self.rhd else yaw_in
+        R = self.R_neutral @ rotation_from_euler(pitch, yaw, 0.0)
+        if _facing_deg(R) > seg.lost_facing_deg:  # away: out of the camera's view
+            return None
+        if self.outlier_prob and rng.random() < self.outlier_prob:
+            direction = nrng.normal(size=3)
+            noise = noise + self.outlier_deg * direction / np.linalg.norm(direction)
+        if noise.any():
+            R = R @ rotation_from_euler(*noise)
+        p, y, r = euler_from_rotation(R)
+        return HeadPose(R, p, y, r, self.confidence)
 
 
 def _facing_deg(R: np.ndarray) -> float:
@@ -503,33 +504,47 @@ def run_bench(n: int = 200, seed: int = 0, settings: EngineSettings | None = Non
     An alert raised from a long glance's start to 1 s after its end belongs to it; any other
     raised alert is false (the short glances are spaced so no rule should fire)."""
     s = settings or EngineSettings()
-    latencies: list[float] = []
-    as_slump = missed = longs = shorts = bad_scenarios = 0
-    false_alerts: dict[str, int] = {}
+    tally = _BenchTally()
     for i in range(n):
         sc = bench_scenario(i, seed, s)
-        alerts = raised(run(sc))
+        tally.add(sc, raised(run(sc)), s.policy.long_glance_s)
+    return BenchResult(n, tally.longs, tuple(tally.latencies), tally.as_slump, tally.missed,
+                       tally.shorts, tally.false_alerts, tally.bad_scenarios)
+
+
+@dataclass(slots=True)
+class _BenchTally:
+    latencies: list[float] = field(default_factory=list)
+    as_slump: int = 0
+    missed: int = 0
+    longs: int = 0
+    shorts: int = 0
+    bad_scenarios: int = 0
+    false_alerts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, sc: Scenario, alerts: list[Event], long_glance_s: float) -> None:
         glances = sc.segments_of("glance")
-        long_ = [g for g in glances if g.duration_s >= s.policy.long_glance_s]
-        shorts += sum(g.duration_s < 2.0 for g in glances)
+        long_ = [g for g in glances if g.duration_s >= long_glance_s]
+        self.shorts += sum(g.duration_s < 2.0 for g in glances)
         false_here = 0
         for e in alerts:
             if not any(g.start_s <= e.t_s <= g.end_s + 1.0 for g in long_):
                 false_here += 1
-                false_alerts[e.type.value] = false_alerts.get(e.type.value, 0) + 1
-        bad_scenarios += false_here > 0
+                self.false_alerts[e.type.value] = self.false_alerts.get(e.type.value, 0) + 1
+        self.bad_scenarios += false_here > 0
+        self._long_glances(long_, alerts)
+
+    def _long_glances(self, long_: list[Segment], alerts: list[Event]) -> None:
         for g in long_:
-            longs += 1
+            self.longs += 1
             mine = [e for e in alerts if g.start_s <= e.t_s <= g.end_s + 1.0]
             hits = [e.t_s for e in mine if e.type is EventType.DISTRACTION]
             if hits:
-                latencies.append(min(hits) - g.start_s)
+                self.latencies.append(min(hits) - g.start_s)
             elif any(e.type is EventType.SLUMP for e in mine):
-                as_slump += 1
+                self.as_slump += 1
             else:
-                missed += 1
-    return BenchResult(n, longs, tuple(latencies), as_slump, missed, shorts, false_alerts,
-                       bad_scenarios)
+                self.missed += 1
 
 
 def jitter_reduction(settings: EngineSettings | None = None, seed: int = 0,

@@ -270,6 +270,21 @@ def _glance(p: _Parser, s: Step, args: list[str]) -> None:
 
 
 def _nod(p: _Parser, s: Step, args: list[str]) -> None:
+    count, over = _nod_args(s, args)
+    total = count * NOD_S if over is None else over
+    if total < count * NOD_S - 1e-9:
+        raise ScriptError(f"{s.where}: {count} nods need at least {count * NOD_S:g}s")
+    gap = (total - count * NOD_S) / count
+    for _ in range(count):
+        if gap > 1e-9:
+            p.add(replace(s, verb="road"), gap / 2)
+        p.add(s, NOD_S, pitch_deg=-NOD_DEPTH_DEG)
+        if gap > 1e-9:
+            p.add(replace(s, verb="road"), gap / 2)
+
+
+def _nod_args(s: Step, args: list[str]) -> tuple[int, float | None]:
+    """``[xN] [over D]`` -> (N, D or None)."""
     count, over, rest = 1, None, list(args)
     if rest and re.fullmatch(r"x\d+", rest[0]):
         count = int(rest.pop(0)[1:])
@@ -282,16 +297,7 @@ def _nod(p: _Parser, s: Step, args: list[str]) -> None:
     if rest:
         raise ScriptError(f"{s.where}: unexpected {rest[0]!r} (expected 'nod [xN] [over "
                           "DURATION]')")
-    total = count * NOD_S if over is None else over
-    if total < count * NOD_S - 1e-9:
-        raise ScriptError(f"{s.where}: {count} nods need at least {count * NOD_S:g}s")
-    gap = (total - count * NOD_S) / count
-    for _ in range(count):
-        if gap > 1e-9:
-            p.add(replace(s, verb="road"), gap / 2)
-        p.add(s, NOD_S, pitch_deg=-NOD_DEPTH_DEG)
-        if gap > 1e-9:
-            p.add(replace(s, verb="road"), gap / 2)
+    return count, over
 
 
 def _sunglasses(p: _Parser, s: Step, args: list[str]) -> None:
@@ -351,17 +357,31 @@ def _alert(word: str, where: str) -> tuple[str, str]:
     return type_, reason
 
 
+_USAGE = "expected 'expect TYPE[/REASON] [LN[..M]] T0..T1'"
+
+
 def _expectation(step: Step | None, where: str, line: int, text: str, args: list[str],
                  duration_s: float) -> Expectation:
-    usage = "expected 'expect TYPE[/REASON] [LN[..M]] T0..T1'"
     if not args:
-        raise ScriptError(f"{where}: {usage}")
+        raise ScriptError(f"{where}: {_USAGE}")
     if step is None:
         raise ScriptError(f"{where}: an expect line follows the step that causes the alert")
     type_, reason = _alert(args[0], where)
+    level, max_level, (lo, hi) = _level_and_window(args[1:], where)
+    if level is not None and max_level is not None and max_level < level:
+        raise ScriptError(f"{where}: the highest level L{max_level} is below L{level}")
+    if not lo <= hi <= duration_s:
+        raise ScriptError(f"{where}: window {lo:g}..{hi:g} must be ordered and end by the "
+                          f"script's end ({duration_s:g} s)")
+    return Expectation(type_, reason, level, max_level, lo, hi, line, text, step)
+
+
+def _level_and_window(words: list[str], where: str
+                      ) -> tuple[int | None, int | None, tuple[float, float]]:
+    """``[LN[..M]] T0..T1`` in any order -> (N, M, (T0, T1))."""
     level = max_level = None
     window: tuple[float, float] | None = None
-    for word in args[1:]:
+    for word in words:
         lv, win = _LEVEL.match(word), _WINDOW.match(word)
         if lv and level is None:
             level = int(lv.group(1))
@@ -369,16 +389,10 @@ def _expectation(step: Step | None, where: str, line: int, text: str, args: list
         elif win and window is None:
             window = (float(win.group(1)), float(win.group(2)))
         else:
-            raise ScriptError(f"{where}: unexpected {word!r}; {usage}")
+            raise ScriptError(f"{where}: unexpected {word!r}; {_USAGE}")
     if window is None:
-        raise ScriptError(f"{where}: no time window T0..T1 (seconds from the start); {usage}")
-    lo, hi = window
-    if level is not None and max_level is not None and max_level < level:
-        raise ScriptError(f"{where}: the highest level L{max_level} is below L{level}")
-    if not lo <= hi <= duration_s:
-        raise ScriptError(f"{where}: window {lo:g}..{hi:g} must be ordered and end by the "
-                          f"script's end ({duration_s:g} s)")
-    return Expectation(type_, reason, level, max_level, lo, hi, line, text, step)
+        raise ScriptError(f"{where}: no time window T0..T1 (seconds from the start); {_USAGE}")
+    return level, max_level, window
 
 
 # ----------------------------------------------------------------- the parser
