@@ -53,6 +53,10 @@ def test_parse_steps_durations_and_switches() -> None:
     assert sc.switches[0].t_s == pytest.approx(6.7)
     explicit = parse_script("glance 20,-10,5 2s").segments[0]
     assert (explicit.yaw_deg, explicit.pitch_deg, explicit.roll_deg) == (20.0, -10.0, 5.0)
+    # the engine's own steps: speed/steering carry nothing to render, lost is a blocked camera
+    engine = parse_script("speed 0; road 2; steering 10; lost 3; speed none")
+    assert [(s.kind, s.duration_s) for s in engine.segments] == [("road", 2.0), ("block", 3.0)]
+    assert engine.switches == ()
 
 
 @pytest.mark.parametrize(
@@ -71,6 +75,8 @@ def test_parse_steps_durations_and_switches() -> None:
         ("light 9", "outside"),
         ("sunglasses on", "no step that takes time"),
         ("glance 1,2,3,4 2s", "YAW,PITCH"),
+        ("road 1s; glance_lost passenger 2s", "engine's pose stories only"),
+        ("road 1s; expect slump L3 0..2", "end by the script's end"),
     ],
 )
 def test_script_errors_name_line_and_token(text: str, needle: str) -> None:
