@@ -35,7 +35,7 @@ def render_clip(path: Path, seconds: float = 10.0, seed: int = 0) -> Path:
     n = int(seconds * FPS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise InputError(f"{path}: OpenCV cannot write mp4v video here")
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]

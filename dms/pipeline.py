@@ -149,16 +149,6 @@ class Perception:
         return FrameResult(t_s, face, pose, detected, detect_ms, total_ms - detect_ms)
 
 
-def build_perception(detector: str | None = None, pose_model: str | None = None) -> Perception:
-    """Perception on CPU from manifest names or paths (None: the embedded defaults)."""
-    from dms.vision.detect import DetectorSettings, create_detector
-    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
-
-    det = create_detector(DetectorSettings(**({"model": detector} if detector else {})))
-    est = create_pose_estimator(PoseModelSettings(**({"model": pose_model} if pose_model else {})))
-    return Perception(det, est)
-
-
 def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:
     """Frames of a video file in order, or live frames of a camera source until it stops
     delivering for ``timeout_s``."""

@@ -62,7 +62,7 @@ def open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, str
 
     path.parent.mkdir(parents=True, exist_ok=True)
     for fourcc in ("avc1", "H264", "mp4v"):
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
         if writer.isOpened():
             if fourcc == "mp4v":
                 log.warning("%s: this OpenCV build has no H.264 encoder; wrote MPEG-4 Part 2, "

@@ -450,6 +450,7 @@ class MqttCommunicator:
             request_id = command.request_id
             handler = self._handlers.get(name)
             if handler is None:
+                result: Mapping[str, Any] | None
                 if name == "state":
                     result = self._republish_state()
                 else:
