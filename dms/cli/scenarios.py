@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dms.errors import InputError
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     result = scenarios.run_bench(args.n, args.seed, settings).to_dict()
     result["seed"] = args.seed
     if args.jitter:
-        result["jitter"] = scenarios.jitter_reduction(settings, seed=args.seed)
+        result["jitter"] = jitter = scenarios.jitter_reduction(settings, seed=args.seed)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
           f"{result['false_alerts']} (rate {result['false_alert_rate']:.4f} per glance), "
           f"scenarios with a false alert: {result['scenarios_with_false_alert']}")
     if args.jitter:
-        for rate, j in result["jitter"].items():
+        for rate, j in jitter.items():
             print(f"jitter at {rate}: raw {j['raw_std_deg']:.3f} deg -> filtered "
                   f"{j['filtered_std_deg']:.3f} deg (x{j['reduction']:.1f})")
     return 0
@@ -149,7 +149,8 @@ def _mounts(args: argparse.Namespace, settings: Any) -> int:
            is not None else "default configuration, no mount")
     print(f"random-mount suite: {d['scenarios']} drives (seed {args.seed}), {how}")
     print(f"recall {d['recall']:.3f} (events from t = {60:g} s, in the story-test windows)")
-    for kind, k in d["per_kind"].items():  # type: ignore[union-attr]
+    per_kind = cast(dict[str, dict[str, Any]], d["per_kind"])
+    for kind, k in per_kind.items():
         print(f"  {kind:13s} {k['caught']:3d}/{k['expected']:<3d} latency median "
               f"{k['latency_median_s']} s, max {k['latency_max_s']} s")
     print(f"false distraction/drowsiness/slump alerts from t = 0: {d['false_alerts_total']} "
@@ -157,6 +158,6 @@ def _mounts(args: argparse.Namespace, settings: Any) -> int:
     print(f"neutral settled after median {d['settled_median_s']} s (max {d['settled_max_s']} s,"
           f" never: {d['never_settled']}); final neutral error median "
           f"{d['neutral_error_median_deg']} deg, max {d['neutral_error_max_deg']} deg")
-    for miss in d["misses"]:  # type: ignore[union-attr]
+    for miss in cast(list[str], d["misses"]):
         print(f"  missed: {miss}")
     return 0

@@ -565,6 +565,7 @@ def jitter_reduction(settings: EngineSettings | None = None, seed: int = 0,
         for o in sc.observations:
             assert o.pose is not None
             R = f.update(o.t_s, o.pose.rotation).rotation
+            assert R is not None  # a pose in, a rotation out
             if o.t_s >= 1.0:  # skip the start-up
                 raw.append((o.pose.pitch_deg, o.pose.yaw_deg, o.pose.roll_deg))
                 filt.append(euler_from_rotation(R))
