@@ -20,8 +20,7 @@ from typing import Any, Literal
 
 from dms.engine.settings import EngineSettings
 from dms.errors import DmsError
-from dms.outputs.buzzer import BuzzerSettings
-from dms.outputs.mqtt import MqttSettings
+from dms.outputs.settings import BuzzerSettings, MqttSettings
 from dms.pipeline import TrackingSettings
 from dms.settings import load_settings, parse_toml, read_text_file
 from dms.vision.detect import DetectorSettings

@@ -17,82 +17,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from dms.errors import DmsError
+from dms.outputs.settings import BeepPattern, BuzzerSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BeepPattern:
-    """``on_off_s``: alternating on and off durations starting with on; played ``repeat``
-    times. ``repeat = 0`` is silent."""
-
-    on_off_s: tuple[float, ...] = field(default=(0.2, 0.8),
-                                        metadata={"doc": "on, off, on, ... durations (s)"})
-    repeat: int = field(default=1, metadata={"doc": "times the sequence is played"})
-
-    def validate(self) -> None:
-        if not self.on_off_s:
-            raise ValueError("on_off_s must not be empty")
-        if any(not math.isfinite(d) or d < 0 for d in self.on_off_s):
-            raise ValueError(f"on_off_s {self.on_off_s}: durations must be finite and >= 0")
-        if self.repeat < 0:
-            raise ValueError("repeat must be >= 0")
-
-    @property
-    def duration_s(self) -> float:
-        return sum(self.on_off_s) * self.repeat
-
-
-def default_patterns() -> dict[str, BeepPattern]:
-    """Level 1: one short chirp; 2: five quick beeps; 3: insistent, ~8 s (levels of the engine's
-    escalation, cf. openpilot's silent / sound / full alert)."""
-    return {
-        "1": BeepPattern((0.1, 0.9), 1),
-        "2": BeepPattern((0.2, 0.2), 5),
-        "3": BeepPattern((0.6, 0.2), 10),
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class BuzzerSettings:
-    """The ``[buzzer]`` table of the configuration file."""
-
-    backend: Literal["none", "gpiod", "jetson", "command"] = field(
-        default="none", metadata={"doc": "how the buzzer line is driven"})
-    gpiod_chip: str = field(default="/dev/gpiochip0", metadata={"doc": "gpiod: chip device"})
-    gpiod_line: int = field(default=-1, metadata={"doc": "gpiod: line offset on the chip"})
-    jetson_pin: int = field(default=-1, metadata={"doc": "jetson: pin number"})
-    jetson_pin_mode: Literal["BOARD", "BCM"] = field(
-        default="BOARD", metadata={"doc": "jetson: numbering of jetson_pin"})
-    active_low: bool = field(default=False, metadata={"doc": "line is active low"})
-    command_on: tuple[str, ...] = field(
-        default=(), metadata={"doc": "command: argv run to switch on (no shell)"})
-    command_off: tuple[str, ...] = field(
-        default=(), metadata={"doc": "command: argv run to switch off (no shell)"})
-    command_timeout_s: float = field(default=2.0, metadata={"doc": "command: time limit"})
-    max_on_s: float = field(default=2.0,
-                            metadata={"doc": "longest continuous on-time; then forced off"})
-    max_mute_s: float = field(default=600.0, metadata={"doc": "longest mute a command may ask"})
-    update_period_s: float = field(default=0.02,
-                                   metadata={"doc": "how often the driver thread updates"})
-    patterns: dict[str, BeepPattern] = field(
-        default_factory=default_patterns,
-        metadata={"doc": "beep pattern per alert level (replaces the defaults as a whole)"})
-
-    def validate(self) -> None:
-        if self.backend == "gpiod" and self.gpiod_line < 0:
-            raise ValueError("backend 'gpiod' needs gpiod_line (the line offset)")
-        if self.backend == "jetson" and self.jetson_pin < 0:
-            raise ValueError("backend 'jetson' needs jetson_pin")
-        if self.backend == "command" and not (self.command_on and self.command_off):
-            raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
-        if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
-            raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
 
 
 # -- the line -----------------------------------------------------------------------------------

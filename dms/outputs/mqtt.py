@@ -22,84 +22,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dms.errors import DmsError
 from dms.outputs.outbox import Outbox, OutboxStats
+from dms.outputs.settings import MqttSettings
 from dms.outputs.topics import Topics
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA = 1
 _STOP = object()
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    """The ``[mqtt]`` table of the configuration file."""
-
-    enabled: bool = field(default=True, metadata={"doc": "publish to a broker at all"})
-    host: str = field(default="localhost", metadata={"doc": "broker host name or address"})
-    port: int = field(default=1883, metadata={"doc": "broker port (8883 is usual with TLS)"})
-    prefix: str = field(default="dms", metadata={"doc": "first topic level(s), e.g. fleet/dms"})
-    device_id: str = field(default="", metadata={"doc": "second topic level; empty: host name"})
-    client_id: str = field(default="", metadata={"doc": "MQTT client id; empty: dms-<device_id>"})
-    protocol: Literal["3.1.1", "5"] = field(
-        default="5", metadata={"doc": "MQTT version; 5 reports refused publishes (ACL denials)"})
-    keepalive_s: int = field(default=30, metadata={"doc": "keepalive; the Will fires after "
-                                                          "1.5x this if the link dies silently"})
-    reconnect_min_s: int = field(default=1, metadata={"doc": "first reconnect delay"})
-    reconnect_max_s: int = field(
-        default=10,
-        metadata={"doc": "reconnect back-off ceiling (the soak run saw 11-16 s recoveries at 30)"},
-    )
-    username: str = field(default="", metadata={"doc": "broker user name; empty: anonymous"})
-    password_env: str = field(
-        default="DMS_MQTT_PASSWORD",
-        metadata={"doc": "environment variable holding the password (read when the client is "
-                         "built; put it in /etc/dms/dms.env)"})
-    tls: bool = field(default=False, metadata={"doc": "connect with TLS"})
-    tls_ca_file: str = field(default="", metadata={"doc": "CA bundle; empty: system CAs"})
-    tls_cert_file: str = field(default="", metadata={"doc": "client certificate (mutual TLS)"})
-    tls_key_file: str = field(default="", metadata={"doc": "client private key (mutual TLS)"})
-    tls_insecure: bool = field(default=False,
-                               metadata={"doc": "skip host name check (bench use only)"})
-    telemetry_interval_s: float = field(
-        default=1.0, metadata={"doc": "minimum time between telemetry messages; 0 disables"})
-    outbox_file: str = field(default="outbox.sqlite3",
-                             metadata={"doc": "outbox database, relative to the state directory"})
-    outbox_max_messages: int = field(
-        default=10_000, metadata={"doc": "outbox bound; telemetry is refused/evicted first, "
-                                         "alerts are kept beyond it and reported"})
-    outbox_max_telemetry: int = field(
-        default=600, metadata={"doc": "telemetry rows kept while offline (10 min at 1 Hz)"})
-    max_inflight: int = field(default=20,
-                              metadata={"doc": "outbox rows handed to paho before PUBACKs"})
-    command_max_bytes: int = field(default=4096,
-                                   metadata={"doc": "larger command payloads are rejected"})
-    ha_discovery: bool = field(default=False,
-                               metadata={"doc": "publish Home Assistant discovery configs"})
-    ha_discovery_prefix: str = field(default="homeassistant",
-                                     metadata={"doc": "Home Assistant discovery prefix"})
-
-    def validate(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is not in 1..65535")
-        if self.keepalive_s < 5:
-            raise ValueError("keepalive_s must be >= 5")
-        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("need 1 <= reconnect_min_s <= reconnect_max_s")
-        if self.telemetry_interval_s < 0:
-            raise ValueError("telemetry_interval_s must be >= 0")
-        if self.outbox_max_messages < 1 or self.outbox_max_telemetry < 0:
-            raise ValueError("outbox_max_messages must be >= 1 and outbox_max_telemetry >= 0")
-        if self.max_inflight < 1:
-            raise ValueError("max_inflight must be >= 1")
-        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
-            raise ValueError("tls_cert_file and tls_key_file go together")
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""Settings of the outputs (``[mqtt]``, ``[buzzer]``): plain dataclasses, importing nothing of
+the components, so the configuration (:mod:`dms.config`) sits below them in the import graph."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The ``[mqtt]`` table of the configuration file."""
+
+    enabled: bool = field(default=True, metadata={"doc": "publish to a broker at all"})
+    host: str = field(default="localhost", metadata={"doc": "broker host name or address"})
+    port: int = field(default=1883, metadata={"doc": "broker port (8883 is usual with TLS)"})
+    prefix: str = field(default="dms", metadata={"doc": "first topic level(s), e.g. fleet/dms"})
+    device_id: str = field(default="", metadata={"doc": "second topic level; empty: host name"})
+    client_id: str = field(default="", metadata={"doc": "MQTT client id; empty: dms-<device_id>"})
+    protocol: Literal["3.1.1", "5"] = field(
+        default="5", metadata={"doc": "MQTT version; 5 reports refused publishes (ACL denials)"})
+    keepalive_s: int = field(default=30, metadata={"doc": "keepalive; the Will fires after "
+                                                          "1.5x this if the link dies silently"})
+    reconnect_min_s: int = field(default=1, metadata={"doc": "first reconnect delay"})
+    reconnect_max_s: int = field(
+        default=10,
+        metadata={"doc": "reconnect back-off ceiling (the soak run saw 11-16 s recoveries at 30)"},
+    )
+    username: str = field(default="", metadata={"doc": "broker user name; empty: anonymous"})
+    password_env: str = field(
+        default="DMS_MQTT_PASSWORD",
+        metadata={"doc": "environment variable holding the password (read when the client is "
+                         "built; put it in /etc/dms/dms.env)"})
+    tls: bool = field(default=False, metadata={"doc": "connect with TLS"})
+    tls_ca_file: str = field(default="", metadata={"doc": "CA bundle; empty: system CAs"})
+    tls_cert_file: str = field(default="", metadata={"doc": "client certificate (mutual TLS)"})
+    tls_key_file: str = field(default="", metadata={"doc": "client private key (mutual TLS)"})
+    tls_insecure: bool = field(default=False,
+                               metadata={"doc": "skip host name check (bench use only)"})
+    telemetry_interval_s: float = field(
+        default=1.0, metadata={"doc": "minimum time between telemetry messages; 0 disables"})
+    outbox_file: str = field(default="outbox.sqlite3",
+                             metadata={"doc": "outbox database, relative to the state directory"})
+    outbox_max_messages: int = field(
+        default=10_000, metadata={"doc": "outbox bound; telemetry is refused/evicted first, "
+                                         "alerts are kept beyond it and reported"})
+    outbox_max_telemetry: int = field(
+        default=600, metadata={"doc": "telemetry rows kept while offline (10 min at 1 Hz)"})
+    max_inflight: int = field(default=20,
+                              metadata={"doc": "outbox rows handed to paho before PUBACKs"})
+    command_max_bytes: int = field(default=4096,
+                                   metadata={"doc": "larger command payloads are rejected"})
+    ha_discovery: bool = field(default=False,
+                               metadata={"doc": "publish Home Assistant discovery configs"})
+    ha_discovery_prefix: str = field(default="homeassistant",
+                                     metadata={"doc": "Home Assistant discovery prefix"})
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not in 1..65535")
+        if self.keepalive_s < 5:
+            raise ValueError("keepalive_s must be >= 5")
+        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
+            raise ValueError("need 1 <= reconnect_min_s <= reconnect_max_s")
+        if self.telemetry_interval_s < 0:
+            raise ValueError("telemetry_interval_s must be >= 0")
+        if self.outbox_max_messages < 1 or self.outbox_max_telemetry < 0:
+            raise ValueError("outbox_max_messages must be >= 1 and outbox_max_telemetry >= 0")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+
+
+@dataclass(frozen=True, slots=True)
+class BeepPattern:
+    """``on_off_s``: alternating on and off durations starting with on; played ``repeat``
+    times. ``repeat = 0`` is silent."""
+
+    on_off_s: tuple[float, ...] = field(default=(0.2, 0.8),
+                                        metadata={"doc": "on, off, on, ... durations (s)"})
+    repeat: int = field(default=1, metadata={"doc": "times the sequence is played"})
+
+    def validate(self) -> None:
+        if not self.on_off_s:
+            raise ValueError("on_off_s must not be empty")
+        if any(not math.isfinite(d) or d < 0 for d in self.on_off_s):
+            raise ValueError(f"on_off_s {self.on_off_s}: durations must be finite and >= 0")
+        if self.repeat < 0:
+            raise ValueError("repeat must be >= 0")
+
+    @property
+    def duration_s(self) -> float:
+        return sum(self.on_off_s) * self.repeat
+
+
+def default_patterns() -> dict[str, BeepPattern]:
+    """Level 1: one short chirp; 2: five quick beeps; 3: insistent, ~8 s (levels of the engine's
+    escalation, cf. openpilot's silent / sound / full alert)."""
+    return {
+        "1": BeepPattern((0.1, 0.9), 1),
+        "2": BeepPattern((0.2, 0.2), 5),
+        "3": BeepPattern((0.6, 0.2), 10),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class BuzzerSettings:
+    """The ``[buzzer]`` table of the configuration file."""
+
+    backend: Literal["none", "gpiod", "jetson", "command"] = field(
+        default="none", metadata={"doc": "how the buzzer line is driven"})
+    gpiod_chip: str = field(default="/dev/gpiochip0", metadata={"doc": "gpiod: chip device"})
+    gpiod_line: int = field(default=-1, metadata={"doc": "gpiod: line offset on the chip"})
+    jetson_pin: int = field(default=-1, metadata={"doc": "jetson: pin number"})
+    jetson_pin_mode: Literal["BOARD", "BCM"] = field(
+        default="BOARD", metadata={"doc": "jetson: numbering of jetson_pin"})
+    active_low: bool = field(default=False, metadata={"doc": "line is active low"})
+    command_on: tuple[str, ...] = field(
+        default=(), metadata={"doc": "command: argv run to switch on (no shell)"})
+    command_off: tuple[str, ...] = field(
+        default=(), metadata={"doc": "command: argv run to switch off (no shell)"})
+    command_timeout_s: float = field(default=2.0, metadata={"doc": "command: time limit"})
+    max_on_s: float = field(default=2.0,
+                            metadata={"doc": "longest continuous on-time; then forced off"})
+    max_mute_s: float = field(default=600.0, metadata={"doc": "longest mute a command may ask"})
+    update_period_s: float = field(default=0.02,
+                                   metadata={"doc": "how often the driver thread updates"})
+    patterns: dict[str, BeepPattern] = field(
+        default_factory=default_patterns,
+        metadata={"doc": "beep pattern per alert level (replaces the defaults as a whole)"})
+
+    def validate(self) -> None:
+        if self.backend == "gpiod" and self.gpiod_line < 0:
+            raise ValueError("backend 'gpiod' needs gpiod_line (the line offset)")
+        if self.backend == "jetson" and self.jetson_pin < 0:
+            raise ValueError("backend 'jetson' needs jetson_pin")
+        if self.backend == "command" and not (self.command_on and self.command_off):
+            raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
+        if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
+            raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
