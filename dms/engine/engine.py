@@ -179,53 +179,71 @@ class Engine:
         return self._state
 
     def step(self, obs: Observation) -> StepResult:
+        pose, rel = self._perceive(obs)
+        events = self._policy.update(self._policy_input(obs, rel))
+        self._learn(obs, pose)
+        self._state = self._summary(obs.t_s)
+        return StepResult(obs.t_s, tuple(events), pose, rel, self._state)
+
+    def _perceive(self, obs: Observation) -> tuple[HeadPose | None, RelativePose | None]:
+        """Gate and filter the pose; (filtered absolute, relative to neutral), or Nones."""
         s = self.settings
         pose_in = obs.pose
         usable = (pose_in is not None and pose_in.confidence >= s.policy.min_confidence
                   and self._gate.accept(obs.t_s, pose_in.pitch_deg, pose_in.roll_deg))
         out = self._filter.update(obs.t_s, pose_in.rotation if usable and pose_in else None)
+        if not usable or pose_in is None or out.rotation is None:
+            return None, None
+        R = out.rotation
+        pitch, yaw, roll = euler_from_rotation(R)
+        pose = HeadPose(R, pitch, yaw, roll, pose_in.confidence)
+        Rrel = relative_rotation(self.neutral.rotation, R)
+        rp, ry, rr = euler_from_rotation(Rrel)
+        return pose, RelativePose(Rrel, rp, ry, rr, inboard_yaw(ry, s.policy.right_hand_drive))
 
-        pose: HeadPose | None = None
-        rel: RelativePose | None = None
-        if usable and pose_in is not None and out.rotation is not None:
-            R = out.rotation
-            pitch, yaw, roll = euler_from_rotation(R)
-            pose = HeadPose(R, pitch, yaw, roll, pose_in.confidence)
-            Rrel = relative_rotation(self.neutral.rotation, R)
-            rp, ry, rr = euler_from_rotation(Rrel)
-            rel = RelativePose(Rrel, rp, ry, rr, inboard_yaw(ry, s.policy.right_hand_drive))
+    def _policy_input(self, obs: Observation, rel: RelativePose | None) -> PolicyInput:
+        confidence = 1.0 if obs.pose is None else obs.pose.confidence
+        if rel is None:
+            return PolicyInput(t_s=obs.t_s, face_present=False, confidence=confidence,
+                               speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg,
+                               neutral_known=self.calibrated)
+        return PolicyInput(t_s=obs.t_s, face_present=True, yaw_deg=rel.yaw_deg,
+                           pitch_deg=rel.pitch_deg, roll_deg=rel.roll_deg, confidence=confidence,
+                           speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg,
+                           neutral_known=self.calibrated)
 
-        events = self._policy.update(PolicyInput(
-            t_s=obs.t_s, face_present=rel is not None,
-            yaw_deg=None if rel is None else rel.yaw_deg,
-            pitch_deg=None if rel is None else rel.pitch_deg,
-            roll_deg=None if rel is None else rel.roll_deg,
-            confidence=1.0 if pose_in is None else pose_in.confidence,
-            speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg,
-            neutral_known=self.calibrated))
-
-        c = s.calibration
-        moving = (obs.speed_kmh >= c.online_min_speed_kmh if obs.speed_kmh is not None
-                  else not c.online_requires_speed)
+    def _learn(self, obs: Observation, pose: HeadPose | None) -> None:
+        """Feed the neutral learner: the clamped refinement of an explicit calibration, or
+        the mount-free dominant-pose learner."""
+        c = self.settings.calibration
+        moving = self._moving(obs.speed_kmh)
         confident = pose is not None and pose.confidence >= c.min_confidence
         R_learn = None if pose is None else pose.rotation
         if self._online is not None:
-            before = self._online.ready
-            self._online.update(obs.t_s, R_learn,
-                                confident and moving and self._policy.attentive)
-            if self._online.ready and not before:
-                log.info("online refinement of the calibration ready at t=%.1f s: %s",
-                         obs.t_s, self.neutral.euler_deg)
-        else:
-            assert self._learner is not None
-            # Before the neutral is known it is learned at any speed (a first estimate, kept
-            # honest by the dominance test); once settled only while moving, as openpilot.
-            weight = c.online_alert_weight if self._policy.alert_active else 1.0
-            self._learner.update(obs.t_s, R_learn,
-                                 confident and (moving or not self._learner.settled), weight)
+            self._refine(self._online, obs.t_s, R_learn,
+                         confident and moving and self._policy.attentive)
+            return
+        assert self._learner is not None
+        # Before the neutral is known it is learned at any speed (a first estimate, kept
+        # honest by the dominance test); once settled only while moving, as openpilot.
+        weight = c.online_alert_weight if self._policy.alert_active else 1.0
+        self._learner.update(obs.t_s, R_learn,
+                             confident and (moving or not self._learner.settled), weight)
 
-        self._state = self._summary(obs.t_s)
-        return StepResult(obs.t_s, tuple(events), pose, rel, self._state)
+    def _moving(self, speed_kmh: float | None) -> bool:
+        """Fast enough to learn from (unknown speed counts unless speed is required)."""
+        c = self.settings.calibration
+        if speed_kmh is None:
+            return not c.online_requires_speed
+        return speed_kmh >= c.online_min_speed_kmh
+
+    def _refine(self, online: OnlineNeutral, t_s: float, R: np.ndarray | None,
+                learnable: bool) -> None:
+        before = online.ready
+        online.update(t_s, R, learnable)
+        if online.ready and not before:
+            log.info("online refinement of the calibration ready at t=%.1f s: %s",
+                     t_s, self.neutral.euler_deg)
 
     def _summary(self, t_s: float | None) -> EngineState:
         n = self.neutral
