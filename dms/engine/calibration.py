@@ -109,6 +109,18 @@ def calibrate_neutral(
     Raises :class:`CalibrationRefused` (code ``no_frames``, ``face_missing``,
     ``too_few_samples``, ``moved_too_much`` or ``not_at_road``) with a message saying why.
     """
+    Rs, missing, duration = _usable_rotations(observations, settings)
+    neutral, keep, spread = _robust_neutral(Rs, settings)
+    _check_at_road(neutral, settings, mount)
+    return CalibrationResult(
+        neutral=NeutralPose(neutral, "explicit", int(keep.sum()), spread),
+        sample_count=int(keep.sum()), rejected_count=int((~keep).sum()), missing_count=missing,
+        spread_deg=spread, duration_s=duration)
+
+
+def _usable_rotations(observations: Iterable[Observation],
+                      settings: CalibrationSettings) -> tuple[np.ndarray, int, float]:
+    """(stacked confident rotations, frames without one, time span); refuses too few."""
     rotations: list[np.ndarray] = []
     times: list[float] = []
     frames = 0
@@ -132,7 +144,12 @@ def calibrate_neutral(
             "too_few_samples",
             f"only {len(rotations)} usable poses (need {settings.min_samples}): "
             "calibrate for longer")
-    Rs = np.stack(rotations)
+    return np.stack(rotations), missing, duration
+
+
+def _robust_neutral(Rs: np.ndarray,
+                    settings: CalibrationSettings) -> tuple[np.ndarray, np.ndarray, float]:
+    """(neutral, mask of the poses kept, RMS spread in degrees); refuses a driver who moved."""
     # Robust centre: start from the chordal mean, then re-centre on the closest half twice.
     centre = mean_rotation(Rs)
     for _ in range(2):
@@ -153,6 +170,12 @@ def calibrate_neutral(
             "moved_too_much",
             f"poses spread {spread:.1f} deg RMS (max {settings.max_spread_deg:g}): the driver "
             "moved; look at the road and keep still")
+    return neutral, keep, spread
+
+
+def _check_at_road(neutral: np.ndarray, settings: CalibrationSettings,
+                   mount: MountSettings | None) -> None:
+    """Refuse a neutral no camera mount could see of a driver looking at the road."""
     n_pitch, n_yaw, _ = euler_from_rotation(neutral)
     (ylo, yhi), (plo, phi) = settings.neutral_yaw_range_deg, settings.neutral_pitch_range_deg
     if not (ylo <= n_yaw <= yhi and plo <= n_pitch <= phi):
@@ -169,10 +192,6 @@ def calibrate_neutral(
                 f"neutral is {off:.0f} deg from what the '{mount.name}' mount expects (max "
                 f"{settings.max_offset_from_mount_deg:g}): look at the road, or check the "
                 "mount profile")
-    return CalibrationResult(
-        neutral=NeutralPose(neutral, "explicit", int(keep.sum()), spread),
-        sample_count=int(keep.sum()), rejected_count=rejected, missing_count=missing,
-        spread_deg=spread, duration_s=duration)
 
 
 class OnlineNeutral:
@@ -321,29 +340,35 @@ class DominantPoseNeutral:
 
     def update(self, t_s: float, R: np.ndarray | None, learnable: bool,
                weight: float = 1.0) -> NeutralPose:
-        s = self.settings
         dt = 0.0 if self._t_s is None else min(max(t_s - self._t_s, 0.0), 0.5)
         if self._t_s is not None and t_s <= self._t_s:
             return self._current
         self._t_s = t_s
         if self._decayed_t_s is None:
             self._decayed_t_s = t_s
-        if s.online_enabled and learnable and R is not None and dt > 0 and weight > 0:
-            pitch, yaw, roll = euler_from_rotation(R)
-            w = dt * weight
-            self._total += w
-            iy = int(math.floor((yaw - self._yaw_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
-            ip = int(math.floor((pitch - self._pitch_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
-            if 0 <= iy < self._w.shape[0] and 0 <= ip < self._w.shape[1]:
-                self._w[iy, ip] += w
-                self._wy[iy, ip] += w * yaw
-                self._wp[iy, ip] += w * pitch
-                self._wr[iy, ip] += w * roll
-        if t_s >= self._refresh_at_s:
+        if learnable and R is not None:
+            self._add(R, dt * weight)
+        if t_s >= self._refresh_at_s:  # every REFRESH_S: fade, then find the dominant pose
             self._refresh_at_s = t_s + self.REFRESH_S
             self._decay(t_s)
             self._refresh()
         return self._current
+
+    def _add(self, R: np.ndarray, w: float) -> None:
+        """Learn one pose with weight ``w`` (seconds): in the total, and in its histogram bin
+        when inside the plausible neutral range. Nothing on the first frame (no time step),
+        with a zero weight or with learning disabled."""
+        if not (self.settings.online_enabled and w > 0):
+            return
+        pitch, yaw, roll = euler_from_rotation(R)
+        self._total += w
+        iy = int(math.floor((yaw - self._yaw_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
+        ip = int(math.floor((pitch - self._pitch_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
+        if 0 <= iy < self._w.shape[0] and 0 <= ip < self._w.shape[1]:
+            self._w[iy, ip] += w
+            self._wy[iy, ip] += w * yaw
+            self._wp[iy, ip] += w * pitch
+            self._wr[iy, ip] += w * roll
 
     def _decay(self, t_s: float) -> None:
         assert self._decayed_t_s is not None
@@ -375,41 +400,56 @@ class DominantPoseNeutral:
         return (y, p), w_sum, roll
 
     def _refresh(self) -> None:
-        s = self.settings
         if self._total <= 0 or not self._w.any():
             return
+        centre, cluster_w, roll = self._dominant_cluster()
+        self._centre, self._cluster_w = centre, cluster_w
+        self._judge(centre)
+        if self._settled or self.hint is None or self._mismatch_deg is not None:
+            self._current = NeutralPose.from_euler(centre[1], centre[0], roll, "online",
+                                                   int(round(self._total)), 0.0)
+
+    def _dominant_cluster(self) -> tuple[tuple[float, float], float, float]:
+        """(centre, weight, mean roll) of the dominant cluster: the peak of the blurred
+        histogram, or, once settled, the current cluster unless the peak outweighs it by
+        ``online_switch_ratio``."""
+        s = self.settings
         blurred = self._ky @ self._w @ self._kp
         iy, ip = np.unravel_index(int(np.argmax(blurred)), blurred.shape)
         peak, peak_w, peak_roll = self._shift((float(self._yaw_c[iy]), float(self._pitch_c[ip])))
-        centre, cluster_w, roll = peak, peak_w, peak_roll
         if self._settled and self._centre is not None:
             here, here_w, here_roll = self._shift(self._centre)
             apart = math.hypot(peak[0] - here[0], peak[1] - here[1])
             if apart > s.online_cluster_radius_deg and peak_w <= s.online_switch_ratio * here_w:
-                centre, cluster_w, roll = here, here_w, here_roll
-            elif apart > s.online_cluster_radius_deg:
+                return here, here_w, here_roll
+            if apart > s.online_cluster_radius_deg:
                 log.warning("learned neutral moved %.0f deg to yaw %.1f pitch %.1f: the "
                             "driver's dominant pose changed", apart, peak[0], peak[1])
-        self._centre, self._cluster_w = centre, cluster_w
+        return peak, peak_w, peak_roll
+
+    def _judge(self, centre: tuple[float, float]) -> None:
+        """Settle once the dominant cluster holds enough of the poses (sooner when it agrees
+        with the mount hint); note a hint it contradicts."""
+        s = self.settings
         dominant = self.dominance >= s.online_dominant_fraction
         if self.hint is not None and dominant and self._total >= s.hint_settle_s:
-            h_pitch, h_yaw, _ = self.hint.euler_deg
-            off = math.hypot(centre[0] - h_yaw, centre[1] - h_pitch)
-            if off > s.hint_agree_deg:
-                if self._mismatch_deg is None:
-                    log.warning("the driver's dominant pose (yaw %.1f, pitch %.1f) is %.0f deg "
-                                "from what the mount hint expects (yaw %.1f, pitch %.1f): "
-                                "ignoring the hint", centre[0], centre[1], off, h_yaw, h_pitch)
-                self._mismatch_deg = off
-            else:
-                self._mismatch_deg = None
-                if not self._settled:
-                    self._settle("agrees with the mount hint")
+            self._compare_hint(self.hint, centre)
         if not self._settled and dominant and self._total >= s.online_settle_s:
             self._settle("learned")
-        if self._settled or self.hint is None or self._mismatch_deg is not None:
-            self._current = NeutralPose.from_euler(centre[1], centre[0], roll, "online",
-                                                   int(round(self._total)), 0.0)
+
+    def _compare_hint(self, hint: NeutralPose, centre: tuple[float, float]) -> None:
+        h_pitch, h_yaw, _ = hint.euler_deg
+        off = math.hypot(centre[0] - h_yaw, centre[1] - h_pitch)
+        if off > self.settings.hint_agree_deg:
+            if self._mismatch_deg is None:
+                log.warning("the driver's dominant pose (yaw %.1f, pitch %.1f) is %.0f deg "
+                            "from what the mount hint expects (yaw %.1f, pitch %.1f): "
+                            "ignoring the hint", centre[0], centre[1], off, h_yaw, h_pitch)
+            self._mismatch_deg = off
+        else:
+            self._mismatch_deg = None
+            if not self._settled:
+                self._settle("agrees with the mount hint")
 
     def _settle(self, why: str) -> None:
         self._settled = True
