@@ -264,13 +264,16 @@ class CalibrationSettings:
             raise ValueError("online_switch_ratio must be >= 1")
         if not 0 <= self.online_alert_weight <= 1:
             raise ValueError("online_alert_weight must be in [0, 1]")
+        self._validate_ranges()
+        if not 0 <= self.max_missing_fraction <= 1 or not 0 <= self.max_outlier_fraction <= 1:
+            raise ValueError("fractions must be within [0, 1]")
+
+    def _validate_ranges(self) -> None:
         for name in ("online_yaw_range_deg", "online_pitch_range_deg", "neutral_yaw_range_deg",
                      "neutral_pitch_range_deg"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: lower bound {lo} above upper bound {hi}")
-        if not 0 <= self.max_missing_fraction <= 1 or not 0 <= self.max_outlier_fraction <= 1:
-            raise ValueError("fractions must be within [0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,12 +364,15 @@ class PolicySettings:
             raise ValueError("need vats_total_s <= vats_window_s")
         if not 0 < self.level2_after_s <= self.level3_after_s:
             raise ValueError("need 0 < level2_after_s <= level3_after_s")
+        self._validate_nods()
+        if self.drowsy_level not in (1, 2, 3) or self.standstill_max_level not in (1, 2, 3):
+            raise ValueError("levels are 1, 2 or 3")
+
+    def _validate_nods(self) -> None:
         if not self.nod_return_deg < self.nod_depth_deg or self.nod_onset_deg >= self.nod_depth_deg:
             raise ValueError("need nod_onset_deg and nod_return_deg below nod_depth_deg")
         if not 1 <= self.nods_for_alert <= self.nods_for_level3:
             raise ValueError("need 1 <= nods_for_alert <= nods_for_level3")
-        if self.drowsy_level not in (1, 2, 3) or self.standstill_max_level not in (1, 2, 3):
-            raise ValueError("levels are 1, 2 or 3")
 
 
 @dataclass(frozen=True, slots=True)
