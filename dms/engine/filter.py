@@ -44,7 +44,8 @@ def rotvec_from_matrix(R: np.ndarray) -> np.ndarray:
         axis = np.sqrt(np.clip(np.diag(B), 0.0, None))
         k = int(np.argmax(axis))
         axis = B[:, k] / max(axis[k], 1e-12)
-        return axis / np.linalg.norm(axis) * angle
+        rotvec: np.ndarray = axis / np.linalg.norm(axis) * angle
+        return rotvec
     return v * (angle / (2.0 * math.sin(angle)))
 
 
@@ -55,7 +56,8 @@ def matrix_from_rotvec(w: np.ndarray) -> np.ndarray:
         return np.eye(3)
     k = w / angle
     K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + math.sin(angle) * K + (1.0 - math.cos(angle)) * (K @ K)
+    R: np.ndarray = np.eye(3) + math.sin(angle) * K + (1.0 - math.cos(angle)) * (K @ K)
+    return R
 
 
 def smoothing_alpha(dt_s: float, cutoff_hz: float) -> float:
