@@ -34,6 +34,39 @@ class Frame:
     index: int
 
 
+def as_bgr(image: object) -> tuple[np.ndarray | None, str]:
+    """The frame as an HxWx3 uint8 BGR image, converting what can be converted: GRAY8 (2-D,
+    or HxWx1: monochrome IR cameras), BGRA (4 channels), 16-bit (scaled) and finite float
+    images (0..1 or 0..255). Returns (image, "") or (None, why) for what cannot be used: not
+    an array, an empty (0x0) frame, other channel counts, NaN or infinite pixels."""
+    if not isinstance(image, np.ndarray):
+        return None, f"not an image array ({type(image).__name__})"
+    img = image
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim not in (2, 3) or img.shape[0] < 2 or img.shape[1] < 2:
+        return None, f"unusable frame shape {img.shape}"
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        return None, f"{img.shape[2]} channels (need 1, 3 or 4)"
+    if img.dtype != np.uint8:
+        if img.dtype.kind == "f":
+            if not np.isfinite(img).all():
+                return None, "NaN or infinite pixels"
+            scale = 255.0 if float(img.max(initial=0.0)) <= 1.0 else 1.0
+            img = np.clip(img * scale, 0, 255).astype(np.uint8)
+        elif img.dtype == np.uint16:
+            img = (img >> 8).astype(np.uint8)
+        elif img.dtype.kind in "iub":
+            img = np.clip(img, 0, 255).astype(np.uint8)
+        else:
+            return None, f"pixel type {img.dtype}"
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(img), ""
+
+
 def source_kind(source: str) -> str:
     """'camera' (an integer index or /dev/videoN), 'rtsp', 'gstreamer' or 'file'."""
     s = source.strip()
@@ -311,36 +344,47 @@ class FrameSource:
                       n, self.reopens)
 
     def _live_frames(self, stop: threading.Event) -> Iterator[Frame | SourceStatus]:
-        reader = LatestFrameReader(self.cfg.source, opener=self._opener, clock=self._clock)
+        """Frames while the camera delivers; otherwise ``lost``, then ``waiting`` heartbeats
+        through the back-off and ``restored`` once it opens again. A camera missing at start
+        is lost from the start: the caller keeps running and monitoring begins when it
+        appears."""
+        reader: LatestFrameReader | None = None
+        try:
+            reader = self._open_reader()
+        except DmsError as exc:
+            yield SourceStatus(self._clock(), "lost", str(exc))
         backoff = self.cfg.reconnect_min_s
         try:
             while not stop.is_set():
-                frame = reader.read(timeout_s=self.cfg.frame_timeout_s)
-                if frame is not None:
-                    backoff = self.cfg.reconnect_min_s
-                    yield frame
-                    continue
-                why = "stream ended" if reader.failed else (
-                    f"no frame for {self.cfg.frame_timeout_s:g} s")
-                yield SourceStatus(self._clock(), "lost", f"{self.cfg.source}: {why}")
-                reader.close()
-                while not stop.is_set():
-                    log.warning("camera %s lost (%s); reopening in %.1f s", self.cfg.source,
-                                why, backoff)
-                    until = self._clock() + backoff
-                    while (left := until - self._clock()) > 0:
-                        if stop.wait(min(left, self.HEARTBEAT_S)):
-                            return
-                        yield SourceStatus(self._clock(), "waiting", why)
-                    backoff = min(backoff * 2.0, self.cfg.reconnect_max_s)
-                    try:
-                        reader = LatestFrameReader(
-                            self.cfg.source, opener=self._opener, clock=self._clock)
-                    except DmsError as exc:
-                        why = str(exc)
+                if reader is not None:
+                    frame = reader.read(timeout_s=self.cfg.frame_timeout_s)
+                    if frame is not None:
+                        backoff = self.cfg.reconnect_min_s
+                        yield frame
                         continue
-                    self.reconnects += 1
-                    yield SourceStatus(self._clock(), "restored", self.cfg.source)
-                    break
+                    why = "stream ended" if reader.failed else (
+                        f"no frame for {self.cfg.frame_timeout_s:g} s")
+                    yield SourceStatus(self._clock(), "lost", f"{self.cfg.source}: {why}")
+                    reader.close()
+                    reader = None
+                log.warning("camera %s unavailable; reopening in %.1f s", self.cfg.source,
+                            backoff)
+                until = self._clock() + backoff
+                while (left := until - self._clock()) > 0:
+                    if stop.wait(min(left, self.HEARTBEAT_S)):
+                        return
+                    yield SourceStatus(self._clock(), "waiting", self.cfg.source)
+                backoff = min(backoff * 2.0, self.cfg.reconnect_max_s)
+                try:
+                    reader = self._open_reader()
+                except DmsError as exc:
+                    log.debug("camera %s: %s", self.cfg.source, exc)
+                    continue
+                self.reconnects += 1
+                yield SourceStatus(self._clock(), "restored", self.cfg.source)
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
+
+    def _open_reader(self) -> LatestFrameReader:
+        return LatestFrameReader(self.cfg.source, opener=self._opener, clock=self._clock)

@@ -170,10 +170,12 @@ def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:
 
 @dataclass(frozen=True, slots=True)
 class MonitorStep:
-    """What one frame produced: perception's result and the engine's."""
+    """What one frame produced: perception's result and the engine's. ``error`` says why the
+    frame could not be used (then the engine saw no face at ``t_s``)."""
 
     frame: FrameResult
     result: Any  # dms.engine.engine.StepResult
+    error: str = ""
 
 
 class DriverMonitor:
@@ -185,12 +187,21 @@ class DriverMonitor:
     results go. :meth:`calibrate` arms a calibration of ``duration_s`` seconds starting at
     the next frame; when it ends, the neutral pose is computed (``calibrate_neutral``), given
     to the engine on success, and ``on_done(result_or_refusal)`` is called.
+
+    No frame stops it: frames are converted to BGR where they can be (GRAY8 from IR cameras,
+    BGRA, 16-bit; :func:`dms.capture.as_bgr`); a frame that cannot be used, or on which the
+    models fail (an exception, a non-finite pose), is counted in ``bad_frames`` and reaches
+    the engine as "no face" at its time, so a camera that keeps sending garbage raises
+    ``driver_not_visible`` and then ``system_degraded`` like a lost face.
     """
+
+    LOG_EVERY = 100  # after the first, log one bad frame in this many
 
     def __init__(self, perception: Perception, engine: Any) -> None:
         self.perception = perception
         self.engine = engine
         self.frames = 0
+        self.bad_frames = 0
         self._cal_duration_s: float | None = None
         self._cal_until: float | None = None
         self._cal_obs: list[Observation] = []
@@ -224,13 +235,30 @@ class DriverMonitor:
         self._cal_done = on_done
 
     def step(self, image: np.ndarray, t_s: float) -> MonitorStep:
-        fr = self.perception.process(image, t_s)
+        from dms.capture import as_bgr
+
+        img, error = as_bgr(image)
+        fr = FrameResult(t_s, None, None, False, 0.0, 0.0)
+        if img is not None:
+            try:
+                fr = self.perception.process(img, t_s)
+                if fr.pose is not None and not np.isfinite(fr.pose.rotation).all():
+                    error = "the head-pose model returned a non-finite pose"
+            except Exception as exc:  # noqa: BLE001 - one frame must never stop monitoring
+                error = f"perception failed: {type(exc).__name__}: {exc}"
+                self.perception.reset()
+        if error:
+            self.bad_frames += 1
+            if self.bad_frames == 1 or self.bad_frames % self.LOG_EVERY == 0:
+                log.warning("frame at t=%.2f s skipped (%s); %d bad frames so far", t_s, error,
+                            self.bad_frames)
+            fr = FrameResult(t_s, None, None, fr.detected, fr.detect_ms, fr.pose_ms)
         obs = fr.observation()
         if self._cal_duration_s is not None:
             self._calibration_frame(obs)
         result = self.engine.step(obs)
         self.frames += 1
-        return MonitorStep(fr, result)
+        return MonitorStep(fr, result, error)
 
     def _calibration_frame(self, obs: Observation) -> None:
         assert self._cal_duration_s is not None

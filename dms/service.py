@@ -4,11 +4,16 @@ Load the config -> warm the models (:class:`dms.pipeline.DriverMonitor`, the one
 step) -> start MQTT in the background (an unreachable broker never stops monitoring) -> loop
 over :class:`dms.capture.FrameSource`: each frame goes through ``monitor.step`` and its result
 to :class:`dms.outputs.routing.AlertOutputs` (MQTT outbox + buzzer + log). READY=1 once the
-first frame went through the models; WATCHDOG=1 while the loop is alive (frames processed,
-or a lost camera being reopened). SIGTERM/SIGINT stop the loop, force the buzzer off at once,
-publish ``offline`` and wait a bounded time for the outbox. A lost camera is a
-``system_degraded``/``camera_lost`` record on the alert topic and the ``camera`` field of the
-state; the source reopens it with back-off.
+first frame went through the models, or once the camera is found missing (the service is up
+and reporting it); WATCHDOG=1 while the loop is alive (frames processed, or a lost camera
+being reopened). SIGTERM/SIGINT stop the loop, force the buzzer off at once, publish
+``offline`` and wait a bounded time for the outbox; SIGHUP (``systemctl reload dms``) does the
+same and exits with ``EXIT_RELOAD`` (75), which systemd's ``Restart=on-failure`` restarts at
+once, so the new configuration is read: a reload that never leaves monitoring down for more
+than a restart. A lost camera (also one missing at start) is a ``system_degraded`` /
+``camera_lost`` record on the alert topic and the ``camera`` field of the state; the source
+reopens it with back-off. No frame and no error while processing one ends the loop
+(:class:`dms.pipeline.DriverMonitor`; anything else raised is logged and the loop goes on).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dms.pipeline import DriverMonitor, MonitorStep
 log = logging.getLogger(__name__)
 
 MQTT_RETRY_S = 10.0  # retry starting MQTT this often when it could not start
+EXIT_RELOAD = 75  # SIGHUP: stopped cleanly so that systemd restarts with the new config
 
 __all__ = ["AlertOutputs", "FrameSource", "Service", "SourceStatus", "open_mqtt"]
 
@@ -56,6 +62,8 @@ class Service:
         self._camera = "starting"
         self._fps = 0.0
         self._calibrate_requested = False
+        self._exit_code = 0
+        self.loop_errors = 0
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -123,6 +131,8 @@ class Service:
         return st | {
             "camera": self._camera,
             "fps": round(self._fps, 1),
+            "bad_frames": self.monitor.bad_frames,
+            "loop_errors": self.loop_errors,
             "models": {"detector": perception.detector.name, "pose": perception.estimator.name},
             "profile": self.cfg.service.profile,
             "version": __version__,
@@ -176,8 +186,11 @@ class Service:
                         log.info("video source ended after %d frames", self.frames)
                         break
                     self._source_status(item)
+                    if item.status == "lost" and not ready:
+                        ready = True
+                        self.notifier.ready(f"up; camera {self.cfg.camera.source} missing")
                 else:
-                    self.process(item)
+                    self._guarded_process(item)
                     self._camera = "ok"
                     fps_n += 1
                     if not ready:
@@ -198,7 +211,18 @@ class Service:
             drained = self.outputs.close(self.cfg.service.stop_drain_timeout_s)
             if not drained and self.outputs.comm is not None:
                 log.warning("outbox not drained on exit; the next start delivers the rest")
-        return 0
+        return self._exit_code
+
+    def _guarded_process(self, frame: Frame) -> None:
+        """``process``, but an error in it is logged and counted, never the end of the loop
+        (the per-frame step already absorbs bad frames; this guards the outputs too)."""
+        try:
+            self.process(frame)
+        except Exception:  # noqa: BLE001 - monitoring must go on
+            self.loop_errors += 1
+            if self.loop_errors == 1 or self.loop_errors % 100 == 0:
+                log.exception("error while processing the frame at t=%.2f s (%d so far); "
+                              "monitoring continues", frame.t_s, self.loop_errors)
 
     def _housekeeping(self, now: float, last_state: float) -> float:
         """Retry MQTT when it could not start; republish the retained state when due.
@@ -217,8 +241,14 @@ class Service:
 
         def handler(signum: int, _frame: Any) -> None:
             self.buzzer.force_off()  # at once, before the loop notices
+            if signum == signal.SIGHUP:
+                self._exit_code = EXIT_RELOAD
+                log.info("SIGHUP: stopping cleanly to be restarted with the configuration "
+                         "re-read (exit %d)", EXIT_RELOAD)
+            else:
+                log.info("signal %d: stopping", signum)
             self.stop.set()
-            log.info("signal %d: stopping", signum)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, handler)

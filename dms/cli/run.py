@@ -29,8 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(cfg.service.log_level.upper())
     on_event = (lambda rec: print(json.dumps(rec), flush=True)) if args.print_events else None
-    # open the camera first: a camera that cannot open is a clear one-line error
-    from dms.capture import open_capture
+    # A video file that cannot be read is a configuration error: one clear line, exit 2. A
+    # live camera that is missing is not: the service starts, reports it lost (MQTT state and
+    # a camera_lost alert) and begins monitoring when it appears.
+    from dms.capture import open_capture, source_kind
 
-    open_capture(cfg.camera.source).release()
+    if source_kind(cfg.camera.source) == "file":
+        open_capture(cfg.camera.source).release()
     return Service(cfg, mqtt=args.mqtt, on_event=on_event).run(max_frames=args.max_frames)
