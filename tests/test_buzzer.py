@@ -176,3 +176,73 @@ def test_settings_pick_the_backend_and_validate() -> None:
     buzzer = open_buzzer(BuzzerSettings(), register_atexit=False)
     buzzer.alert(2, now_s=0.0)
     buzzer.close()
+
+
+def _hook(tmp_path: Path, name: str, body: str) -> list[str]:
+    script = tmp_path / f"{name}.py"
+    script.write_text(body)
+    return [sys.executable, str(script)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"  # a zombie waiting for its reaper is dead
+
+
+def test_a_hanging_hook_never_blocks_mute_and_is_killed_with_its_children(
+        tmp_path: Path) -> None:
+    """issue 13: a hanging hook held the buzzer lock (mute blocked 1.8 s) and left its
+    child processes behind."""
+    import threading
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    on = _hook(tmp_path, "on", "import subprocess, time\n"
+               f"p = subprocess.Popen(['sleep', '60'])\nopen({str(pidfile)!r}, 'w')"
+               ".write(str(p.pid))\ntime.sleep(60)\n")
+    off = _hook(tmp_path, "off", "pass\n")
+    timeout = 3.0
+    settings = BuzzerSettings(backend="command", command_on=tuple(on), command_off=tuple(off),
+                              command_timeout_s=timeout)
+    buzzer = open_buzzer(settings, register_atexit=False)
+    buzzer.alert(2, now_s=0.0)  # the caller never writes while another write may hang
+    writer = threading.Thread(target=buzzer.update, args=(0.01,))  # the buzzer thread's job
+    writer.start()
+    for _ in range(200):  # the hook has started and forked its child
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    buzzer.mute(30.0, now_s=0.02)
+    assert time.monotonic() - t0 < timeout / 2  # mute did not wait for the hanging hook
+    writer.join(timeout=timeout + 5)
+    assert not writer.is_alive()
+    child = int(pidfile.read_text())
+    for _ in range(40):
+        if not _alive(child):
+            break
+        time.sleep(0.05)
+    assert not _alive(child)  # the whole process group was killed on the timeout
+
+
+def test_a_failed_off_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    count.write_text("0")
+    on = _hook(tmp_path, "on", "pass\n")
+    off = _hook(tmp_path, "off", f"p = {str(count)!r}\nn = int(open(p).read()) + 1\n"
+                "open(p, 'w').write(str(n))\nraise SystemExit(0 if n >= 3 else 1)\n")
+    settings = BuzzerSettings(backend="command", command_on=tuple(on), command_off=tuple(off))
+    buzzer = open_buzzer(settings, register_atexit=False)
+    buzzer.alert(2, now_s=0.0)
+    assert buzzer.is_on
+    buzzer.force_off()  # fails (1)
+    t = 1.0
+    while count.read_text() != "3" and t < 10.0:
+        buzzer.update(t)  # the buzzer thread: retries the off every OFF_RETRY_S
+        t += Buzzer.OFF_RETRY_S
+    assert count.read_text() == "3" and not buzzer.is_on
+    buzzer.update(t + 5.0)
+    assert count.read_text() == "3"  # once off, no more retries

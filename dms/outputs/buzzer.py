@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class BuzzerLine(Protocol):
-    """One output line. ``set`` is called only when the wanted state changes."""
+    """One output line. ``set`` is called only when the wanted state changes; it may return
+    False when switching failed (then an "off" is retried)."""
 
-    def set(self, on: bool) -> None: ...
+    def set(self, on: bool) -> bool | None: ...
 
     def close(self) -> None: ...
 
@@ -113,7 +114,11 @@ class JetsonGpioLine:
 
 
 class CommandLine:
-    """Runs a configured program (argv list, never a shell) to switch the line."""
+    """Runs a configured program (argv list, never a shell) to switch the line.
+
+    Each run gets its own process group; a run that outlives ``timeout_s`` is killed with its
+    whole group (a hook that forks leaves nothing behind). ``set`` returns whether the program
+    succeeded, so a failed "off" is retried by the caller."""
 
     def __init__(self, on_argv: Sequence[str], off_argv: Sequence[str],
                  timeout_s: float = 2.0) -> None:
@@ -126,20 +131,42 @@ class CommandLine:
         self._off = list(off_argv)
         self._timeout_s = timeout_s
 
-    def set(self, on: bool) -> None:
+    def set(self, on: bool) -> bool:
         argv = self._on if on else self._off
         try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=self._timeout_s, check=False, shell=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
             log.error("buzzer command %s failed: %s", argv[0], exc)
-            return
-        if done.returncode != 0:
-            log.error("buzzer command %s exited %d: %s", argv[0], done.returncode,
-                      done.stderr.decode(errors="replace").strip()[:200])
+            return False
+        try:
+            _, err = proc.communicate(timeout=self._timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            log.error("buzzer command %s took longer than %g s; killed with its children",
+                      argv[0], self._timeout_s)
+            return False
+        if proc.returncode != 0:
+            log.error("buzzer command %s exited %d: %s", argv[0], proc.returncode,
+                      err.decode(errors="replace").strip()[:200])
+            return False
+        return True
 
     def close(self) -> None:
         pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    import contextlib
+    import os
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        log.error("buzzer command (pid %d) did not exit after SIGKILL", proc.pid)
 
 
 def open_line(settings: BuzzerSettings) -> BuzzerLine:
@@ -231,7 +258,10 @@ class Buzzer:
         self._line = line
         self._clock = clock
         self._player = PatternPlayer(settings.patterns)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the state; never held while a line is written
+        self._io_lock = threading.Lock()  # one line write at a time
+        self._wanted = False
+        self._off_retry_at_s = -math.inf
         self._is_on = False
         self._on_since_s: float | None = None
         self._guard_tripped = False
@@ -245,22 +275,51 @@ class Buzzer:
     def is_on(self) -> bool:
         return self._is_on
 
+    OFF_RETRY_S = 0.5  # a failed "off" is tried again this often until it succeeds
+
     def _write(self, on: bool) -> None:
-        if on == self._is_on:
+        """Record the wanted line state (under ``_lock``); :meth:`_apply` writes it."""
+        self._wanted = on
+
+    def _apply(self, now: float, block: bool) -> None:
+        """Write the wanted state to the line outside ``_lock`` (a slow or hanging hook never
+        blocks mute or the engine). ``block`` False: skip when a write is under way (the
+        buzzer thread applies the newest wanted state right after). A failed "off" leaves the
+        line counted as on, so it is retried every ``OFF_RETRY_S``."""
+        if not self._io_lock.acquire(blocking=block):
             return
-        self._line.set(on)
-        self._is_on = on
+        try:
+            want = self._wanted
+            if want == self._is_on or (not want and now < self._off_retry_at_s):
+                return
+            ok = self._line.set(want) is not False
+            if ok:
+                self._is_on = want
+                self._off_retry_at_s = -math.inf
+            elif not want:
+                self._is_on = True  # unknown: keep trying to switch it off
+                self._off_retry_at_s = now + self.OFF_RETRY_S
+                log.error("buzzer: switching off failed; retrying every %.1f s",
+                          self.OFF_RETRY_S)
+        finally:
+            self._io_lock.release()
 
     def alert(self, level: object, now_s: float | None = None) -> None:
         """Start the beep pattern of ``level`` (e.g. an event's level) and update the line."""
         now = self._clock() if now_s is None else now_s
         with self._lock:
             self._player.play(level, now)
-            self.update(now)
+            self._update_state(now)
+        self._apply(now, block=False)
 
-    def update(self, now_s: float | None = None) -> bool:
-        """Drive the line for time ``now_s``; returns the line state."""
+    def update(self, now_s: float | None = None, *, block: bool = True) -> bool:
+        """Drive the line for time ``now_s``; returns the wanted line state."""
         now = self._clock() if now_s is None else now_s
+        want = self._update_state(now)
+        self._apply(now, block)
+        return want
+
+    def _update_state(self, now: float) -> bool:
         with self._lock:
             if self._closed:
                 return False
@@ -295,7 +354,8 @@ class Buzzer:
         now = self._clock() if now_s is None else now_s
         with self._lock:
             self._muted_until_s = now + duration_s
-            self.update(now)
+            self._update_state(now)
+        self._apply(now, block=False)
         log.info("buzzer muted for %.0f s", duration_s)
         return {"muted_s": duration_s}
 
@@ -310,13 +370,23 @@ class Buzzer:
             self.force_off()
 
     def force_off(self) -> None:
-        """Switch the line off now. Never raises (safe in atexit and signal handlers)."""
+        """Switch the line off now. Never raises (safe in atexit and signal handlers); waits
+        at most for a write under way (bounded by the hook's timeout)."""
+        self._wanted = False
+        self._on_since_s = None
+        got = self._io_lock.acquire(timeout=self.settings.command_timeout_s + 1.0)
         try:
-            self._line.set(False)
-            self._is_on = False
-            self._on_since_s = None
+            if self._line.set(False) is False:
+                log.error("buzzer: could not switch the line off (will retry)")
+                self._is_on = True
+                self._off_retry_at_s = -math.inf
+            else:
+                self._is_on = False
         except Exception:  # on exit paths, report and carry on
             log.exception("buzzer: could not switch the line off")
+        finally:
+            if got:
+                self._io_lock.release()
 
     def close(self) -> None:
         with self._lock:
