@@ -13,6 +13,7 @@ The state directory (calibration profiles, MQTT outbox, TensorRT engine cache) i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,6 +100,9 @@ class ServiceSettings:
     def validate(self) -> None:
         if self.state_interval_s <= 0 or self.stop_drain_timeout_s < 0 or self.calibration_s <= 0:
             raise ValueError("intervals must be positive")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.profile):
+            raise ValueError(f"profile {self.profile!r}: use 1-64 letters, digits, '_', '.' or "
+                             "'-', not starting with '.' or '-' (it names a file)")
 
 
 @dataclass(frozen=True, slots=True)

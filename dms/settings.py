@@ -96,6 +96,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # nan and inf are valid TOML; no setting of dms means either (an infinite
+            # long_glance_s would silently disable the alert)
+            raise SettingsError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -194,6 +198,8 @@ def parse_toml(
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise error(f"{where}: not valid TOML: nested too deeply") from None
 
 
 def read_toml(

@@ -57,6 +57,15 @@ class MqttSettings:
                                      metadata={"doc": "Home Assistant discovery prefix"})
 
     def validate(self) -> None:
+        from dms.errors import DmsError
+        from dms.outputs.topics import Topics
+
+        try:  # the same rules the topics are built with: no wildcard, one level for the id
+            Topics(self.prefix, self.device_id or "device")
+        except DmsError as exc:
+            raise ValueError(str(exc).removeprefix("mqtt ")) from None
+        if self.client_id and (len(self.client_id) > 64 or not self.client_id.isprintable()):
+            raise ValueError(f"client_id {self.client_id!r}: at most 64 printable characters")
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} is not in 1..65535")
         if self.keepalive_s < 5:
@@ -140,3 +149,11 @@ class BuzzerSettings:
             raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
         if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
             raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
+        if not 0 < self.command_timeout_s <= 60:
+            raise ValueError(f"command_timeout_s must be in (0, 60], got {self.command_timeout_s}")
+        if not self.update_period_s <= min(0.5, self.max_on_s):
+            # the thread that enforces max_on_s runs this often: a longer period bypasses it
+            raise ValueError(f"update_period_s must be <= 0.5 and <= max_on_s, got "
+                             f"{self.update_period_s}")
+        if not self.max_on_s <= 60:
+            raise ValueError(f"max_on_s must be <= 60, got {self.max_on_s}")

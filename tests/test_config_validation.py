@@ -1,0 +1,48 @@
+"""Every number in the configuration is finite and within its documented range, identifiers
+are validated, and a hostile file is one clear error (issue 13, item 8)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dms.config import ConfigError, parse_config
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[engine.policy]\nlong_glance_s = inf\n", "engine.policy.long_glance_s"),
+    ("[engine.mount]\nneutral_yaw_deg = nan\n", "engine.mount.neutral_yaw_deg"),
+    ("[engine.zones]\nyaw_inboard_deg = nan\n", "engine.zones.yaw_inboard_deg"),
+    ("[buzzer]\ncommand_timeout_s = nan\n", "buzzer.command_timeout_s"),
+    ("[engine.calibration]\nonline_memory_s = -inf\n", "engine.calibration.online_memory_s"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(text, "dms.toml")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[buzzer]\ncommand_timeout_s = 0\n", "command_timeout_s"),
+    ("[buzzer]\ncommand_timeout_s = -1\n", "command_timeout_s"),
+    ("[buzzer]\nupdate_period_s = 1e9\n", "update_period_s"),
+    ('[mqtt]\ndevice_id = "cab/1"\n', "device_id"),
+    ('[mqtt]\ndevice_id = "cab+"\n', "device_id"),
+    ('[mqtt]\nprefix = "fleet/#"\n', "prefix"),
+    ('[service]\nprofile = "../../etc/passwd"\n', "profile"),
+    ('[service]\nprofile = ".hidden"\n', "profile"),
+])
+def test_out_of_range_numbers_and_bad_identifiers_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_config(text, "dms.toml")
+
+
+def test_a_deeply_nested_file_is_one_clear_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    p = subprocess.run([sys.executable, "-m", "dms", "config", "check", str(deep)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "deep.toml" in p.stderr and "Traceback" not in p.stderr
