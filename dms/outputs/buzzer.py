@@ -25,6 +25,9 @@ from dms.outputs.settings import BeepPattern, BuzzerSettings
 
 log = logging.getLogger(__name__)
 
+NEVER_MUTED_LEVEL = 3  # the most urgent level sounds even while muted
+MUTE_BUDGET_WINDOW_S = 3600.0  # max_mute_per_hour_s bounds the muted time in any such window
+
 
 # -- the line -----------------------------------------------------------------------------------
 
@@ -266,6 +269,7 @@ class Buzzer:
         self._on_since_s: float | None = None
         self._guard_tripped = False
         self._muted_until_s = -math.inf
+        self._mutes: list[tuple[float, float]] = []  # (start, end) of mutes in the last hour
         self._closed = False
         self._atexit = register_atexit
         if register_atexit:
@@ -323,7 +327,8 @@ class Buzzer:
         with self._lock:
             if self._closed:
                 return False
-            want = self._player.desired(now) and not self.muted(now)
+            want = self._player.desired(now) and not (
+                self.muted(now) and _rank(self._player.level or "") < NEVER_MUTED_LEVEL)
             if not want:
                 self._guard_tripped = False
                 self._on_since_s = None
@@ -343,25 +348,54 @@ class Buzzer:
         now = self._clock() if now_s is None else now_s
         return now < self._muted_until_s
 
-    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, Any]:
-        """Silence the buzzer for ``duration_s`` (0 < duration_s <= max_mute_s).
+    def _muted_in_last_hour(self, now: float) -> float:
+        """Seconds muted within [now - 1 h, now] (past mutes and the current one so far)."""
+        since = now - MUTE_BUDGET_WINDOW_S
+        self._mutes = [(a, b) for a, b in self._mutes if b > since]
+        return sum(min(b, now) - max(a, since) for a, b in self._mutes if a < now)
 
-        Raises ValueError beyond the bound (the MQTT dispatcher turns it into a reply).
+    def mute_budget_left_s(self, now_s: float | None = None) -> float:
+        """How long a mute asked now may last under ``max_mute_per_hour_s``."""
+        now = self._clock() if now_s is None else now_s
+        with self._lock:
+            return max(0.0, self.settings.max_mute_per_hour_s - self._muted_in_last_hour(now))
+
+    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, Any]:
+        """Silence levels below NEVER_MUTED_LEVEL for ``duration_s`` (0 < duration_s <=
+        max_mute_s); a new mute replaces the one running. The muted time in any rolling hour
+        stays within ``max_mute_per_hour_s``.
+
+        Raises ValueError beyond either bound (the MQTT dispatcher turns it into a reply).
         """
         if not (math.isfinite(duration_s) and 0 < duration_s <= self.settings.max_mute_s):
             raise ValueError(f"mute duration_s must be in (0, {self.settings.max_mute_s:g}], "
                              f"got {duration_s!r}")
         now = self._clock() if now_s is None else now_s
         with self._lock:
+            left = self.settings.max_mute_per_hour_s - self._muted_in_last_hour(now)
+            if duration_s > left:
+                raise ValueError(
+                    f"mute refused: {duration_s:g} s asked, {max(left, 0.0):.0f} s of the "
+                    f"{self.settings.max_mute_per_hour_s:g} s per hour mute budget left")
+            self._end_mute(now)  # replaced: its time so far stays counted
             self._muted_until_s = now + duration_s
+            self._mutes.append((now, now + duration_s))
             self._update_state(now)
         self._apply(now, block=False)
-        log.info("buzzer muted for %.0f s", duration_s)
-        return {"muted_s": duration_s}
+        log.info("buzzer muted for %.0f s (level %d and above still sound)", duration_s,
+                 NEVER_MUTED_LEVEL)
+        return {"muted_s": duration_s, "mute_budget_left_s": round(left - duration_s, 1)}
 
-    def unmute(self) -> None:
+    def _end_mute(self, now: float) -> None:
+        """End the running mute at ``now`` (its time so far stays counted)."""
+        if self._mutes and self._mutes[-1][1] > now:
+            self._mutes[-1] = (self._mutes[-1][0], now)
+        self._muted_until_s = -math.inf
+
+    def unmute(self, now_s: float | None = None) -> None:
+        now = self._clock() if now_s is None else now_s
         with self._lock:
-            self._muted_until_s = -math.inf
+            self._end_mute(now)
 
     def silence(self) -> None:
         """Stop the current pattern and switch the line off."""

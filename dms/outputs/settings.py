@@ -51,6 +51,14 @@ class MqttSettings:
                               metadata={"doc": "outbox rows handed to paho before PUBACKs"})
     command_max_bytes: int = field(default=4096,
                                    metadata={"doc": "larger command payloads are rejected"})
+    command_key_env: str = field(
+        default="DMS_COMMAND_KEY",
+        metadata={"doc": "environment variable holding the HMAC key that commands must be "
+                         "signed with (>= 16 bytes; put it in /etc/dms/dms.env); unset: every "
+                         "command is refused"})
+    command_window_s: float = field(
+        default=30.0, metadata={"doc": "a signed command's timestamp must be within this many "
+                                       "seconds of the device clock (1..600)"})
     ha_discovery: bool = field(default=False,
                                metadata={"doc": "publish Home Assistant discovery configs"})
     ha_discovery_prefix: str = field(default="homeassistant",
@@ -78,6 +86,8 @@ class MqttSettings:
             raise ValueError("outbox_max_messages must be >= 1 and outbox_max_telemetry >= 0")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
+        if not (math.isfinite(self.command_window_s) and 1 <= self.command_window_s <= 600):
+            raise ValueError(f"command_window_s {self.command_window_s!r} must be in 1..600")
         if (self.tls_cert_file == "") != (self.tls_key_file == ""):
             raise ValueError("tls_cert_file and tls_key_file go together")
 
@@ -134,6 +144,10 @@ class BuzzerSettings:
     max_on_s: float = field(default=2.0,
                             metadata={"doc": "longest continuous on-time; then forced off"})
     max_mute_s: float = field(default=600.0, metadata={"doc": "longest mute a command may ask"})
+    max_mute_per_hour_s: float = field(
+        default=900.0,
+        metadata={"doc": "total muted time in any rolling hour (0 < x <= 3600); a mute beyond "
+                         "it is refused. Level 3 sounds even while muted"})
     update_period_s: float = field(default=0.02,
                                    metadata={"doc": "how often the driver thread updates"})
     patterns: dict[str, BeepPattern] = field(
@@ -149,6 +163,9 @@ class BuzzerSettings:
             raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
         if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
             raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
+        if not (math.isfinite(self.max_mute_per_hour_s) and 0 < self.max_mute_per_hour_s <= 3600):
+            raise ValueError(f"max_mute_per_hour_s {self.max_mute_per_hour_s!r} must be in "
+                             "(0, 3600]")
         if not 0 < self.command_timeout_s <= 60:
             raise ValueError(f"command_timeout_s must be in (0, 60], got {self.command_timeout_s}")
         if not self.update_period_s <= min(0.5, self.max_on_s):
