@@ -186,6 +186,10 @@ class RoadZone:
             self.zone = self._zone_name(obs.yaw_deg, obs.pitch_deg) if obs.neutral_known else None
         self.usable = usable
 
+    def forget_zone(self) -> None:
+        """The face was lost while away: no glance zone to report until it is back."""
+        self.zone = None
+
     def turning_away(self, s: PolicySettings) -> bool:
         """The last usable yaw was already off-centre and moving outward fast."""
         return (self.yaw_deg is not None and abs(self.yaw_deg) >= s.turning_min_yaw_deg
@@ -321,8 +325,9 @@ class GlanceWindow:
         self.glance_start: float | None = None  # first away frame of the current glance
         self.on_road_since: float | None = None
         self.spans: deque[list[float]] = deque()
-        # time away while away on consecutive frames; the policy restarts it when it raises
-        # a distraction, so it is then the time away since the alert was raised
+        # time away on consecutive away frames since restart_escalation(): the policy
+        # restarts it on every away frame without a distraction alert, so while one is
+        # active it is the time away since the alert was raised
         self.escalation_s = 0.0
 
     def observe(self, t: float, dt: float, away: bool, on_road: bool) -> None:
@@ -354,6 +359,9 @@ class GlanceWindow:
     def clear(self) -> None:
         """Empty the time-sharing window (a fresh start)."""
         self.spans.clear()
+
+    def restart_escalation(self) -> None:
+        self.escalation_s = 0.0
 
     def _extend(self, t: float) -> None:
         if self.glance_start is None:
@@ -507,7 +515,7 @@ class DriverPolicy:
         t, road = obs.t_s, self._road
         road.observe(obs, usable, dt)
         if self._loss.observe(t, usable, self._loss_is_away(obs)):
-            road.zone = None
+            road.forget_zone()
         if usable:
             self._observe_nods(obs)
         nod_down = self._nods.down
@@ -540,7 +548,7 @@ class DriverPolicy:
         alert = self._alerts.get(EventType.DISTRACTION)
         if alert is None and g.away:
             alert = self._open_distraction(t)
-            g.escalation_s = 0.0
+            g.restart_escalation()
         if alert is None:
             return []
         clear_s = s.clear_on_road_s
