@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +90,38 @@ def _number(value: str, column: str, where: str) -> float:
 
 
 def read_poses_csv(path: Path) -> list[Any]:
-    """Observations from a poses CSV; errors name the file and the line."""
-    from dms.geometry import rotation_from_euler
-    from dms.settings import read_text_file
-    from dms.types import HeadPose, Observation
+    """All observations of a poses CSV (see :func:`iter_poses_csv`)."""
+    return list(iter_poses_csv(path))
 
-    text = read_text_file(path, "poses file", InputError)
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
+
+def iter_poses_csv(path: Path) -> Iterator[Any]:
+    """Observations from a poses CSV, streamed row by row (a 2-million-row file starts
+    replaying at once, in constant memory); errors name the file and the line. A UTF-8 byte
+    order mark (spreadsheet exports) is accepted."""
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise InputError(f"{path}: poses file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read poses file ({exc})") from None
+    with f:
+        try:
+            yield from _parse_poses(path, f)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _content_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for n, line in enumerate(lines, start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield n, line.rstrip("\r\n")
+
+
+def _parse_header(path: Path, rows: Iterator[tuple[int, str]]) -> list[str]:
+    first = next(rows, None)
+    if first is None:
         raise InputError(f"{path}: empty file (expected a header row t,yaw,pitch,roll)")
-    header_line, header_text = lines[0]
+    header_line, header_text = first
     header = [h.strip() for h in next(csv.reader([header_text]))]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
@@ -109,42 +130,70 @@ def read_poses_csv(path: Path) -> list[Any]:
                 else f"unknown column(s) {', '.join(unknown)}")
         raise InputError(f"{path}:{header_line}: header: {what} (expected "
                          f"{','.join(REQUIRED_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}])")
+    return header
+
+
+def _parse_poses(path: Path, lines: Iterable[str]) -> Iterator[Any]:
+    rows = _content_lines(lines)
+    header = _parse_header(path, rows)
     col = {name: i for i, name in enumerate(header)}
-    out: list[Observation] = []
     last_t: float | None = None
-    for n, line in lines[1:]:
+    for n, line in rows:
         where = f"{path}:{n}"
         row = [c.strip() for c in next(csv.reader([line]))]
         if len(row) != len(header):
             raise InputError(f"{where}: {len(row)} fields, header has {len(header)}")
+        obs = _observation({name: row[i] for name, i in col.items()}, where)
+        if last_t is not None and obs.t_s <= last_t:
+            raise InputError(f"{where}: t {obs.t_s:g} does not increase (previous {last_t:g})")
+        last_t = obs.t_s
+        yield obs
 
-        def get(name: str) -> str:
-            return row[col[name]] if name in col else ""  # noqa: B023
 
-        t = _number(get("t"), "t", where)
-        if last_t is not None and t <= last_t:
-            raise InputError(f"{where}: t {t:g} does not increase (previous {last_t:g})")
-        last_t = t
-        face_text = get("face")
-        if face_text not in ("", "0", "1"):
-            raise InputError(f"{where}: face {face_text!r} is not 0 or 1")
-        angles = [get(c) for c in ("yaw", "pitch", "roll")]
-        face = face_text == "1" if face_text else any(angles)
-        pose = None
-        if face:
-            if not all(angles):
-                raise InputError(f"{where}: face present but yaw, pitch or roll is empty")
-            yaw, pitch, roll = (_number(a, c, where) for a, c in
-                                zip(angles, ("yaw", "pitch", "roll"), strict=True))
-            conf = _number(get("confidence"), "confidence", where) if get("confidence") else 1.0
-            if not 0.0 <= conf <= 1.0:
-                raise InputError(f"{where}: confidence {conf:g} is outside [0, 1]")
-            pose = HeadPose(rotation_from_euler(pitch, yaw, roll), pitch, yaw, roll, conf)
-        speed = _number(get("speed_kmh"), "speed_kmh", where) if get("speed_kmh") else None
-        steer = (_number(get("steering_deg"), "steering_deg", where) if get("steering_deg")
-                 else None)
-        out.append(Observation(t_s=t, pose=pose, speed_kmh=speed, steering_deg=steer))
-    return out
+def _observation(cells: dict[str, str], where: str) -> Any:
+    from dms.geometry import rotation_from_euler
+    from dms.types import HeadPose, Observation
+
+    def get(name: str) -> str:
+        return cells.get(name, "")
+
+    t = _number(get("t"), "t", where)
+    face_text = get("face")
+    if face_text not in ("", "0", "1"):
+        raise InputError(f"{where}: face {face_text!r} is not 0 or 1")
+    angles = [get(c) for c in ("yaw", "pitch", "roll")]
+    face = face_text == "1" if face_text else any(angles)
+    pose = None
+    if face:
+        if not all(angles):
+            raise InputError(f"{where}: face present but yaw, pitch or roll is empty")
+        yaw, pitch, roll = (_number(a, c, where) for a, c in
+                            zip(angles, ("yaw", "pitch", "roll"), strict=True))
+        conf = _number(get("confidence"), "confidence", where) if get("confidence") else 1.0
+        if not 0.0 <= conf <= 1.0:
+            raise InputError(f"{where}: confidence {conf:g} is outside [0, 1]")
+        pose = HeadPose(rotation_from_euler(pitch, yaw, roll), pitch, yaw, roll, conf)
+    speed = _number(get("speed_kmh"), "speed_kmh", where) if get("speed_kmh") else None
+    steer = _number(get("steering_deg"), "steering_deg", where) if get("steering_deg") else None
+    return Observation(t_s=t, pose=pose, speed_kmh=speed, steering_deg=steer)
+
+
+def json_line(record: Any) -> str:
+    """A record as strict JSON on one line: non-finite floats become null (never a bare NaN,
+    which JSON does not have)."""
+    import json
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(record), separators=(",", ":"), allow_nan=False)
 
 
 def replay(observations: Iterable[Any], settings: Any, out: Any,
@@ -163,7 +212,7 @@ def replay(observations: Iterable[Any], settings: Any, out: Any,
     for obs in observations:
         result = engine.step(obs)
         for event in result.events:
-            out.write(event.to_json() + "\n")
+            out.write(json_line(event.to_dict()) + "\n")
             if outputs is not None:
                 outputs.publish_event(event.to_dict())
         events.extend(result.events)
@@ -178,9 +227,7 @@ def replay(observations: Iterable[Any], settings: Any, out: Any,
 
 
 def _print_event(record: dict[str, Any]) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+    sys.stdout.write(json_line(record) + "\n")
     sys.stdout.flush()
 
 
@@ -208,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         if args.poses is not None:
             if args.out_video is not None:
                 raise InputError("--out-video needs a VIDEO, not --poses")
-            observations = read_poses_csv(args.poses)
+            observations = iter_poses_csv(args.poses)
             samples, events = replay(observations, settings, sys.stdout,
                                      keep_samples=bool(args.plot), outputs=outputs,
                                      calibration=calibration)
