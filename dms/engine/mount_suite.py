@@ -93,6 +93,40 @@ class SuiteResult:
     neutral_error_deg: list[float] = field(default_factory=list)  # at the end of each drive
     misses: list[str] = field(default_factory=list)
 
+    def add(self, i: int, case: MountCase, events: list[Event], settled: float | None,
+            err_deg: float) -> None:
+        """Score drive ``i``: its expected alert (caught or missed) and false alerts."""
+        self.scenarios += 1
+        if settled is not None:
+            self.settled_at_s.append(settled)
+        self.neutral_error_deg.append(err_deg)
+        raised = [e for e in events if e.phase is Phase.RAISED and e.type in ALERT_TYPES]
+        hit = self._score_expected(i, case, raised)
+        false_here = 0
+        for e in raised:
+            if e is hit or _same_event(case.expected, e):
+                continue
+            false_here += 1
+            self.false_alerts[e.type.value] = self.false_alerts.get(e.type.value, 0) + 1
+            self.false_alert_times_s.append(e.t_s)
+        self.scenarios_with_false_alert += false_here > 0
+
+    def _score_expected(self, i: int, case: MountCase, raised: list[Event]) -> Event | None:
+        exp = case.expected
+        if exp is None:
+            return None
+        self.expected[case.kind] = self.expected.get(case.kind, 0) + 1
+        hit = next((e for e in raised
+                    if e.type is exp.type and exp.lo_s - EPS <= e.t_s <= exp.hi_s + EPS), None)
+        if hit is not None:
+            self.caught[case.kind] = self.caught.get(case.kind, 0) + 1
+            self.latencies_s.setdefault(case.kind, []).append(hit.t_s - exp.start_s)
+        else:
+            got = [(e.type.value, round(e.t_s, 2)) for e in raised]
+            self.misses.append(f"#{i} {case.kind} window {exp.lo_s:.2f}-{exp.hi_s:.2f} "
+                               f"got {got}")
+        return hit
+
     def recall(self, kind: str | None = None) -> float:
         kinds = [kind] if kind else list(self.expected)
         n = sum(self.expected.get(k, 0) for k in kinds)
@@ -143,7 +177,6 @@ def _away_targets(settings: EngineSettings) -> list[str]:
 def mount_case(i: int, seed: int, settings: EngineSettings) -> MountCase:
     """Scenario ``i`` of the suite (the kind is ``KINDS[i % 5]``)."""
     rng = random.Random(seed * 1_000_003 + i)
-    p = settings.policy
     kind = KINDS[i % len(KINDS)]
     neutral = (rng.uniform(-PITCH_RANGE_DEG, PITCH_RANGE_DEG),
                rng.uniform(-YAW_RANGE_DEG, YAW_RANGE_DEG),
@@ -153,18 +186,31 @@ def mount_case(i: int, seed: int, settings: EngineSettings) -> MountCase:
                         drop_prob=rng.uniform(0.0, 0.1), outlier_prob=rng.uniform(0.0, 0.01),
                         seed=rng.randrange(1 << 30), turn_s=rng.uniform(0.15, 0.4),
                         neutral_deg=neutral)
-    gap = p.vats_reset_on_road_s + 0.5
+    gap = settings.policy.vats_reset_on_road_s + 0.5
     if rng.random() < 1 / 3:
         b.glance(rng.choice(NORMAL_TARGETS), rng.uniform(0.4, 1.5))
     _normal(b, rng, EVENT_AFTER_S, gap)
     b.road(rng.uniform(gap, 4.0))
     start = b.t_s
-    expected: Expected | None = None
+    _add_event(kind, b, rng, settings)
+    b.road(10.0)
+    _normal(b, rng, b.t_s + 30.0, gap)
+    sc = b.build()
+    segs = [s for s in sc.segments if s.start_s >= start - EPS]
+    expect = _EXPECTED.get(kind)
+    expected = None if expect is None else expect(segs, settings, rate)
+    sc = dataclasses.replace(sc, observations=_with_flips(sc, rng))
+    return MountCase(i, kind, neutral, sc, expected)
+
+
+def _add_event(kind: str, b: ScenarioBuilder, rng: random.Random,
+               settings: EngineSettings) -> None:
+    """The event of a ``kind`` (none for ``normal``), appended to the drive."""
+    p = settings.policy
     if kind == "long_glance":
         b.glance(rng.choice(_away_targets(settings)), rng.uniform(3.5, 8.0))
     elif kind == "time_sharing":
-        n = math.ceil(p.vats_total_s / 1.0) + 1  # enough even if each glance counts 1 s
-        for _ in range(n):
+        for _ in range(_vats_glances(settings)):
             b.glance("infotainment", 1.8).road(0.5 * p.vats_reset_on_road_s)
     elif kind == "nods":
         for k in range(p.nods_for_alert):
@@ -173,38 +219,58 @@ def mount_case(i: int, seed: int, settings: EngineSettings) -> MountCase:
                 b.road(8.0)
     elif kind == "slump":
         b.slump(rng.uniform(6.0, 8.0))
-    b.road(10.0)
-    _normal(b, rng, b.t_s + 30.0, gap)
-    sc = b.build()
-    segs = [s for s in sc.segments if s.start_s >= start - EPS]
-    dt = 1.0 / rate
-    if kind == "long_glance":
-        g = next(s for s in segs if s.kind == "glance")
-        lo, hi = long_glance_window_s(settings, g, rate)
-        expected = Expected(EventType.DISTRACTION, lo, hi, g.start_s, Reason.LONG_GLANCE)
-    elif kind == "time_sharing":
-        gl = [s for s in segs if s.kind == "glance"][: math.ceil(p.vats_total_s / 1.0) + 1]
-        g0 = gl[0]
-        bound = long_glance_window_s(settings, g0, rate)
-        least = g0.duration_s - g0.turn_s - (bound[1] - bound[0])
-        first = math.ceil(p.vats_total_s / g0.duration_s) - 1
-        last = min(math.ceil(p.vats_total_s / least) - 1, len(gl) - 1)
-        expected = Expected(EventType.DISTRACTION, gl[first].start_s, gl[last].end_s,
-                            g0.start_s, Reason.TIME_SHARING)
-    elif kind == "nods":
-        nods = [s for s in segs if s.kind == "nod"]
-        third = nods[p.nods_for_alert - 1]
-        bound = crossing_delay_bound_s(settings, 1.0, 0.999, 0.0, rate)
-        expected = Expected(EventType.DROWSINESS, third.start_s, third.end_s + bound,
-                            nods[0].start_s, Reason.NODDING)
-    elif kind == "slump":
-        s_ = next(s for s in segs if s.kind == "slump")
-        expected = Expected(EventType.SLUMP, s_.start_s + p.slump_s,
-                            s_.start_s + p.slump_s + s_.turn_s + 2 * dt, s_.start_s,
-                            Reason.HEAD_DOWN)
-    obs = _with_flips(sc, rng)
-    sc = dataclasses.replace(sc, observations=obs)
-    return MountCase(i, kind, neutral, sc, expected)
+
+
+def _vats_glances(settings: EngineSettings) -> int:
+    return math.ceil(settings.policy.vats_total_s / 1.0) + 1  # even if each glance counts 1 s
+
+
+def _expect_long_glance(segs: list[Segment], settings: EngineSettings,
+                        rate: float) -> Expected:
+    g = next(s for s in segs if s.kind == "glance")
+    lo, hi = long_glance_window_s(settings, g, rate)
+    return Expected(EventType.DISTRACTION, lo, hi, g.start_s, Reason.LONG_GLANCE)
+
+
+def _expect_time_sharing(segs: list[Segment], settings: EngineSettings,
+                         rate: float) -> Expected:
+    p = settings.policy
+    gl = [s for s in segs if s.kind == "glance"][: _vats_glances(settings)]
+    g0 = gl[0]
+    bound = long_glance_window_s(settings, g0, rate)
+    least = g0.duration_s - g0.turn_s - (bound[1] - bound[0])
+    first = math.ceil(p.vats_total_s / g0.duration_s) - 1
+    last = min(math.ceil(p.vats_total_s / least) - 1, len(gl) - 1)
+    return Expected(EventType.DISTRACTION, gl[first].start_s, gl[last].end_s, g0.start_s,
+                    Reason.TIME_SHARING)
+
+
+def _expect_nods(segs: list[Segment], settings: EngineSettings, rate: float) -> Expected:
+    nods = [s for s in segs if s.kind == "nod"]
+    third = nods[settings.policy.nods_for_alert - 1]
+    bound = crossing_delay_bound_s(settings, 1.0, 0.999, 0.0, rate)
+    return Expected(EventType.DROWSINESS, third.start_s, third.end_s + bound, nods[0].start_s,
+                    Reason.NODDING)
+
+
+def _expect_slump(segs: list[Segment], settings: EngineSettings, rate: float) -> Expected:
+    s_ = next(s for s in segs if s.kind == "slump")
+    lo = s_.start_s + settings.policy.slump_s
+    return Expected(EventType.SLUMP, lo, lo + s_.turn_s + 2 * (1.0 / rate), s_.start_s,
+                    Reason.HEAD_DOWN)
+
+
+# the window each event kind must raise its alert in (the story tests' windows)
+_EXPECTED: dict[str, Callable[[list[Segment], EngineSettings, float], Expected]] = {
+    "long_glance": _expect_long_glance, "time_sharing": _expect_time_sharing,
+    "nods": _expect_nods, "slump": _expect_slump,
+}
+
+
+def _same_event(exp: Expected | None, e: Event) -> bool:
+    """An alert of the event's own type raised while the event lasts is the same event (e.g.
+    a long glance escalating into time sharing), not a false alert."""
+    return exp is not None and e.type is exp.type and exp.start_s <= e.t_s <= exp.hi_s + 10
 
 
 def _with_flips(sc: Scenario, rng: random.Random) -> tuple[Observation, ...]:
@@ -222,8 +288,9 @@ def _with_flips(sc: Scenario, rng: random.Random) -> tuple[Observation, ...]:
         if left == 0 and turned and rng.random() < 0.03:
             left = rng.randint(1, 8)
             big = rng.random() < 0.3
-            mag = (lambda: rng.uniform(150.0, 170.0)) if big else (lambda: rng.uniform(25.0, 60.0))
-            jump = (rng.choice((-1, 1)) * mag(), rng.choice((-1, 1)) * mag())
+            lo, hi = (150.0, 170.0) if big else (25.0, 60.0)
+            jump = (rng.choice((-1, 1)) * rng.uniform(lo, hi),
+                    rng.choice((-1, 1)) * rng.uniform(lo, hi))
         if left > 0 and turned:
             left -= 1
             R = rotation_from_euler(p + jump[0], y, r + jump[1])
@@ -283,38 +350,7 @@ def run_suite(n: int = 200, seed: int = 0, settings: EngineSettings | None = Non
             sign = 1.0 if i % 2 == 0 else -1.0
             run_settings = hinted(s, case.neutral_deg, sign * hint_yaw_error_deg)
         events, settled, err = run_case(case, run_settings, explicit)
-        res.scenarios += 1
-        if settled is not None:
-            res.settled_at_s.append(settled)
-        res.neutral_error_deg.append(err)
-        raised = [e for e in events if e.phase is Phase.RAISED and e.type in ALERT_TYPES]
-        exp = case.expected
-        hit: Event | None = None
-        if exp is not None:
-            res.expected[case.kind] = res.expected.get(case.kind, 0) + 1
-            for e in raised:
-                if e.type is exp.type and exp.lo_s - EPS <= e.t_s <= exp.hi_s + EPS:
-                    hit = e
-                    break
-            if hit is not None:
-                res.caught[case.kind] = res.caught.get(case.kind, 0) + 1
-                res.latencies_s.setdefault(case.kind, []).append(hit.t_s - exp.start_s)
-            else:
-                got = [(e.type.value, round(e.t_s, 2)) for e in raised]
-                res.misses.append(f"#{i} {case.kind} window {exp.lo_s:.2f}-{exp.hi_s:.2f} "
-                                  f"got {got}")
-        false_here = 0
-        for e in raised:
-            if e is hit:
-                continue
-            # an alert of the event's own type raised while the event lasts is the same
-            # event (e.g. a long glance escalating into time sharing), not a false alert
-            if exp is not None and e.type is exp.type and exp.start_s <= e.t_s <= exp.hi_s + 10:
-                continue
-            false_here += 1
-            res.false_alerts[e.type.value] = res.false_alerts.get(e.type.value, 0) + 1
-            res.false_alert_times_s.append(e.t_s)
-        res.scenarios_with_false_alert += false_here > 0
+        res.add(i, case, events, settled, err)
         if progress is not None:
             progress(i + 1, n)
     return res

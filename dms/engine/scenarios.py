@@ -23,7 +23,7 @@ import dataclasses
 import io
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -553,36 +553,37 @@ def jitter_reduction(settings: EngineSettings | None = None, seed: int = 0,
     """Jitter the rotation filter removes: a still head with Gaussian noise ``noise_deg`` per
     axis; std of yaw/pitch/roll (RMS over the three) before and after the filter, and the
     filter's 90 % settling time for a 30 deg yaw step at the same rate."""
-    from dms.engine.filter import RotationFilter
-
     s = settings or EngineSettings()
     out: dict[str, dict[str, float]] = {}
     for rate in rates_hz:
         sc = ScenarioBuilder(s, rate_hz=rate, noise_deg=noise_deg, seed=seed).road(
             duration_s).build()
-        f = RotationFilter(s.filter)
         raw, filt = [], []
-        for o in sc.observations:
-            assert o.pose is not None
-            R = f.update(o.t_s, o.pose.rotation).rotation
-            assert R is not None  # a pose in, a rotation out
-            if o.t_s >= 1.0:  # skip the start-up
-                raw.append((o.pose.pitch_deg, o.pose.yaw_deg, o.pose.roll_deg))
+        for t, pose, R in _filtered(s, sc.observations):
+            if t >= 1.0:  # skip the start-up
+                raw.append((pose.pitch_deg, pose.yaw_deg, pose.roll_deg))
                 filt.append(euler_from_rotation(R))
         raw_std = float(np.sqrt(np.mean(np.var(np.array(raw), axis=0))))
         filt_std = float(np.sqrt(np.mean(np.var(np.array(filt), axis=0))))
         step = ScenarioBuilder(s, rate_hz=rate).road(1.0).glance((30.0, 0.0), 3.0, turn_s=0.0)
-        f = RotationFilter(s.filter)
-        settle = math.nan
-        for o in step.build().observations:
-            assert o.pose is not None
-            R = f.update(o.t_s, o.pose.rotation).rotation
-            rel_yaw = euler_from_rotation(step.R_neutral.T @ R)[1]
-            if o.t_s >= 1.0 and abs(rel_yaw - 30.0) <= 3.0:
-                settle = o.t_s - 1.0
-                break
+        settle = next((t - 1.0 for t, _, R in _filtered(s, step.build().observations)
+                       if t >= 1.0 and abs(euler_from_rotation(step.R_neutral.T @ R)[1] - 30.0)
+                       <= 3.0), math.nan)
         out[f"{rate:g}Hz"] = {"noise_deg": noise_deg, "raw_std_deg": round(raw_std, 4),
                               "filtered_std_deg": round(filt_std, 4),
                               "reduction": round(raw_std / max(filt_std, 1e-9), 2),
                               "step90_settle_s": round(settle, 4)}
     return out
+
+
+def _filtered(settings: EngineSettings, observations: Iterable[Observation]
+              ) -> Iterator[tuple[float, HeadPose, np.ndarray]]:
+    """(t_s, observed pose, filtered rotation) through a fresh RotationFilter (faces only)."""
+    from dms.engine.filter import RotationFilter
+
+    f = RotationFilter(settings.filter)
+    for o in observations:
+        assert o.pose is not None
+        R = f.update(o.t_s, o.pose.rotation).rotation
+        assert R is not None  # a pose in, a rotation out
+        yield o.t_s, o.pose, R
