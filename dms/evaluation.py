@@ -23,10 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from dms.errors import InputError
+from dms.images import read_image
 from dms.types import FaceBox
 from dms.vision.detect import FaceDetector, select_driver
 from dms.vision.headpose import HeadPoseEstimator
@@ -145,19 +145,6 @@ class EvalResult:
         }
         out["bins"] = [b.as_dict() for b in self.bins]
         return out
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """A BGR image, or InputError naming the file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if not p.is_file():
-        raise InputError(f"{p}: not a file")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"{p}: not a readable image")
-    return img
 
 
 def evaluate(
