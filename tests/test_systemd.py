@@ -152,3 +152,12 @@ def test_installer_dry_run_changes_nothing(tmp_path: Path) -> None:
     done = install("--prefix", str(root), "--dry-run")
     assert snapshot(root) == before
     assert "+ install -D -m 0644" in done.stdout and "dms.service" in done.stdout
+
+
+def test_unit_filters_system_calls_and_reloads_by_restart() -> None:
+    text = UNIT.read_text()
+    lines = {line.strip() for line in text.splitlines()}
+    assert "SystemCallFilter=@system-service" in lines
+    assert "SystemCallErrorNumber=EPERM" in lines
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in lines  # SIGHUP: clean stop, exit 75
+    assert "Restart=on-failure" in lines  # ... which restarts with the config re-read
