@@ -17,6 +17,7 @@ import pytest
 
 from dms.errors import DmsError
 from dms.outputs.buzzer import Buzzer, BuzzerSettings, NullLine
+from dms.outputs.command_auth import sign_command
 from dms.outputs.mqtt import (
     CommandRejected,
     MqttCommunicator,
@@ -43,6 +44,14 @@ def settings(port: int, **kw: Any) -> MqttSettings:
             "reconnect_max_s": 1, "keepalive_s": 5}
     base.update(kw)
     return load_settings(MqttSettings, base, "mqtt")
+
+
+KEY = b"test-command-key-0123456789"
+
+
+def signed(name: str, request_id: Any = None, **args: Any) -> bytes:
+    """A command signed with KEY for device cab1 (what `dms command` sends)."""
+    return sign_command(KEY, "cab1", name, args, request_id=request_id)
 
 
 def seqs(collector: Collector) -> list[int]:
@@ -166,7 +175,8 @@ def test_commands_are_dispatched_and_bad_ones_get_a_reply(broker: Broker,
     def boom(_cmd: Any) -> None:
         raise RuntimeError("handler bug")
 
-    comm = MqttCommunicator(settings(broker.port), tmp_path / "state").start()
+    comm = MqttCommunicator(settings(broker.port), tmp_path / "state",
+                            environ={"DMS_COMMAND_KEY": KEY.decode()}).start()
     comm.set_command_handlers({
         "mute": lambda cmd: buzzer.mute(cmd.duration_s),
         "calibrate": lambda cmd: calls.append(cmd) or {"started": True},
@@ -180,23 +190,23 @@ def test_commands_are_dispatched_and_bad_ones_get_a_reply(broker: Broker,
         deadline = time.monotonic() + 20
         while not any(t.endswith("/reply") for t, _ in sub.messages):
             assert time.monotonic() < deadline, "no reply to the probe command"
-            sub.client.publish("dms/cab1/cmd/state", b'{"request_id": "probe"}', qos=1)
+            sub.client.publish("dms/cab1/cmd/state", signed("state", request_id="probe"), qos=1)
             sub.wait_for(lambda m: any(t.endswith("/reply") for t, _ in m), 1.0)
         time.sleep(0.5)  # let any second probe's reply arrive before counting
         sub.clear()
-        sends = [("mute", b'{"duration_s": 30, "request_id": "r1"}'),
-                 ("mute", b"600"),  # beyond the buzzer's bound
+        sends = [("mute", signed("mute", duration_s=30, request_id="r1")),
+                 ("mute", signed("mute", duration_s=600)),  # beyond the buzzer's bound
                  ("mute", b"not json"),
-                 ("mute", b'{"duration": 5}'),
+                 ("mute", signed("mute", duration=5)),
                  ("selfdestruct", b"{}"),
-                 ("calibrate", b""),
-                 ("state", b'{"request_id": 7}'),
+                 ("calibrate", signed("calibrate")),
+                 ("state", signed("state", request_id=7)),
                  ("mute", b"\xff\xfe")]
         for name, body in sends:
             sub.client.publish(f"dms/cab1/cmd/{name}", body, qos=1)
         assert sub.wait_for(lambda m: len([t for t, _ in m if t.endswith("/reply")]) == 8)
         comm.set_command_handler("calibrate", boom)
-        sub.client.publish("dms/cab1/cmd/calibrate", b"{}", qos=1)
+        sub.client.publish("dms/cab1/cmd/calibrate", signed("calibrate"), qos=1)
         assert sub.wait_for(lambda m: len([t for t, _ in m if t.endswith("/reply")]) == 9)
         assert comm.publish_alert({"still": "alive"}) == 1  # nothing crashed
         assert comm.wait_drained(10)
@@ -208,7 +218,7 @@ def test_commands_are_dispatched_and_bad_ones_get_a_reply(broker: Broker,
     assert by_cmd == [("mute", True), ("mute", False), ("mute", False), ("mute", False),
                       ("selfdestruct", False), ("calibrate", True), ("state", True),
                       ("mute", False), ("calibrate", False)]
-    assert replies[0]["request_id"] == "r1" and replies[0]["result"] == {"muted_s": 30.0}
+    assert replies[0]["request_id"] == "r1" and replies[0]["result"]["muted_s"] == 30.0
     assert "600" in replies[1]["error"] and "not JSON" in replies[2]["error"]
     assert "unknown argument 'duration'" in replies[3]["error"]
     assert "unknown command 'selfdestruct'" in replies[4]["error"]
@@ -273,7 +283,7 @@ def test_home_assistant_discovery_is_retained_when_enabled(broker: Broker,
         comm.stop()
     sub = Collector(broker.port, "homeassistant/#")  # arrives later: retained
     try:
-        assert sub.wait_for(lambda m: len(m) == 4)
+        assert sub.wait_for(lambda m: len(m) == 3)
     finally:
         sub.close()
     topics = sorted(t for t, _ in sub.messages)
@@ -361,7 +371,8 @@ def test_documented_acl_lets_only_the_fleet_send_commands(tmp_path: Path) -> Non
         fleet = Collector(brk.port, "dms/#", user="fleet")
         dash = Collector(brk.port, "dms/+/alert", user="dashboard")
         comm = MqttCommunicator(settings(brk.port, username="cab1"), tmp_path / "s",
-                                environ={"DMS_MQTT_PASSWORD": "cab1-pw"}).start()
+                                environ={"DMS_MQTT_PASSWORD": "cab1-pw",
+                                         "DMS_COMMAND_KEY": KEY.decode()}).start()
         comm.set_command_handler("mute", lambda cmd: {"muted_s": cmd.duration_s})
         try:
             assert comm.wait_connected(10)
@@ -370,10 +381,11 @@ def test_documented_acl_lets_only_the_fleet_send_commands(tmp_path: Path) -> Non
             assert dash.wait_for(lambda m: len(m) == 1)  # dashboards read alerts
             # a dashboard's command is refused by the broker (the PUBACK comes after the ACL
             # check), then the fleet's goes through; replies arrive in that order if at all
-            dash.client.publish("dms/cab1/cmd/mute", b'{"duration_s": 5, "request_id": "dash"}',
+            dash.client.publish("dms/cab1/cmd/mute", signed("mute", duration_s=5,
+                                                            request_id="dash"),
                                 qos=1).wait_for_publish(5)
-            fleet.client.publish("dms/cab1/cmd/mute", b'{"duration_s": 5, "request_id": "ok"}',
-                                 qos=1)
+            fleet.client.publish("dms/cab1/cmd/mute", signed("mute", duration_s=5,
+                                                             request_id="ok"), qos=1)
             assert fleet.wait_for(lambda m: any(t.endswith("/reply") for t, _ in m))
         finally:
             comm.stop()

@@ -15,7 +15,7 @@ from typing import Any
 from dms.errors import InputError
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
         return text, 1883
@@ -27,7 +27,7 @@ def _host_port(text: str) -> tuple[str, int]:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("listen", help="print alerts from an MQTT broker as JSON lines",
                               description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mqtt", type=_host_port, default=("localhost", 1883), metavar="HOST:PORT",
+    p.add_argument("--mqtt", type=host_port, default=("localhost", 1883), metavar="HOST:PORT",
                    help="broker (default localhost:1883)")
     p.add_argument("--prefix", default="dms", help="topic prefix (default dms)")
     p.add_argument("--device", default=None, help="one device id (default: every device)")

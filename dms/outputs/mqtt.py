@@ -28,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from dms.errors import DmsError
+from dms.outputs.command_auth import (
+    CommandRejected,
+    CommandVerifier,
+    command_key,
+    loads,
+    short_repr,
+)
 from dms.outputs.outbox import Outbox, OutboxStats
 from dms.outputs.settings import MqttSettings
 from dms.outputs.topics import Topics
@@ -39,10 +46,6 @@ _STOP = object()
 
 
 # -- commands ----------------------------------------------------------------------------------
-
-
-class CommandRejected(DmsError):
-    """A handler refuses a well-formed command (e.g. mute longer than allowed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,8 @@ def _mute_args(name: str, args: dict[str, Any], request_id: str | None) -> Comma
         raise CommandRejected(f"{name}: unknown argument {unknown[0]!r} (known: duration_s)")
     value = args.get("duration_s")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CommandRejected(f"{name}: duration_s must be a number of seconds, got {value!r}")
+        raise CommandRejected(f"{name}: duration_s must be a number of seconds, got "
+                              f"{short_repr(value)}")
     if not math.isfinite(value) or value <= 0:
         raise CommandRejected(f"{name}: duration_s must be > 0 and finite, got {value!r}")
     return MuteCommand(float(value), request_id)
@@ -97,32 +101,41 @@ COMMAND_PARSERS: Mapping[str, Callable[[str, dict[str, Any], str | None], Comman
 }
 
 
-def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
-    """Validate one command message. Raises CommandRejected naming what is wrong.
-
-    The payload is empty, a JSON object (optional ``request_id`` plus the command's
-    arguments), or for ``mute`` a bare number of seconds.
-    """
+def _check_name_and_size(name: str, payload: bytes, max_bytes: int) -> str:
+    """The payload as text, after the checks every command gets before anything else."""
     if name not in COMMAND_PARSERS:
-        raise CommandRejected(f"unknown command {name!r} (known: {', '.join(COMMAND_PARSERS)})")
+        raise CommandRejected(f"unknown command {short_repr(name)} "
+                              f"(known: {', '.join(COMMAND_PARSERS)})")
     if len(payload) > max_bytes:
         raise CommandRejected(f"{name}: payload of {len(payload)} bytes exceeds {max_bytes}")
-    text = payload.decode("utf-8", errors="strict").strip() if payload else ""
-    if not text:
-        args: Any = {}
-    else:
-        try:
-            args = json.loads(text)
-        except ValueError as exc:
-            raise CommandRejected(f"{name}: payload is not JSON: {exc}") from None
+    return payload.decode("utf-8", errors="strict").strip() if payload else ""
+
+
+def command_from_args(name: str, args: Any) -> Command:
+    """The command ``name`` from its decoded arguments (a dict with an optional
+    ``request_id``; for ``mute`` also a bare number of seconds)."""
     if name == "mute" and isinstance(args, (int, float)) and not isinstance(args, bool):
         args = {"duration_s": args}
     if not isinstance(args, dict):
         raise CommandRejected(f"{name}: payload must be a JSON object, got {type(args).__name__}")
+    args = dict(args)
     request_id = args.pop("request_id", None)
-    if request_id is not None and not isinstance(request_id, (str, int)):
-        raise CommandRejected(f"{name}: request_id must be a string")
+    if request_id is not None and (not isinstance(request_id, (str, int))
+                                   or isinstance(request_id, bool) or len(str(request_id)) > 64):
+        raise CommandRejected(f"{name}: request_id must be a string of at most 64 characters")
     return COMMAND_PARSERS[name](name, args, None if request_id is None else str(request_id))
+
+
+def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
+    """Validate the arguments of one unsigned command payload (what a signed command's body
+    carries besides its authentication fields). Raises CommandRejected naming what is wrong.
+
+    The payload is empty, a JSON object (optional ``request_id`` plus the command's
+    arguments), or for ``mute`` a bare number of seconds. The communicator accepts only
+    signed commands (:mod:`dms.outputs.command_auth`).
+    """
+    text = _check_name_and_size(name, payload, max_bytes)
+    return command_from_args(name, loads(text, name) if text else {})
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -181,6 +194,8 @@ class MqttCommunicator:
         device_id = settings.device_id or socket.gethostname().split(".")[0]
         self.topics = Topics(settings.prefix, device_id)
         self._handlers: dict[str, CommandHandler] = {}
+        self._verifier: CommandVerifier | None = None  # None: no key, commands refused
+        self._commands_off_why = "no command key configured"
         self._queue: queue.Queue[Any] = queue.Queue()
         self._connected = threading.Event()
         self._drained = threading.Condition()
@@ -243,22 +258,45 @@ class MqttCommunicator:
                             "without a password", s.username, s.password_env)
             client.username_pw_set(s.username, password)
         if s.tls:
-            for what, path in (("tls_ca_file", s.tls_ca_file), ("tls_cert_file", s.tls_cert_file),
-                               ("tls_key_file", s.tls_key_file)):
-                if path and not Path(path).is_file():
-                    raise DmsError(f"mqtt.{what}: {path} does not exist or is not a file")
-            try:
-                client.tls_set(ca_certs=s.tls_ca_file or None, certfile=s.tls_cert_file or None,
-                               keyfile=s.tls_key_file or None)
-            except (OSError, ValueError) as exc:
-                raise DmsError(f"mqtt: TLS set-up failed: {exc}") from exc
-            client.tls_insecure_set(s.tls_insecure)
+            self._setup_tls(client)
+        self._setup_command_auth(environ)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    def _setup_tls(self, client: Any) -> None:
+        s = self.settings
+        for what, path in (("tls_ca_file", s.tls_ca_file), ("tls_cert_file", s.tls_cert_file),
+                           ("tls_key_file", s.tls_key_file)):
+            if path and not Path(path).is_file():
+                raise DmsError(f"mqtt.{what}: {path} does not exist or is not a file")
+        try:
+            client.tls_set(ca_certs=s.tls_ca_file or None, certfile=s.tls_cert_file or None,
+                           keyfile=s.tls_key_file or None)
+        except (OSError, ValueError) as exc:
+            raise DmsError(f"mqtt: TLS set-up failed: {exc}") from exc
+        client.tls_insecure_set(s.tls_insecure)
+
+    def _setup_command_auth(self, environ: Mapping[str, str]) -> None:
+        s = self.settings
+        try:
+            key = command_key(environ, s.command_key_env)
+        except DmsError as exc:
+            key = None
+            self._commands_off_why = str(exc)
+            log.error("mqtt: %s; every command is refused", exc)
+        if key is None:
+            if s.command_key_env and s.command_key_env not in environ:
+                self._commands_off_why = (f"commands are off: no command key (environment "
+                                          f"variable {s.command_key_env} is not set)")
+                log.info("mqtt: %s", self._commands_off_why)
+            return
+        self._verifier = CommandVerifier(key, self.topics.device_id, s.command_window_s,
+                                         clock_wall=self._clock_wall)
+        log.info("mqtt: commands accepted when signed with the key in $%s", s.command_key_env)
 
     def stop(self, drain_timeout_s: float = 0.0) -> None:
         """Optionally wait for the outbox to drain, publish ``offline``, disconnect, close.
@@ -379,10 +417,25 @@ class MqttCommunicator:
         for name, handler in handlers.items():
             self.set_command_handler(name, handler)
 
+    def _authenticated(self, name: str, payload: bytes) -> Command:
+        """The command, once its payload is checked, signed and fresh (CommandRejected if
+        not). Without a key every command is refused (the buzzer must not be silenced by
+        anyone who can reach the broker)."""
+        text = _check_name_and_size(name, payload, self.settings.command_max_bytes)
+        if self._verifier is None:
+            raise CommandRejected(f"{name}: refused: {self._commands_off_why}")
+        args = self._verifier.verify(name, text)
+        try:
+            return command_from_args(name, args)
+        except CommandRejected as exc:
+            rid = args.get("request_id")
+            exc.request_id = str(rid) if isinstance(rid, (str, int)) else None
+            raise
+
     def _dispatch(self, name: str, payload: bytes) -> dict[str, Any]:
         request_id = None
         try:
-            command = parse_command(name, payload, self.settings.command_max_bytes)
+            command = self._authenticated(name, payload)
             request_id = command.request_id
             handler = self._handlers.get(name)
             if handler is None:
@@ -394,6 +447,7 @@ class MqttCommunicator:
             else:
                 result = handler(command)
         except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            request_id = request_id or getattr(exc, "request_id", None)
             self._counters["commands_rejected"] += 1
             log.warning("mqtt command %r rejected: %s", name, exc)
             return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
@@ -458,6 +512,19 @@ class MqttCommunicator:
     def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
         name = self.topics.command_name(message.topic)
         if name is None:
+            return
+        if message.retain:
+            # a retained command would be re-applied at every (re)connect, e.g. re-mute the
+            # buzzer after each restart: the broker keeps it, so it is never acted upon
+            self._counters["commands_rejected"] += 1
+            log.warning("mqtt command %r ignored: retained message (commands must not be "
+                        "retained)", short_repr(name))
+            reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
+                     "wall_s": round(self._clock_wall(), 3), "command": name,
+                     "request_id": None, "ok": False,
+                     "error": f"{short_repr(name)}: retained command ignored (publish commands "
+                              "without the retain flag)"}
+            client.publish(self.topics.reply, dumps(reply), qos=1)
             return
         reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
                  "wall_s": round(self._clock_wall(), 3),
@@ -569,8 +636,6 @@ def ha_discovery_configs(topics: Topics, discovery_prefix: str,
         ("sensor", "fps", {"name": "Frame rate", "state_topic": topics.state,
                            "unit_of_measurement": "fps", "state_class": "measurement",
                            "value_template": "{{ value_json.state.fps }}"}),
-        ("button", "calibrate", {"name": "Calibrate", "command_topic":
-                                 topics.command("calibrate"), "payload_press": "{}"}),
     ]
     out = []
     for component, object_id, config in entities:

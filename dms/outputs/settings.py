@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
+def _check_range(name: str, value: float, low: float, high: float,
+                 low_open: bool = False) -> None:
+    """ValueError unless ``value`` is finite and in [low, high] (``low_open``: (low, high])."""
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        raise ValueError(f"{name} {value!r} must be in {'(' if low_open else '['}{low:g}, "
+                         f"{high:g}]")
+
+
 @dataclass(frozen=True, slots=True)
 class MqttSettings:
     """The ``[mqtt]`` table of the configuration file."""
@@ -86,8 +95,7 @@ class MqttSettings:
             raise ValueError("outbox_max_messages must be >= 1 and outbox_max_telemetry >= 0")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
-        if not (math.isfinite(self.command_window_s) and 1 <= self.command_window_s <= 600):
-            raise ValueError(f"command_window_s {self.command_window_s!r} must be in 1..600")
+        _check_range("command_window_s", self.command_window_s, 1.0, 600.0)
         if (self.tls_cert_file == "") != (self.tls_key_file == ""):
             raise ValueError("tls_cert_file and tls_key_file go together")
 
@@ -163,9 +171,8 @@ class BuzzerSettings:
             raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
         if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
             raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
-        if not (math.isfinite(self.max_mute_per_hour_s) and 0 < self.max_mute_per_hour_s <= 3600):
-            raise ValueError(f"max_mute_per_hour_s {self.max_mute_per_hour_s!r} must be in "
-                             "(0, 3600]")
+        _check_range("max_mute_per_hour_s", self.max_mute_per_hour_s, 0.0, 3600.0,
+                     low_open=True)
         if not 0 < self.command_timeout_s <= 60:
             raise ValueError(f"command_timeout_s must be in (0, 60], got {self.command_timeout_s}")
         if not self.update_period_s <= min(0.5, self.max_on_s):

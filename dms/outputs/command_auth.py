@@ -1,0 +1,196 @@
+"""Signed MQTT commands: an HMAC-SHA256 over the command with a timestamp and a nonce.
+
+A command payload is a JSON object with two strings::
+
+    {"body": "{\\"device\\":\\"cab-7\\",\\"command\\":\\"mute\\",\\"ts\\":1795260382.1,
+               \\"nonce\\":\\"9f1c...\\",\\"request_id\\":\\"a1\\",\\"duration_s\\":60}",
+     "sig": "<64 hex digits: HMAC-SHA256(key, body as UTF-8)>"}
+
+``body`` is signed exactly as sent (no canonical form to agree on). It names the device and the
+command, so a signature is valid for one device and one command topic only; ``ts`` (Unix
+seconds) must be within ``window_s`` of the device's clock, and a ``nonce`` is accepted once
+within that window. The rest of the body is the command's arguments and an optional
+``request_id``. The key is a shared secret from the environment (``[mqtt] command_key_env``,
+put it in ``/etc/dms/dms.env``); without one the device accepts no command at all.
+
+:func:`sign_command` is what ``dms command`` uses; :class:`CommandVerifier` runs on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dms.errors import DmsError
+
+MIN_KEY_BYTES = 16
+MAX_NONCES = 1024  # nonces remembered at most (fail closed beyond: a flood cannot evict them)
+AUTH_FIELDS = ("device", "command", "ts", "nonce")
+
+
+class CommandRejected(DmsError):
+    """A command is refused: malformed, not authentic, replayed, or refused by its handler.
+
+    ``request_id`` is the request id the sender gave, when one could be read (echoed in the
+    reply so the sender can match it; it is never trusted for anything else)."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a reply must not echo a huge payload)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def loads(text: str, what: str) -> Any:
+    """``json.loads`` that reports a deeply nested or malformed document as CommandRejected
+    (never a RecursionError traceback)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CommandRejected(f"{what}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise CommandRejected(f"{what}: payload is not JSON: {exc}") from None
+
+
+def command_key(environ: Mapping[str, str], variable: str) -> bytes | None:
+    """The key in environment variable ``variable`` (None when unset or empty). Raises
+    DmsError when it is shorter than MIN_KEY_BYTES (a guessable key is worse than none)."""
+    value = environ.get(variable, "") if variable else ""
+    if not value:
+        return None
+    key = value.encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise DmsError(f"command key in ${variable} has {len(key)} bytes; use at least "
+                       f"{MIN_KEY_BYTES} (e.g. openssl rand -hex 32)")
+    return key
+
+
+def signature(key: bytes, body: bytes) -> str:
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def sign_command(key: bytes, device: str, command: str, args: Mapping[str, Any] | None = None,
+                 *, request_id: str | None = None, ts: float | None = None,
+                 nonce: str | None = None) -> bytes:
+    """The payload of a signed command for ``<prefix>/<device>/cmd/<command>``."""
+    body: dict[str, Any] = {"device": device, "command": command,
+                            "ts": round(time.time() if ts is None else ts, 3),
+                            "nonce": nonce or secrets.token_hex(16)}
+    if request_id is not None:
+        body["request_id"] = request_id
+    for name, value in (args or {}).items():
+        if name in body:
+            raise ValueError(f"argument {name!r} collides with an authentication field")
+        body[name] = value
+    text = json.dumps(body, separators=(",", ":"))
+    return json.dumps({"body": text, "sig": signature(key, text.encode())},
+                      separators=(",", ":")).encode()
+
+
+def _request_id_hint(text: str) -> str | None:
+    """The request id of a body that is not (yet) trusted, to echo in a rejection."""
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    if isinstance(rid, (str, int)) and not isinstance(rid, bool) and len(str(rid)) <= 64:
+        return str(rid)
+    return None
+
+
+class CommandVerifier:
+    """Checks signed commands for one device. Thread-safe only under the caller's lock (the
+    communicator calls it from paho's network thread alone)."""
+
+    def __init__(self, key: bytes, device_id: str, window_s: float, *,
+                 max_nonces: int = MAX_NONCES,
+                 clock_wall: Callable[[], float] = time.time) -> None:
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError("window_s must be finite and > 0")
+        self._key = key
+        self._device_id = device_id
+        self._window_s = window_s
+        self._max_nonces = max_nonces
+        self._clock_wall = clock_wall
+        self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> forget after (wall s)
+
+    @property
+    def nonces_remembered(self) -> int:
+        return len(self._nonces)
+
+    def _envelope(self, name: str, text: str) -> tuple[str, str]:
+        outer = loads(text, name)
+        if not isinstance(outer, dict) or set(outer) != {"body", "sig"}:
+            raise CommandRejected(
+                f"{name}: unsigned command refused: the payload must be {{\"body\": ..., "
+                "\"sig\": ...}} signed with the device's command key (see docs/mqtt.md; "
+                "`dms command` signs)")
+        body, sig = outer["body"], outer["sig"]
+        if not isinstance(body, str) or not isinstance(sig, str):
+            raise CommandRejected(f"{name}: body and sig must be strings")
+        return body, sig
+
+    def _check_fresh(self, name: str, body: dict[str, Any], now: float) -> str:
+        ts, nonce = body.get("ts"), body.get("nonce")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise CommandRejected(f"{name}: ts must be Unix seconds")
+        if abs(now - ts) > self._window_s:
+            raise CommandRejected(
+                f"{name}: timestamp {ts:.3f} is {now - ts:+.1f} s from the device clock, "
+                f"outside the {self._window_s:g} s window (replayed, or a clock is wrong)")
+        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
+            raise CommandRejected(f"{name}: nonce must be a string of 8-128 characters")
+        while self._nonces and next(iter(self._nonces.values())) < now:
+            # oldest first; one that expires before an older one waits for it (remembered
+            # longer than needed, never shorter)
+            self._nonces.popitem(last=False)
+        if nonce in self._nonces:
+            raise CommandRejected(f"{name}: nonce already used (replayed command)")
+        if len(self._nonces) >= self._max_nonces:
+            raise CommandRejected(f"{name}: more than {self._max_nonces} commands within "
+                                  f"{self._window_s:g} s; refused")
+        return nonce
+
+    def verify(self, name: str, text: str) -> dict[str, Any]:
+        """The authenticated body of a command on topic ``cmd/<name>`` without its
+        authentication fields (its arguments and ``request_id``). Raises CommandRejected."""
+        body_text, sig = self._envelope(name, text)
+        if not hmac.compare_digest(signature(self._key, body_text.encode("utf-8")),
+                                   sig.lower()):
+            raise CommandRejected(f"{name}: bad signature (wrong key or altered command)",
+                                  _request_id_hint(body_text))
+        body = loads(body_text, name)
+        if not isinstance(body, dict):
+            raise CommandRejected(f"{name}: body must be a JSON object")
+        rid = _request_id_hint(body_text)
+        if body.get("device") != self._device_id:
+            raise CommandRejected(f"{name}: signed for device {short_repr(body.get('device'))}, "
+                                  f"this is {self._device_id!r}", rid)
+        if body.get("command") != name:
+            raise CommandRejected(f"{name}: signed for command "
+                                  f"{short_repr(body.get('command'))}, sent to cmd/{name}", rid)
+        now = self._clock_wall()
+        try:
+            nonce = self._check_fresh(name, body, now)
+        except CommandRejected as exc:
+            exc.request_id = rid
+            raise
+        # remembered until its timestamp can no longer pass the window check
+        self._nonces[nonce] = max(float(body["ts"]) + self._window_s, now)
+        self._nonces.move_to_end(nonce)
+        return {k: v for k, v in body.items() if k not in AUTH_FIELDS}

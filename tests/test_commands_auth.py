@@ -1,0 +1,277 @@
+"""Commands must be signed by an operator (issue 13, items 1, 2 and 14), against a real
+mosquitto broker, with the real ``mosquitto_pub`` and ``dms command`` processes.
+
+Before: any client could ``mosquitto_pub -t dms/<id>/cmd/mute -m '{"duration_s":600}'`` (ok),
+a retained mute re-muted the device after every restart, a deeply nested JSON command gave a
+RecursionError traceback, and a mute silenced every level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dms.outputs.buzzer import Buzzer, NullLine
+from dms.outputs.command_auth import (
+    CommandRejected,
+    CommandVerifier,
+    sign_command,
+    signature,
+)
+from dms.outputs.mqtt import MqttCommunicator, MqttSettings
+from dms.outputs.settings import BuzzerSettings
+from dms.settings import SettingsError, load_settings
+
+from broker import Broker, Collector, start_broker
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "k" * 8 + "0123456789abcdef"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with start_broker(tmp_path / "broker") as b:
+        yield b
+
+
+def settings(port: int, **kw: Any) -> MqttSettings:
+    base = {"host": "127.0.0.1", "port": port, "device_id": "cab1", "reconnect_min_s": 1,
+            "reconnect_max_s": 1, "keepalive_s": 5}
+    base.update(kw)
+    return load_settings(MqttSettings, base, "mqtt")
+
+
+class Device:
+    """A communicator wired to a real (null-line) buzzer, as the service wires it."""
+
+    def __init__(self, port: int, state: Path, environ: dict[str, str],
+                 **kw: Any) -> None:
+        self.buzzer = Buzzer(BuzzerSettings(max_mute_s=600, max_mute_per_hour_s=900),
+                             NullLine(), register_atexit=False)
+        self.calibrations = 0
+        self.sub = Collector(port, "dms/cab1/#")
+        assert self.sub.wait_for(lambda m: True)
+        self.comm = MqttCommunicator(settings(port, **kw), state, environ=environ)
+        self.comm.set_command_handlers({"mute": lambda c: self.buzzer.mute(c.duration_s),
+                                        "calibrate": self._calibrate})
+        self.comm.start()
+        assert self.comm.wait_connected(10)
+        # the device subscribes to cmd/# before it publishes "online" on the same connection
+        assert self.sub.wait_for(lambda m: ("dms/cab1/status", b"online") in m, 10)
+
+    def _calibrate(self, _c: Any) -> dict[str, Any]:
+        self.calibrations += 1
+        return {"calibration": "started"}
+
+    def replies(self, n: int, timeout_s: float = 15) -> list[dict[str, Any]]:
+        assert self.sub.wait_for(
+            lambda m: len([t for t, _ in m if t.endswith("/reply")]) >= n, timeout_s), \
+            self.sub.messages
+        return self.sub.payloads("/reply")
+
+    def close(self) -> None:
+        self.comm.stop()
+        self.sub.close()
+
+
+def mosquitto_pub(port: int, topic: str, payload: bytes | str, *extra: str) -> None:
+    if shutil.which("mosquitto_pub") is None:
+        pytest.skip("needs mosquitto_pub (Debian package mosquitto-clients)")
+    data = payload if isinstance(payload, bytes) else payload.encode()
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q",
+                    "1", "-s" if data else "-n", *extra], input=data, check=True, timeout=30)
+
+
+def test_unsigned_commands_are_refused_with_the_reason(broker: Broker, tmp_path: Path) -> None:
+    # no key configured: the shipped default. Before: ok true, buzzer muted for 600 s
+    dev = Device(broker.port, tmp_path / "s", environ={})
+    try:
+        mosquitto_pub(broker.port, "dms/cab1/cmd/mute", '{"duration_s": 600}')
+        mosquitto_pub(broker.port, "dms/cab1/cmd/calibrate", "")
+        signed = sign_command(KEY.encode(), "cab1", "mute", {"duration_s": 5})
+        mosquitto_pub(broker.port, "dms/cab1/cmd/mute", signed)  # no key: nothing verifies
+        replies = dev.replies(3)
+    finally:
+        dev.close()
+    assert [r["ok"] for r in replies] == [False, False, False]
+    assert all("DMS_COMMAND_KEY is not set" in r["error"] for r in replies)
+    assert not dev.buzzer.muted() and dev.calibrations == 0
+
+    dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": KEY})
+    try:  # a key is configured: an unsigned command is still refused, saying why
+        mosquitto_pub(broker.port, "dms/cab1/cmd/mute", '{"duration_s": 600}')
+        (reply,) = dev.replies(1)
+    finally:
+        dev.close()
+    assert reply["ok"] is False and "unsigned command refused" in reply["error"]
+    assert not dev.buzzer.muted()
+
+
+def test_dms_command_signs_and_prints_the_reply(broker: Broker, tmp_path: Path) -> None:
+    dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": KEY})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPS_KEY": KEY}
+    base = [sys.executable, "-m", "dms", "command", "--mqtt", f"127.0.0.1:{broker.port}",
+            "--device", "cab1", "--key-env", "OPS_KEY", "--timeout-s", "20"]
+    try:
+        mute = subprocess.run(base + ["mute", "30"], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=60)
+        calibrate = subprocess.run(base + ["calibrate"], capture_output=True, text=True,
+                                   env=env, cwd=ROOT, timeout=60)
+        too_long = subprocess.run(base + ["mute", "9999"], capture_output=True, text=True,
+                                  env=env, cwd=ROOT, timeout=60)
+        wrong_key = subprocess.run(base + ["state"], capture_output=True, text=True, cwd=ROOT,
+                                   env={**env, "OPS_KEY": "x" * 32}, timeout=60)
+        no_key = subprocess.run(base + ["state"], capture_output=True, text=True, cwd=ROOT,
+                                env={k: v for k, v in env.items() if k != "OPS_KEY"},
+                                timeout=60)
+    finally:
+        dev.close()
+    assert mute.returncode == 0, mute.stderr
+    reply = json.loads(mute.stdout)
+    assert reply["ok"] and reply["command"] == "mute" and reply["result"]["muted_s"] == 30
+    assert dev.buzzer.muted()
+    assert calibrate.returncode == 0 and dev.calibrations == 1
+    assert too_long.returncode == 1 and "600" in too_long.stderr
+    assert wrong_key.returncode == 1 and "bad signature" in wrong_key.stderr
+    assert no_key.returncode == 2 and "OPS_KEY" in no_key.stderr
+
+
+def test_replayed_stale_and_misdirected_commands_are_refused(broker: Broker,
+                                                             tmp_path: Path) -> None:
+    key = KEY.encode()
+    dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": KEY})
+    once = sign_command(key, "cab1", "calibrate", request_id="once")
+    sends = [
+        ("calibrate", once),  # accepted
+        ("calibrate", once),  # the same bytes again: replay
+        ("calibrate", sign_command(key, "cab1", "calibrate", request_id="old",
+                                   ts=time.time() - 120)),  # outside the 30 s window
+        ("calibrate", sign_command(key, "cab1", "calibrate", request_id="future",
+                                   ts=time.time() + 120)),
+        ("calibrate", sign_command(key, "cab2", "calibrate", request_id="other-device")),
+        ("calibrate", sign_command(key, "cab1", "mute", {"duration_s": 5},
+                                   request_id="other-command")),
+    ]
+    body = json.loads(sign_command(key, "cab1", "mute", {"duration_s": 5},
+                                   request_id="altered"))
+    body["body"] = body["body"].replace('"duration_s":5', '"duration_s":500')
+    sends.append(("mute", json.dumps(body).encode()))
+    try:
+        for name, payload in sends:
+            mosquitto_pub(broker.port, f"dms/cab1/cmd/{name}", payload)
+        replies = dev.replies(len(sends))
+    finally:
+        dev.close()
+    assert [(r["request_id"], r["ok"]) for r in replies] == [
+        ("once", True), ("once", False), ("old", False), ("future", False),
+        ("other-device", False), ("other-command", False), ("altered", False)]
+    errors = [r["error"] for r in replies[1:]]
+    assert "nonce already used" in errors[0]
+    assert "outside the 30 s window" in errors[1] and "outside the 30 s window" in errors[2]
+    assert "signed for device 'cab2'" in errors[3]
+    assert "signed for command 'mute'" in errors[4]
+    assert "bad signature" in errors[5]
+    assert dev.calibrations == 1 and not dev.buzzer.muted()
+
+
+def test_retained_commands_are_ignored_after_a_restart(broker: Broker, tmp_path: Path) -> None:
+    # before: after one `mosquitto_pub -r ... cmd/mute`, every restart re-muted the device
+    environ = {"DMS_COMMAND_KEY": KEY}
+    mosquitto_pub(broker.port, "dms/cab1/cmd/mute",
+                  sign_command(KEY.encode(), "cab1", "mute", {"duration_s": 60},
+                               request_id="retained"), "-r")
+    for _ in range(2):  # two "restarts" of the device
+        dev = Device(broker.port, tmp_path / "s", environ=environ)
+        try:
+            (reply,) = dev.replies(1)
+            time.sleep(0.5)  # nothing else arrives
+        finally:
+            dev.close()
+        assert reply["ok"] is False and "retained command ignored" in reply["error"]
+        assert not dev.buzzer.muted()
+
+
+def test_a_deeply_nested_command_is_refused_without_a_traceback(
+        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": KEY})
+    key = KEY.encode()
+    deep = "[" * 2000 + "]" * 2000
+    try:
+        with caplog.at_level(logging.WARNING, logger="dms.outputs.mqtt"):
+            mosquitto_pub(broker.port, "dms/cab1/cmd/mute", deep)  # before: RecursionError
+            body = json.dumps({"device": "cab1", "command": "mute", "ts": time.time(),
+                               "nonce": "n" * 16})
+            body = body[:-1] + ', "duration_s": ' + "[" * 1500 + "]" * 1500 + "}"
+            nested_body = json.dumps({"body": body, "sig": signature(key, body.encode())})
+            mosquitto_pub(broker.port, "dms/cab1/cmd/mute", nested_body)
+            replies = dev.replies(2)
+            alive = dev.comm.publish_alert({"still": "alive"})
+    finally:
+        dev.close()
+    assert [r["ok"] for r in replies] == [False, False]
+    assert "nested too deeply" in replies[0]["error"]
+    assert "nested too deeply" in replies[1]["error"]  # signed, but its body is too deep
+    assert not any(r.exc_info for r in caplog.records)  # rejected, not a traceback
+    assert alive == 1
+
+
+def test_the_nonce_memory_is_bounded_and_fails_closed() -> None:
+    now = [1000.0]
+    key = KEY.encode()
+    v = CommandVerifier(key, "cab1", 30.0, max_nonces=3, clock_wall=lambda: now[0])
+
+    def send(nonce: str) -> None:
+        v.verify("state", sign_command(key, "cab1", "state", ts=now[0], nonce=nonce).decode())
+
+    for i in range(3):
+        send(f"nonce-{i:04d}")
+    with pytest.raises(CommandRejected, match="more than 3 commands"):
+        send("nonce-0003")  # full of live nonces: refused, none forgotten early
+    with pytest.raises(CommandRejected, match="already used"):
+        send("nonce-0000")
+    now[0] += 31  # the window has passed: old nonces are forgotten, their ts is stale anyway
+    send("nonce-0004")
+    assert v.nonces_remembered == 1
+
+
+def test_a_short_key_turns_commands_off_with_the_reason(broker: Broker,
+                                                        tmp_path: Path) -> None:
+    dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": "short"})
+    try:
+        mosquitto_pub(broker.port, "dms/cab1/cmd/mute",
+                      sign_command(b"short", "cab1", "mute", {"duration_s": 5}))
+        (reply,) = dev.replies(1)
+    finally:
+        dev.close()
+    assert reply["ok"] is False and "at least 16" in reply["error"]
+
+
+def test_level_3_sounds_while_muted_and_mutes_per_hour_are_bounded() -> None:
+    buzzer = Buzzer(BuzzerSettings(max_mute_s=600, max_mute_per_hour_s=900), NullLine(),
+                    register_atexit=False)
+    buzzer.mute(600, now_s=0.0)
+    buzzer.alert(2, now_s=10.0)
+    assert not buzzer.update(10.0)  # level 2 is muted
+    buzzer.alert(3, now_s=20.0)
+    assert buzzer.update(20.0)  # level 3 never is (before: silent)
+    # re-sending mute every 600 s kept the buzzer silent for ever; now at most 900 s an hour
+    assert buzzer.mute(300, now_s=600.0)["mute_budget_left_s"] == 0
+    with pytest.raises(ValueError, match="mute budget"):
+        buzzer.mute(60, now_s=900.0)
+    assert buzzer.mute_budget_left_s(3600.0 + 600.0) == 600  # the first mute left the window
+    buzzer.mute(600, now_s=3600.0 + 600.0)
+    with pytest.raises(SettingsError, match="max_mute_per_hour_s"):
+        load_settings(BuzzerSettings, {"max_mute_per_hour_s": float("nan")}, "buzzer")
+    with pytest.raises(SettingsError, match="command_window_s"):
+        load_settings(MqttSettings, {"command_window_s": 0}, "mqtt")
