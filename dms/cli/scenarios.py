@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--n {args.n}: must be >= 1")
     if args.scenarios_command == "mounts":
         return _mounts(args, settings)
-    result = scenarios.run_bench(args.n, args.seed, settings).to_dict()
+    with _progress_bar(args, "scenarios") as progress:
+        result = scenarios.run_bench(args.n, args.seed, settings, progress).to_dict()
     result["seed"] = args.seed
     if args.jitter:
         result["jitter"] = jitter = scenarios.jitter_reduction(settings, seed=args.seed)
@@ -131,12 +134,9 @@ def _mounts(args: argparse.Namespace, settings: Any) -> int:
 
     logging.getLogger("dms.engine").setLevel(logging.ERROR)  # one mismatch line per drive
 
-    def progress(done: int, total: int) -> None:
-        if done % 20 == 0 or done == total:
-            print(f"  {done}/{total} drives", file=sys.stderr, flush=True)
-
-    res = run_suite(args.n, args.seed, settings, hint_yaw_error_deg=args.wrong_mount_deg,
-                    explicit=args.explicit, progress=progress)
+    with _progress_bar(args, "drives") as progress:
+        res = run_suite(args.n, args.seed, settings, hint_yaw_error_deg=args.wrong_mount_deg,
+                        explicit=args.explicit, progress=progress)
     d = res.to_dict()
     d["seed"] = args.seed
     d["wrong_mount_deg"] = args.wrong_mount_deg
@@ -161,3 +161,20 @@ def _mounts(args: argparse.Namespace, settings: Any) -> int:
     for miss in cast(list[str], d["misses"]):
         print(f"  missed: {miss}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(args: argparse.Namespace, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr (nothing with --json, so the output stays one JSON object)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.n, desc=args.scenarios_command, unit=unit, file=sys.stderr,
+               leave=False, disable=bool(args.json))
+
+    def progress(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()

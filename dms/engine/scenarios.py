@@ -23,7 +23,7 @@ import dataclasses
 import io
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -498,16 +498,20 @@ def _on_road_zone(settings: EngineSettings, zone: GlanceZone) -> bool:
     return is_on_road(True, zone.yaw_inboard_deg, zone.pitch_deg, settings.zones, limits)
 
 
-def run_bench(n: int = 200, seed: int = 0, settings: EngineSettings | None = None) -> BenchResult:
+def run_bench(n: int = 200, seed: int = 0, settings: EngineSettings | None = None,
+              progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Long-distraction latency and false alerts over ``n`` generated scenarios.
 
     An alert raised from a long glance's start to 1 s after its end belongs to it; any other
-    raised alert is false (the short glances are spaced so no rule should fire)."""
+    raised alert is false (the short glances are spaced so no rule should fire).
+    ``progress(done, n)`` is called after each scenario."""
     s = settings or EngineSettings()
     tally = _BenchTally()
     for i in range(n):
         sc = bench_scenario(i, seed, s)
         tally.add(sc, raised(run(sc)), s.policy.long_glance_s)
+        if progress is not None:
+            progress(i + 1, n)
     return BenchResult(n, tally.longs, tuple(tally.latencies), tally.as_slump, tally.missed,
                        tally.shorts, tally.false_alerts, tally.bad_scenarios)
 
