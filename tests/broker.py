@@ -139,6 +139,7 @@ class Collector:
     def __init__(self, port: int, topic: str, client_id: str = "",
                  persistent: bool = False, user: str | None = None) -> None:
         self.messages: list[tuple[str, bytes]] = []
+        self.arrivals: list[tuple[float, str]] = []  # (wall time, topic), as messages
         self._cond = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=not persistent)
@@ -153,7 +154,13 @@ class Collector:
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         with self._cond:
             self.messages.append((msg.topic, bytes(msg.payload)))
+            self.arrivals.append((time.time(), msg.topic))
             self._cond.notify_all()
+
+    def first_after(self, t0: float) -> float:
+        """Wall time of the first message that arrived at or after ``t0`` (inf: none)."""
+        with self._cond:
+            return min((t for t, _ in self.arrivals if t >= t0), default=float("inf"))
 
     def wait_for(self, pred: Callable[[list[tuple[str, bytes]]], bool],
                  timeout_s: float = 10.0) -> bool:

@@ -1,0 +1,383 @@
+"""Fault injection against the real service and a real mosquitto: every fault of issue 13,
+one row each, with the alerts raised, delivered, lost and duplicated, the ``(stream, seq)``
+pairs that named two different alerts, and the recovery time.
+
+    python scripts/faults.py --out out/faults --md docs/_bench_faults.md [--only NAME ...]
+
+Each row starts ``dms run`` (a subprocess, as systemd runs it) on a looping rendered drive
+that raises an alert every few seconds, with a subscriber recording every alert message;
+rows that need a camera this machine lacks run the same ``Service`` in-process with a
+scripted frame source behind FrameSource's interface. ``raised`` counts the alert records
+the service(s) printed (each is in the durable outbox before it is printed); ``delivered``
+the distinct records the broker handed the subscriber; ``lost = raised - delivered`` after
+every row ends with a clean drain; ``reused`` counts ``(stream, seq)`` pairs carrying two
+different ``event_id``s. ``recovery`` is the time from the fault to the service publishing
+again (its next ``state``, or the first alert after the fault when that comes first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from broker import Broker, Collector  # noqa: E402  (the tests' mosquitto helper)
+
+# a drive that raises (and clears) an alert every few seconds once the neutral is learned
+SCRIPT = ("road 5s; glance infotainment 4s; road 3s; slump 4s; road 3s; occlude 3s; "
+          "road 2s; glance left-window 4s; road 3s")
+
+
+@dataclass
+class Row:
+    name: str
+    fault: str
+    raised: set[str] = field(default_factory=set)
+    receipts: list[tuple[str, int, str]] = field(default_factory=list)  # stream, seq, id
+    recovery_s: float | None = None
+    note: str = ""
+
+    def result(self) -> dict[str, Any]:
+        delivered = {r[2] for r in self.receipts}
+        pairs: dict[tuple[str, int], set[str]] = {}
+        for stream, seq, eid in self.receipts:
+            pairs.setdefault((stream, seq), set()).add(eid)
+        return {"fault": self.name, "what": self.fault, "raised": len(self.raised),
+                "delivered": len(delivered & self.raised),
+                "lost": len(self.raised - delivered),
+                "duplicates": len(self.receipts) - len(set(self.receipts)),
+                "reused_stream_seq": sum(len(ids) > 1 for ids in pairs.values()),
+                "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 2),
+                "note": self.note}
+
+
+class Harness:
+    def __init__(self, out: Path, clip: Path) -> None:
+        self.out = out
+        self.clip = clip
+        # the broker persists (tests/broker.py): QoS 1 messages queued for the persistent
+        # subscriber survive a broker restart, so the observer itself never misses one
+        self.broker = Broker(out / "broker").start()
+
+    def config(self, name: str, state: Path | None = None, **sections: str) -> Path:
+        state = state or self.out / name / "state"
+        text = (f'[service]\nstate_dir = "{state}"\nstate_interval_s = 0.5\n'
+                "stop_drain_timeout_s = 10\n"
+                f'[camera]\nsource = "{self.clip}"\nloop = true\n'
+                f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
+                f'device_id = "{name}"\nkeepalive_s = 5\n')
+        for section, body in sections.items():
+            text += f"[{section}]\n{body}\n"
+        path = self.out / name / "dms.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    @contextlib.contextmanager
+    def subscriber(self, row: Row) -> Iterator[Collector]:
+        sub = Collector(self.broker.port, f"dms/{row.name}/#", client_id=f"faults-{row.name}",
+                        persistent=True)
+        try:
+            yield sub
+        finally:
+            for topic, payload in sub.messages:
+                if topic.endswith("/alert"):
+                    doc = json.loads(payload)
+                    row.receipts.append((doc["stream"], doc["seq"], doc["event"]["event_id"]))
+            sub.close()
+
+    def start(self, cfg: Path, row: Row, *extra: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "dms", "run", "--config", str(cfg),
+                                 "--print-events", *extra], stdout=subprocess.PIPE,
+                                stderr=open(cfg.parent / "service.log", "a"),  # noqa: SIM115
+                                text=True)
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                with contextlib.suppress(ValueError, KeyError):
+                    row.raised.add(json.loads(line)["event_id"])
+
+        threading.Thread(target=read, daemon=True).start()
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+def wait_for(pred: Callable[[], bool], timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def published_after(sub: Collector, t0: float) -> Callable[[], bool]:
+    """True once any state/alert message arrived after wall time t0."""
+    def pred() -> bool:
+        return any(arrived >= t0 for arrived, topic in sub.arrivals
+                   if topic.endswith(("/state", "/alert")))
+    return pred
+
+
+def drain(h: Harness, row: Row, sub: Collector, cfg: Path) -> None:
+    """A clean start-and-stop after the row, so whatever the outbox still holds is sent, then
+    wait until every raised alert arrived (or 30 s)."""
+    proc = h.start(cfg, row, "--max-frames", "5")
+    proc.wait(timeout=120)
+
+    def done() -> bool:
+        got = {json.loads(p)["event"]["event_id"] for t, p in sub.messages
+               if t.endswith("/alert")}
+        return row.raised <= got
+    wait_for(done, 30)
+
+
+# ----------------------------------------------------------------------------- the faults
+
+
+def signal_then_restart(h: Harness, name: str, sig: int) -> dict[str, Any]:
+    row = Row(name, f"{signal.Signals(sig).name} mid-run, then a restart")
+    cfg = h.config(name)
+    with h.subscriber(row) as sub:
+        proc = h.start(cfg, row)
+        wait_for(lambda: len(row.raised) >= 3, 120)
+        h.stop(proc, sig)
+        t0 = time.time()
+        proc = h.start(cfg, row)
+        ok = wait_for(published_after(sub, t0), 60)
+        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        wait_for(lambda: len(row.raised) >= 6, 120)
+        h.stop(proc)
+        drain(h, row, sub, cfg)
+    return row.result()
+
+
+def broker_restart(h: Harness) -> dict[str, Any]:
+    row = Row("broker", "broker stopped 5 s mid-run, then started")
+    cfg = h.config("broker")
+    with h.subscriber(row) as sub:
+        proc = h.start(cfg, row)
+        wait_for(lambda: len(row.raised) >= 2, 120)
+        h.broker.stop()
+        time.sleep(5.0)
+        h.broker.start()
+        t0 = time.time()
+        ok = wait_for(published_after(sub, t0), 60)
+        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        wait_for(lambda: len(row.raised) >= 5, 120)
+        h.stop(proc)
+        drain(h, row, sub, cfg)
+    return row.result()
+
+
+def camera_missing(h: Harness) -> dict[str, Any]:
+    row = Row("nocamera", "camera missing at start (/dev/video97)")
+    cfg = h.config("nocamera", camera='source = "/dev/video97"\nreconnect_max_s = 2.0')
+    t0 = time.time()
+    with h.subscriber(row) as sub:
+        proc = h.start(cfg, row)
+        ok = wait_for(lambda: len(row.raised) >= 1, 60)
+        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        time.sleep(3.0)
+        row.note = "still running" if proc.poll() is None else f"exited {proc.returncode}"
+        h.stop(proc)
+        drain(h, row, sub, cfg)
+    return row.result()
+
+
+def in_process(h: Harness, name: str, what: str,
+               make_source: Callable[[Any], Any]) -> dict[str, Any]:
+    """The real Service in this process, frames from a scripted source (a camera stand-in),
+    alerts through the real MQTT path to the broker."""
+    from dms.config import load_config
+    from dms.service import Service
+
+    row = Row(name, what)
+    cfg = load_config(h.config(name))
+    with h.subscriber(row) as sub:
+        t0 = time.time()
+        svc = Service(cfg, on_event=lambda rec: row.raised.add(rec["event_id"]))
+        source = make_source(cfg)
+        svc.run(source=source)
+        row.recovery_s = getattr(source, "recovery_s", None)
+        row.note = (f"{svc.frames} frames, {svc.monitor.bad_frames if svc.monitor else 0} "
+                    f"skipped, loop errors {svc.loop_errors}")
+        wait_for(lambda: {json.loads(p)["event"]["event_id"] for t, p in sub.messages
+                          if t.endswith("/alert")} >= row.raised, 30)
+        del t0
+    return row.result()
+
+
+def bad_frames_source(clip: Path) -> Callable[[Any], Any]:
+    import numpy as np
+
+    from dms.capture import Frame, video_frames
+
+    frames = [f.image for f in video_frames(str(clip))]
+
+    class Source:
+        recovery_s = None  # monitoring never stops: nothing to recover from
+
+        def frames(self, stop: threading.Event) -> Iterator[Any]:
+            import cv2
+
+            kinds: list[Any] = [
+                lambda g: cv2.cvtColor(g, cv2.COLOR_BGR2GRAY),  # GRAY8
+                lambda g: np.zeros((0, 0, 3), np.uint8),  # 0x0
+                lambda g: cv2.cvtColor(g, cv2.COLOR_BGR2BGRA),  # 4 channels
+                lambda g: g.astype(np.float32) * np.nan,  # NaN
+                lambda g: np.zeros((g.shape[0], g.shape[1], 5), np.uint8),  # 5 channels
+            ]
+            k = 0
+            for i, img in enumerate(frames * 2):
+                if stop.is_set():
+                    return
+                if i % 7 == 3:
+                    img = kinds[k % len(kinds)](img)
+                    k += 1
+                yield Frame(img, i / 10.0, i)
+
+    return lambda cfg: Source()
+
+
+def camera_lost_source(clip: Path) -> Callable[[Any], Any]:
+    from dms.capture import FrameSource
+    from dms.capture import video_frames as vf
+
+    frames = [f.image for f in vf(str(clip))]
+    state = {"opens": 0, "lost_at": 0.0, "back_at": 0.0}
+
+    class FakeCamera:
+        """Delivers the clip, goes dark after 150 frames; reopening fails twice."""
+
+        def __init__(self) -> None:
+            self.i = 0
+
+        def read(self) -> tuple[bool, Any]:
+            time.sleep(0.02)
+            if state["opens"] == 1 and self.i >= 150 or self.i >= len(frames) * 2:
+                if not state["lost_at"]:
+                    state["lost_at"] = time.time()
+                return False, None
+            self.i += 1
+            return True, frames[self.i % len(frames)]
+
+        def release(self) -> None:
+            pass
+
+    def opener(_source: str) -> FakeCamera:
+        from dms.errors import InputError
+
+        state["opens"] += 1
+        if 2 <= state["opens"] <= 3:
+            raise InputError("/dev/video0: camera cannot be opened")
+        if state["opens"] == 4:
+            state["back_at"] = time.time()
+        return FakeCamera()
+
+    def make(cfg: Any) -> Any:
+        from dataclasses import replace
+
+        cam = replace(cfg.camera, source="0", frame_timeout_s=1.0, reconnect_min_s=0.5,
+                      reconnect_max_s=1.0)
+        src = FrameSource(cam, opener=opener)
+
+        class Timed:
+            @property
+            def recovery_s(self) -> float | None:
+                if state["lost_at"] and state["back_at"]:
+                    return state["back_at"] - state["lost_at"]
+                return None
+
+            def frames(self, stop: threading.Event) -> Iterator[Any]:
+                for n, item in enumerate(src.frames(stop)):
+                    yield item
+                    if state["opens"] >= 4 and n > 600:
+                        return
+
+        return Timed()
+
+    return make
+
+
+FAULTS: dict[str, Callable[[Harness], dict[str, Any]]] = {
+    "bad_frames": lambda h: in_process(h, "badframes", "GRAY8, 0x0, BGRA, NaN and 5-channel "
+                                       "frames mixed into the drive", bad_frames_source(h.clip)),
+    "sigterm": lambda h: signal_then_restart(h, "sigterm", signal.SIGTERM),
+    "sigkill": lambda h: signal_then_restart(h, "sigkill", signal.SIGKILL),
+    "sighup": lambda h: signal_then_restart(h, "sighup", signal.SIGHUP),
+    "broker_restart": broker_restart,
+    "camera_missing": camera_missing,
+    "camera_lost": lambda h: in_process(h, "camlost", "camera lost mid-run, two failed "
+                                        "reopens, then back", camera_lost_source(h.clip)),
+}
+
+
+def markdown(rows: list[dict[str, Any]], machine: str) -> str:
+    lines = [f"Machine: {machine}. Command: `python scripts/faults.py`.", "",
+             "| fault | raised | delivered | lost | duplicates | (stream, seq) reused | "
+             "recovery | note |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f} s"
+        lines.append(f"| {r['what']} | {r['raised']} | {r['delivered']} | **{r['lost']}** | "
+                     f"{r['duplicates']} | **{r['reused_stream_seq']}** | {rec} | "
+                     f"{r['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("out/faults"))
+    ap.add_argument("--md", type=Path, default=None, help="write the table as Markdown here")
+    ap.add_argument("--only", nargs="*", choices=sorted(FAULTS), default=None)
+    args = ap.parse_args()
+    from dms.synth.render import render_scenario
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    clip = Path(render_scenario(SCRIPT, args.out / "clip", fps=10, size="320x240").video)
+    h = Harness(args.out, clip)
+    rows = []
+    try:
+        for name in args.only or list(FAULTS):
+            print(f"faults: {name} ...", file=sys.stderr, flush=True)
+            rows.append(FAULTS[name](h))
+            print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    finally:
+        h.broker.stop()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    (args.out / "faults.json").write_text(json.dumps(rows, indent=2) + "\n")
+    md = markdown(rows, machine)
+    if args.md:
+        args.md.write_text(md)
+    print(md)
+    bad = [r for r in rows if r["lost"] or r["reused_stream_seq"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
