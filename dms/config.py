@@ -22,11 +22,13 @@ from typing import Any, Literal
 from dms.engine.settings import EngineSettings
 from dms.errors import DmsError
 from dms.outputs.settings import BuzzerSettings, MqttSettings
-from dms.pipeline import TrackingSettings
 from dms.settings import load_settings, parse_toml, read_text_file
-from dms.vision.detect import DetectorSettings
-from dms.vision.headpose import PoseModelSettings
-from dms.vision.runtime import RuntimeSettings
+from dms.vision.settings import (
+    DetectorSettings,
+    PoseModelSettings,
+    RuntimeSettings,
+    TrackingSettings,
+)
 
 
 class ConfigError(DmsError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,34 +20,10 @@ import numpy as np
 from dms.types import FaceBox, HeadPose, Observation
 from dms.vision.detect import DriverChoice, FaceDetector, select_driver
 from dms.vision.headpose import HeadPoseEstimator
+from dms.vision.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class TrackingSettings:
-    """The ``[vision.tracking]`` table."""
-
-    enabled: bool = field(default=True, metadata={"doc": "follow the face between detections"})
-    redetect_interval_frames: int = field(
-        default=30,
-        metadata={"doc": "run the detector at least every N frames even while tracking"},
-    )
-    box_reuse_frames: int = field(
-        default=3,
-        metadata={
-            "doc": "estimators without a tracker (CNN): re-use the last detector box for N "
-            "frames before detecting again"
-        },
-    )
-    track_min_confidence: float = field(
-        default=0.5,
-        metadata={"doc": "below this tracker confidence the next frame runs the detector"},
-    )
-
-    def validate(self) -> None:
-        if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
-            raise ValueError("redetect_interval_frames must be >= 1, box_reuse_frames >= 0")
 
 
 class TrackingEstimator(Protocol):

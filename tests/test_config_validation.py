@@ -46,3 +46,17 @@ def test_a_deeply_nested_file_is_one_clear_error(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert "deep.toml" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_config_check_loads_no_model_or_network_code() -> None:
+    """The configuration sits at the bottom of the import graph (issue 12): checking a file
+    imports neither OpenCV, onnxruntime nor paho."""
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "dms", "config", "check",
+                        str(root / "systemd" / "dms.example.toml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"cv2", "onnxruntime", "paho", "paho.mqtt.client", "insightface",
+                           "matplotlib", "torch"}

@@ -8,15 +8,15 @@ model zoo (any SCRFD ONNX file, e.g. ``scrfd_500m_bnkps.onnx``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from dms.errors import ModelError
 from dms.types import FaceBox
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+from dms.vision.settings import DetectorSettings, DriverChoice
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +29,7 @@ class FaceDetector(Protocol):
         ...
 
 
-DriverChoice = Literal["largest", "central", "largest_central"]
 
-
-@dataclass(frozen=True, slots=True)
-class DetectorSettings:
-    """The ``[vision.detector]`` table."""
-
-    model: str = field(
-        default="blazeface",
-        metadata={"doc": "manifest name (see `dms models list`) or path of a detector ONNX"},
-    )
-    score_threshold: float = field(default=0.5, metadata={"doc": "minimum face score"})
-    input_size: int = field(
-        default=320,
-        metadata={"doc": "SCRFD: square input side in pixels for models with a dynamic input"},
-    )
-    driver_choice: DriverChoice = field(
-        default="largest_central",
-        metadata={
-            "doc": "which face is the driver: 'largest', 'central' (nearest the image "
-            "centre) or 'largest_central' (area minus a penalty for distance from centre)"
-        },
-    )
-
-    def validate(self) -> None:
-        if not 0.0 < self.score_threshold < 1.0:
-            raise ValueError("score_threshold must be in (0, 1)")
-        if self.input_size < 64 or self.input_size % 32:
-            raise ValueError("input_size must be a multiple of 32, at least 64")
 
 
 def select_driver(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +34,9 @@ from dms import geometry
 from dms.errors import ModelError
 from dms.types import FaceBox, HeadPose
 from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
-from dms.vision.landmark_pose import LandmarkPoseSettings
 from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+from dms.vision.settings import PoseModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,30 +48,6 @@ class HeadPoseEstimator(Protocol):
         """Head pose of the face in ``face`` (None when the estimator sees no face there)."""
         ...
 
-
-@dataclass(frozen=True, slots=True)
-class PoseModelSettings:
-    """The ``[vision.pose]`` table."""
-
-    model: str = field(
-        default="facemesh",
-        metadata={"doc": "manifest name (see `dms models list`) or path of a head-pose ONNX"},
-    )
-    output: str = field(
-        default="",
-        metadata={
-            "doc": "override the output format of a CNN ONNX: 'rotation_matrix', '6d', "
-            "'matrix9', 'euler:yaw,pitch,roll' (any order) or 'bins:yaw,pitch,roll'"
-        },
-    )
-    landmarks: LandmarkPoseSettings = field(
-        default_factory=LandmarkPoseSettings,
-        metadata={"doc": "the embedded landmark estimator ([vision.pose.landmarks])"},
-    )
-    limits: PoseLimits = field(
-        default_factory=PoseLimits,
-        metadata={"doc": "poses beyond these get confidence 0, any model ([vision.pose.limits])"},
-    )
 
 
 def pose_from_aflw_matrix(M: np.ndarray, confidence: float = 1.0) -> HeadPose:

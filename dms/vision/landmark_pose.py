@@ -25,9 +25,7 @@ accurate than a raw detector box. Confidence is FaceMesh's face-presence probabi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -43,63 +41,12 @@ from dms.vision.facemesh import (
 )
 from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+from dms.vision.settings import LandmarkPoseSettings
 
 _TO_CAMERA = np.array([1.0, -1.0, -1.0])
 
 Tracked = tuple[FaceBox, HeadPose, FaceRoi]
 
-
-@dataclass(frozen=True, slots=True)
-class LandmarkPoseSettings:
-    """Tuning of the landmark estimator (choices measured in docs/benchmarks.md section 1;
-    the large-yaw correction is fitted on rendered heads only, never on evaluation faces)."""
-
-    points: Literal["procrustes", "all"] = field(
-        default="all",
-        metadata={"doc": "fit on MediaPipe's 33 weighted Procrustes landmarks or all 468"},
-    )
-    refine_steps: int = field(
-        default=1, metadata={"doc": "still images: re-crop from the landmarks this many times"}
-    )
-    flip_average: bool = field(
-        default=True,
-        metadata={
-            "doc": "also fit FaceMesh on the mirrored crop and average the two rotations "
-            "(cancels FaceMesh's left/right asymmetry; one more landmark run per frame)"
-        },
-    )
-    yaw_knee_deg: float = field(
-        default=18.0,
-        metadata={
-            "doc": "large-yaw correction: |yaw| beyond this many degrees is expanded "
-            "(fitted by `dms synth yaw-fit` on rendered heads)"
-        },
-    )
-    yaw_gain: float = field(
-        default=0.0,
-        metadata={
-            "doc": "large-yaw correction: yaw += gain * (|yaw| - knee) beyond the knee, "
-            "away from zero (0 = off, the default: the render-fitted 0.46 hurts real faces "
-            "below 60 deg; fit your own with `dms synth yaw-fit`)"
-        },
-    )
-    min_presence: float = field(
-        default=0.5,
-        metadata={
-            "doc": "tracking: FaceMesh presence below this means the face left the ROI "
-            "(after a fresh detection the pose is returned anyway, with confidence = presence)"
-        },
-    )
-
-    def validate(self) -> None:
-        if self.refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
-        if not 0.0 <= self.yaw_knee_deg < 90.0:
-            raise ValueError(f"yaw_knee_deg must be in [0, 90), got {self.yaw_knee_deg}")
-        if not 0.0 <= self.yaw_gain <= 2.0:
-            raise ValueError(f"yaw_gain must be in [0, 2], got {self.yaw_gain}")
-        if not 0.0 <= self.min_presence <= 1.0:
-            raise ValueError(f"min_presence must be in [0, 1], got {self.min_presence}")
 
 
 def expand_yaw(yaw_deg: float | np.ndarray, knee_deg: float, gain: float | np.ndarray
