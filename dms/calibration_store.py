@@ -8,7 +8,9 @@ The file ``<state_dir>/calibration/<profile>.json`` holds::
      "sample_count": 148, "rejected_count": 2, "missing_count": 0,
      "spread_deg": 0.9, "duration_s": 5.0, "mount": "dashboard-centre"}
 
-Writes are atomic (temp file in the same directory + ``os.replace``). A corrupt or foreign file
+Writes are atomic (temp file in the same directory + ``os.replace``). Files are 0640 and the
+directories (the state directory and ``calibration/``) 0750, whatever the umask. A corrupt or
+foreign file
 raises :class:`CalibrationStoreError` naming the file. The pure maths lives in
 :mod:`dms.engine.calibration`.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ from dms.geometry import nearest_rotation, rotation_from_euler
 from dms.types import Observation
 
 SCHEMA_VERSION = 1
+FILE_MODE = 0o640
+DIR_CLEAR_BITS = 0o027  # removed from our directories' modes: group write, all of others
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -61,6 +66,14 @@ def profile_path(state_dir: str | Path, profile: str) -> Path:
     return Path(state_dir) / "calibration" / f"{profile}.json"
 
 
+def _private_dir(directory: Path) -> None:
+    """Create ``directory`` 0750; one we own loses group write and every bit for others."""
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & DIR_CLEAR_BITS:
+        os.chmod(directory, stat.S_IMODE(st.st_mode) & ~DIR_CLEAR_BITS)
+
+
 def save_calibration(state_dir: str | Path, profile: str, result: CalibrationResult, *,
                      mount: str | None = None, now: datetime | None = None) -> Path:
     """Store ``result`` as ``profile`` atomically; returns the file's path."""
@@ -82,9 +95,11 @@ def save_calibration(state_dir: str | Path, profile: str, result: CalibrationRes
         "mount": mount,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(Path(state_dir))
+        _private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{profile}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=2)
                 f.write("\n")

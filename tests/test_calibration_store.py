@@ -102,3 +102,19 @@ def test_unwritable_state_dir(tmp_path: Path, result) -> None:  # type: ignore[n
     blocker.write_text("")
     with pytest.raises(CalibrationStoreError, match="cannot write"):
         save_calibration(blocker, "x", result)
+
+
+def test_files_are_0640_and_directories_0750_whatever_the_umask(
+        tmp_path: Path, result) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    old = os.umask(0o022)  # outside systemd: before, profiles and directories were world-readable
+    try:
+        path = save_calibration(state, "alice", result)
+    finally:
+        os.umask(old)
+    mode = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, path.parent, path)}
+    assert mode == {state: 0o750, path.parent: 0o750, path: 0o640}
