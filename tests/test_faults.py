@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from dms.outputs.mqtt import MqttCommunicator, MqttSettings
 from dms.outputs.outbox import Outbox
 from dms.outputs.routing import AlertOutputs
 
-from broker import Collector, require_mosquitto, start_broker
+from broker import Broker, Collector, free_port, require_mosquitto, start_broker
 
 
 def _chattr(flag: str, paths: list[Path]) -> subprocess.CompletedProcess[str]:
@@ -48,8 +50,14 @@ def read_only(directory: Path) -> Iterator[None]:
         _chattr("-i", paths)
 
 
-def payload(seq: int) -> bytes:
-    return json.dumps({"seq": seq}).encode()
+def payload(stream: str, seq: int) -> bytes:
+    return json.dumps({"stream": stream, "seq": seq}).encode()
+
+
+def key(row: object) -> tuple[str, int]:
+    """The (stream, seq) an alert row's payload carries."""
+    data = json.loads(row.payload)  # type: ignore[attr-defined]
+    return data["stream"], data["seq"]
 
 
 def test_alerts_wait_in_memory_while_the_disk_refuses_writes_then_land_on_disk(
@@ -57,35 +65,39 @@ def test_alerts_wait_in_memory_while_the_disk_refuses_writes_then_land_on_disk(
     state = tmp_path / "state"
     box = Outbox(state / "outbox.sqlite3")
     first = box.put_alert("al", payload)
-    assert first.persisted
+    old = box.stream_id
+    assert first.persisted and key(first.row) == (old, 1)
     with read_only(state):
         # before the fix: DmsError("cannot store an alert: disk I/O error"), alert gone
         kept = [box.put_alert("al", payload) for _ in range(3)]
-        assert [r.row.seq for r in kept] == [2, 3, 4]
+        # the counter on disk cannot move: a new stream, never seq 2.. of the old one again
+        new = box.stream_id
+        assert new != old and [key(r.row) for r in kept] == [(new, 1), (new, 2), (new, 3)]
         assert not any(r.persisted for r in kept)
         assert box.degraded is not None
-        assert [r.seq for r in box.pending()] == [1, 2, 3, 4]  # still handed out
+        assert [key(r) for r in box.pending()] == [(old, 1), (new, 1), (new, 2), (new, 3)]
         box.delete(kept[0].row.id)  # acknowledged while in memory: nothing to write later
         box.delete(first.row.id)  # on disk: the delete is remembered
-        assert [r.seq for r in box.pending()] == [3, 4]
+        assert [key(r) for r in box.pending()] == [(new, 2), (new, 3)]
         assert len(box) == 2
         assert box.put_telemetry("tm", b"{}") is None  # best effort: refused, not raised
         st = box.stats()
-        assert (st.alerts_in_memory, st.alerts_not_persisted, st.next_seq) == (2, 3, 5)
+        assert (st.alerts_in_memory, st.alerts_not_persisted, st.next_seq) == (2, 3, 4)
+        assert st.streams_started == 1
         box.delete(kept[1].row.id)  # all delivered before any reached the disk
         box.delete(kept[2].row.id)
         assert len(box) == 0
     assert box.sync(force=True)  # the worker retries about once a second
     after = box.put_alert("al", payload)
-    assert after.persisted and after.row.seq == 5
+    assert after.persisted and key(after.row) == (new, 4)  # the new stream is on disk now
     # a sender whose cursor is past the ids handed out from memory must still see it
-    assert [r.seq for r in box.pending(after_id=kept[2].row.id)] == [5]
+    assert [key(r) for r in box.pending(after_id=kept[2].row.id)] == [(new, 4)]
     box.close()
 
     again = Outbox(state / "outbox.sqlite3")  # a restart sees exactly what is undelivered
-    assert [r.seq for r in again.pending()] == [5]
+    assert [key(r) for r in again.pending()] == [(new, 4)]
     assert again.stats().alerts_in_memory == 0
-    assert again.put_alert("al", payload).row.seq == 6
+    assert key(again.put_alert("al", payload).row) == (new, 5)
     again.close()
 
 
@@ -102,7 +114,7 @@ def test_a_read_only_state_dir_loses_no_alert_on_the_broker(tmp_path: Path) -> N
             assert comm.wait_drained(10)
             with read_only(state):
                 seqs = [comm.publish_alert({"i": i}) for i in range(1, 6)]
-                assert seqs == [2, 3, 4, 5, 6]
+                assert seqs == [1, 2, 3, 4, 5]  # in a new stream: the disk cannot count
                 # published from memory and acknowledged, though nothing reached the disk
                 assert sub.wait_for(lambda m: len(m) >= 6, 15)
                 assert comm.wait_drained(10)
@@ -112,9 +124,13 @@ def test_a_read_only_state_dir_loses_no_alert_on_the_broker(tmp_path: Path) -> N
         finally:
             comm.stop()
             sub.close()
-    got = [p["seq"] for p in sub.payloads("/alert")]
-    assert sorted(set(got)) == [1, 2, 3, 4, 5, 6, 7]
-    assert [p["event"]["i"] for p in sub.payloads("/alert")][:7] == list(range(7))
+    alerts = sub.payloads("/alert")
+    pairs = {(p["stream"], p["seq"]): p["event"]["i"] for p in alerts}
+    assert sorted(pairs.values()) == list(range(7))  # each alert once per (stream, seq)
+    first, second = alerts[0]["stream"], alerts[1]["stream"]
+    assert first != second and sorted(k for k in pairs if k[0] == second) == [
+        (second, s) for s in range(1, 7)]
+    assert [p["event"]["i"] for p in alerts][:7] == list(range(7))
     assert len(Outbox(state / "outbox.sqlite3")) == 0  # nothing stale left for the next run
 
 
@@ -249,3 +265,193 @@ def test_read_only_state_dir_at_start_keeps_monitoring_and_delivers_later(tmp_pa
                 sub.close()
     finally:
         subprocess.run(["chattr", "-i", str(state)], capture_output=True)
+
+
+# -- issue 13: (stream, seq) never names two alerts; a damaged outbox loses nothing -------------
+
+
+def _settings(port: int) -> MqttSettings:
+    return MqttSettings(host="127.0.0.1", port=port, device_id="cab1", reconnect_min_s=1,
+                        reconnect_max_s=1, keepalive_s=5)
+
+
+def _pairs_are_unique(alerts: list[dict[str, object]]) -> dict[tuple[str, int], object]:
+    """(stream, seq) -> event of every alert received; fails if one pair named two alerts."""
+    seen: dict[tuple[str, int], object] = {}
+    for a in alerts:
+        k = (str(a["stream"]), int(a["seq"]))  # type: ignore[call-overload]
+        assert seen.setdefault(k, a["event"]) == a["event"], f"{k} names two alerts"
+    return seen
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
+    directory.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                           str(directory)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` to the last byte; returns the filler file."""
+    import os
+
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_never_reuses_a_stream_and_seq_pair(tmp_path: Path) -> None:
+    """Before: the disk full, next_seq never reached it; the next run restarted at seq 6 and
+    pairs 6.. named two different alerts."""
+    require_mosquitto()
+    with start_broker(tmp_path / "broker") as brk, small_tmpfs(tmp_path / "state") as state:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        try:
+            comm = MqttCommunicator(_settings(brk.port), state).start()
+            assert comm.wait_connected(10)
+            for i in range(5):
+                comm.publish_alert({"run": 1, "i": i})
+            assert comm.wait_drained(10)
+            filler = fill(state)
+            for i in range(5, 60):
+                comm.publish_alert({"run": 1, "i": i})
+            assert comm.wait_drained(15)  # published from memory
+            assert comm.stats()["outbox"]["alerts_not_persisted"] == 55  # the disk was full
+            comm.stop()  # the disk still full: the counter on disk says 6
+            filler.unlink()
+            comm = MqttCommunicator(_settings(brk.port), state).start()
+            for i in range(20):
+                comm.publish_alert({"run": 2, "i": i})
+            assert comm.wait_drained(15)
+            comm.stop()
+            assert sub.wait_for(lambda m: len(m) >= 80, 15)
+        finally:
+            sub.close()
+    pairs = _pairs_are_unique(sub.payloads("/alert"))
+    assert len(pairs) == 80  # every alert once, each under its own (stream, seq)
+
+
+def _outage_then_damage(tmp_path: Path, damage: Callable[[Path], None], n: int = 100
+                        ) -> tuple[list[dict[str, object]], MqttCommunicator, Path]:
+    """Alerts pile up while the broker is down, the outbox file is damaged under the running
+    communicator, more alerts come, the broker returns: what a fleet subscriber got."""
+    state = tmp_path / "state"
+    with start_broker(tmp_path / "broker") as brk:
+        sub = Collector(brk.port, "dms/cab1/alert", client_id="fleet", persistent=True)
+        assert sub.wait_for(lambda m: True)
+        comm = MqttCommunicator(_settings(brk.port), state)
+        try:
+            brk.stop()
+            comm.start()
+            for i in range(n):
+                comm.publish_alert({"i": i})
+            assert comm.stats()["outbox"]["pending_alerts"] == n
+            damage(state / "outbox.sqlite3")
+            deadline = time.monotonic() + 10
+            while comm.stats()["outbox"]["damaged"] == 0:  # the worker looks every 0.5 s
+                assert time.monotonic() < deadline, "damage not detected"
+                time.sleep(0.1)
+            for i in range(n, n + 10):
+                comm.publish_alert({"i": i})
+            brk.start()
+            assert comm.wait_drained(30), comm.stats()
+            assert sub.wait_for(lambda m: len({json.loads(p)["event"].get("i", -1)
+                                               for _, p in m}) >= n + 11, 30)
+            time.sleep(1.0)  # the cleared record follows
+        finally:
+            comm.stop()
+            sub.close()
+    return sub.payloads("/alert"), comm, state
+
+
+def _check_no_loss_and_reported(alerts: list[dict[str, object]], n: int, state: Path) -> None:
+    _pairs_are_unique(alerts)
+    events = [a["event"] for a in alerts]
+    got = {e["i"] for e in events if "i" in e}  # type: ignore[operator,index]
+    assert got == set(range(n + 10))  # before: 100 of 100 pending alerts lost
+    degraded = [e for e in events if e.get("type") == "system_degraded"]  # type: ignore[union-attr]
+    assert [(e["reason"], e["phase"]) for e in degraded] == [  # type: ignore[index]
+        ("outbox_damaged", "raised"), ("outbox_damaged", "cleared")]
+    streams = [a["stream"] for a in alerts]
+    assert streams[0] != streams[-1]  # a new stream after the damage
+    # the next run starts (before: "database disk image is malformed" for ever) and
+    # finds nothing stale
+    box = Outbox(state / "outbox.sqlite3")
+    assert len(box) == 0 and box.stats().damaged == 0
+    box.close()
+
+
+def test_a_truncated_outbox_is_set_aside_and_nothing_is_lost(tmp_path: Path) -> None:
+    require_mosquitto()
+
+    def truncate(db: Path) -> None:
+        subprocess.run(["truncate", "-s", "0", str(db), f"{db}-wal"], check=True)
+
+    alerts, comm, state = _outage_then_damage(tmp_path, truncate)
+    _check_no_loss_and_reported(alerts, 100, state)
+    aside = sorted(p.name for p in state.iterdir() if ".damaged-" in p.name)
+    assert len(aside) == 2 and aside[0].startswith("outbox.sqlite3-wal.damaged-")
+
+
+def test_a_deleted_outbox_is_noticed_and_nothing_is_lost(tmp_path: Path) -> None:
+    require_mosquitto()
+
+    def delete(db: Path) -> None:
+        subprocess.run(["sh", "-c", f'rm -f "{db}"*'], check=True)
+
+    alerts, comm, state = _outage_then_damage(tmp_path, delete)
+    _check_no_loss_and_reported(alerts, 100, state)
+    assert comm.stats()["connected"] is False
+
+
+def test_an_outbox_deleted_just_before_exit_is_rewritten_for_the_next_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the exit log said the alerts "remain ... for the next run"; the file was gone."""
+    require_mosquitto()
+    port = free_port()
+    state = tmp_path / "state"
+    comm = MqttCommunicator(_settings(port), state).start()  # no broker yet
+    for i in range(20):
+        comm.publish_alert({"i": i})
+    subprocess.run(["sh", "-c", f'rm -f "{state}/outbox.sqlite3"*'], check=True)
+    with caplog.at_level(logging.WARNING):
+        comm.stop()  # at once: the exit checks the file before it claims anything
+    assert any("remain" in r.getMessage() and "next run" in r.getMessage()
+               for r in caplog.records)
+    with Broker(tmp_path / "broker", port=port) as brk:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        again = MqttCommunicator(_settings(port), state).start()
+        try:
+            assert again.wait_drained(20)
+            assert sub.wait_for(lambda m: len(m) >= 20, 15)
+        finally:
+            again.stop()
+            sub.close()
+    assert sorted(a["event"]["i"] for a in sub.payloads("/alert")) == list(range(20))
+
+
+def test_an_outbox_that_is_not_a_database_at_start_is_set_aside(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "outbox.sqlite3").write_bytes(b"garbage, not SQLite" * 300)
+    box = Outbox(state / "outbox.sqlite3")  # before: DmsError, and MQTT never started
+    assert [d for d in box.take_damage() if "cannot be read at start" in d]
+    assert box.put_alert("al", payload).row.seq == 1
+    box.close()
+    assert [p.name.split(".damaged-")[0] for p in state.iterdir() if ".damaged-" in p.name] \
+        == ["outbox.sqlite3"]

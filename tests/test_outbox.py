@@ -11,7 +11,7 @@ from dms.errors import DmsError
 from dms.outputs.outbox import Kind, Outbox
 
 
-def payload(seq: int) -> bytes:
+def payload(stream: str, seq: int) -> bytes:
     return f'{{"seq":{seq}}}'.encode()
 
 
@@ -27,7 +27,7 @@ def test_rows_come_back_in_order_and_survive_reopening(tmp_path: Path) -> None:
     box = Outbox(db)  # a new process using the same state directory
     rows = box.pending()
     assert [r.kind for r in rows] == [Kind.ALERT] * 3 + [Kind.TELEMETRY]
-    assert [r.payload for r in rows[:3]] == [payload(1), payload(2), payload(3)]
+    assert [r.payload for r in rows[:3]] == [payload(stream, s) for s in (1, 2, 3)]
     assert box.stream_id == stream
     box.delete(rows[0].id)
     box.delete(rows[0].id)  # deleting twice is harmless (a duplicate PUBACK)
@@ -81,7 +81,7 @@ def test_alerts_alone_beyond_the_bound_are_kept_and_reported(tmp_path: Path) -> 
 def test_a_failed_payload_build_stores_nothing_and_keeps_the_counter(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
 
-    def broken(seq: int) -> bytes:
+    def broken(stream: str, seq: int) -> bytes:
         raise ValueError("cannot serialise")
 
     with pytest.raises(ValueError):
@@ -94,3 +94,22 @@ def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(DmsError, match="dir.db"):
         Outbox(tmp_path / "dir.db")
+
+
+def test_outbox_files_are_0640_and_the_directory_0750_whatever_the_umask(
+        tmp_path: Path) -> None:
+    import os
+    import stat
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)  # as an existing state directory outside systemd
+    old = os.umask(0o022)
+    try:
+        box = Outbox(state / "outbox.sqlite3")
+        box.put_alert("al", payload)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+        box.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750  # before: 0755
+    assert modes == {"outbox.sqlite3": 0o640, "outbox.sqlite3-wal": 0o640}  # before: 0644

@@ -32,6 +32,7 @@ class Reason(str, enum.Enum):
     FACE_LOST = "face_lost"  # face lost while frontal
     NO_FACE = "no_face"  # no usable face for degraded_s
     CAMERA_LOST = "camera_lost"  # (system_degraded, from the service) no frames from the camera
+    OUTBOX_DAMAGED = "outbox_damaged"  # (system_degraded, from MQTT) outbox file set aside
 
 
 class Phase(str, enum.Enum):

@@ -21,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -208,6 +209,9 @@ class MqttCommunicator:
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._connect_failures = 0
+        self._run_id = uuid.uuid4().hex[:8]
+        self._damage_n = 0
+        self._damage_open: list[tuple[int, float]] = []  # outbox damage not yet cleared
         self._counters = {"alerts_sent": 0, "alerts_acked": 0, "alerts_rejected": 0,
                           "telemetry_sent": 0, "telemetry_dropped": 0, "commands_ok": 0,
                           "commands_rejected": 0, "connects": 0}
@@ -321,10 +325,10 @@ class MqttCommunicator:
         if self._worker is not None:
             self._worker.join(timeout=5.0)
         left = len(self._outbox)
-        if left:
-            log.warning("mqtt: %d message(s) remain in %s for the next run", left,
+        lost = self._outbox.close()  # checks the file once more; logs what it cannot keep
+        if left - lost > 0:
+            log.warning("mqtt: %d message(s) remain in %s for the next run", left - lost,
                         self._outbox.path)
-        self._outbox.close()
 
     def __enter__(self) -> MqttCommunicator:
         return self.start()
@@ -349,9 +353,9 @@ class MqttCommunicator:
         outbox = self._require_started()
         body = jsonable(event)
 
-        def build(seq: int) -> bytes:
+        def build(stream: str, seq: int) -> bytes:
             return dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
-                          "stream": outbox.stream_id, "seq": seq,
+                          "stream": stream, "seq": seq,
                           "queued_wall_s": round(self._clock_wall(), 3), "event": body})
 
         result = outbox.put_alert(self.topics.alert, build, qos=1)
@@ -545,10 +549,28 @@ class MqttCommunicator:
                 if item[0] == "ack":
                     self._handle_ack(item[1], item[2])
                 assert self._outbox is not None
-                self._outbox.sync()  # writes a refusing disk kept back (rate-limited, cheap)
+                # finds a damaged file, writes what a refusing disk kept back (rate-limited)
+                self._outbox.sync()
+                self._report_outbox_damage(self._outbox)
                 self._fill()
             except Exception:  # keep the worker alive; the outbox keeps the data
                 log.exception("mqtt outbox worker: unexpected error")
+
+    def _report_outbox_damage(self, outbox: Outbox) -> None:
+        """Publish a ``system_degraded`` / ``outbox_damaged`` record for each damage the outbox
+        found, and its ``cleared`` record once the outbox has a usable file again."""
+        for why in outbox.take_damage():
+            self._damage_n += 1
+            now = time.monotonic()
+            self._damage_open.append((self._damage_n, now))
+            record = outbox_damaged_record(self._damage_n, "raised", now, now, self._run_id)
+            seq = self.publish_alert(record)
+            log.error("mqtt: system_degraded (outbox_damaged) raised, seq %d: %s", seq, why)
+        if self._damage_open and outbox.healthy:
+            for n, started in self._damage_open:
+                self.publish_alert(outbox_damaged_record(n, "cleared", time.monotonic(),
+                                                         started, self._run_id))
+            self._damage_open.clear()
 
     def _handle_ack(self, mid: int, reason_code: Any) -> None:
         row_id = self._inflight.pop(mid, None)
@@ -615,6 +637,21 @@ class MqttCommunicator:
         if self._outbox is not None and not self._stopping:
             out["outbox"] = self._outbox.stats().as_dict()
         return out
+
+
+def outbox_damaged_record(n: int, phase: str, t_s: float, started_t_s: float,
+                          run_id: str) -> dict[str, Any]:
+    """A ``system_degraded`` record in the engine's event schema (docs/engine.md) saying the
+    outbox file was damaged and set aside. ``alert_id`` is negative (not the engine's) and
+    distinct from the service's own system records."""
+    return {
+        "schema_version": 1, "event_id": f"{run_id}-outbox{n}", "alert_id": -1000 - n,
+        "type": "system_degraded", "reason": "outbox_damaged", "level": 1, "phase": phase,
+        "t_s": round(t_s, 4), "started_t_s": round(started_t_s, 4),
+        "pose": {"yaw_deg": None, "pitch_deg": None, "roll_deg": None,
+                 "yaw_inboard_deg": None, "on_road": False, "zone": None},
+        "settings_version": "",
+    }
 
 
 def ha_discovery_configs(topics: Topics, discovery_prefix: str,
