@@ -275,3 +275,26 @@ def test_level_3_sounds_while_muted_and_mutes_per_hour_are_bounded() -> None:
         load_settings(BuzzerSettings, {"max_mute_per_hour_s": float("nan")}, "buzzer")
     with pytest.raises(SettingsError, match="command_window_s"):
         load_settings(MqttSettings, {"command_window_s": 0}, "mqtt")
+
+
+def test_the_documented_shell_example_signs_a_command_the_device_accepts(
+        broker: Broker, tmp_path: Path) -> None:
+    for tool in ("openssl", "jq", "mosquitto_pub", "mosquitto_sub"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    doc = (ROOT / "docs" / "mqtt.md").read_text()
+    script = doc.split("<!-- sign-begin -->")[1].split("<!-- sign-end -->")[0]
+    script = script.strip().removeprefix("```sh").removesuffix("```")
+    script = script.replace("dev=cab-7", "dev=cab1").replace(
+        "-h broker", f"-h 127.0.0.1 -p {broker.port}")
+    dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": KEY})
+    try:
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              env={**os.environ, "DMS_COMMAND_KEY": KEY}, timeout=60)
+        (reply,) = dev.replies(1)
+    finally:
+        dev.close()
+    assert done.returncode == 0, done.stderr
+    assert reply["ok"] is True and reply["request_id"] == "a1", reply
+    assert json.loads(done.stdout)["ok"] is True  # what mosquitto_sub printed
+    assert dev.buzzer.muted()

@@ -9,7 +9,7 @@ topic                     QoS    retained  payload
 ``state``                 1      yes       JSON: driver state, calibration, fps, models
 ``alert``                 1      no        JSON: one engine event + schema, stream id, seq
 ``telemetry``             0      no        JSON: rate-limited pose
-``cmd/<name>``            -      no        commands *to* the device (subscribed, QoS 1)
+``cmd/<name>``            -      ignored   signed commands *to* the device (subscribed, QoS 1)
 ``reply``                 1      no        JSON: outcome of each command
 ========================  =====  ========  ==================================================
 
