@@ -150,6 +150,7 @@ def test_dms_command_signs_and_prints_the_reply(broker: Broker, tmp_path: Path) 
 def test_replayed_stale_and_misdirected_commands_are_refused(broker: Broker,
                                                              tmp_path: Path) -> None:
     key = KEY.encode()
+    t_start = time.time()
     dev = Device(broker.port, tmp_path / "s", environ={"DMS_COMMAND_KEY": KEY})
     once = sign_command(key, "cab1", "calibrate", request_id="once")
     sends = [
@@ -159,6 +160,8 @@ def test_replayed_stale_and_misdirected_commands_are_refused(broker: Broker,
                                    ts=time.time() - 120)),  # outside the 30 s window
         ("calibrate", sign_command(key, "cab1", "calibrate", request_id="future",
                                    ts=time.time() + 120)),
+        ("calibrate", sign_command(key, "cab1", "calibrate", request_id="before-start",
+                                   ts=t_start - 5)),  # within the window: sent to a restart
         ("calibrate", sign_command(key, "cab2", "calibrate", request_id="other-device")),
         ("calibrate", sign_command(key, "cab1", "mute", {"duration_s": 5},
                                    request_id="other-command")),
@@ -175,13 +178,15 @@ def test_replayed_stale_and_misdirected_commands_are_refused(broker: Broker,
         dev.close()
     assert [(r["request_id"], r["ok"]) for r in replies] == [
         ("once", True), ("once", False), ("old", False), ("future", False),
-        ("other-device", False), ("other-command", False), ("altered", False)]
+        ("before-start", False), ("other-device", False), ("other-command", False),
+        ("altered", False)]
     errors = [r["error"] for r in replies[1:]]
     assert "nonce already used" in errors[0]
     assert "outside the 30 s window" in errors[1] and "outside the 30 s window" in errors[2]
-    assert "signed for device 'cab2'" in errors[3]
-    assert "signed for command 'mute'" in errors[4]
-    assert "bad signature" in errors[5]
+    assert "before this device started" in errors[3]
+    assert "signed for device 'cab2'" in errors[4]
+    assert "signed for command 'mute'" in errors[5]
+    assert "bad signature" in errors[6]
     assert dev.calibrations == 1 and not dev.buzzer.muted()
 
 

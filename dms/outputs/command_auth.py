@@ -32,6 +32,7 @@ from dms.errors import DmsError
 
 MIN_KEY_BYTES = 16
 MAX_NONCES = 1024  # nonces remembered at most (fail closed beyond: a flood cannot evict them)
+START_TOLERANCE_S = 2.0  # clock skew allowed for a command sent just after the device started
 AUTH_FIELDS = ("device", "command", "ts", "nonce")
 
 
@@ -120,6 +121,9 @@ class CommandVerifier:
     def __init__(self, key: bytes, device_id: str, window_s: float, *,
                  max_nonces: int = MAX_NONCES,
                  clock_wall: Callable[[], float] = time.time) -> None:
+        """Commands stamped before this verifier was made (less START_TOLERANCE_S) are
+        refused: the nonces of an earlier process are not known, and a command issued before
+        this process subscribed cannot be a live one (retained ones are ignored anyway)."""
         if not (math.isfinite(window_s) and window_s > 0):
             raise ValueError("window_s must be finite and > 0")
         self._key = key
@@ -127,6 +131,7 @@ class CommandVerifier:
         self._window_s = window_s
         self._max_nonces = max_nonces
         self._clock_wall = clock_wall
+        self._not_before = clock_wall() - START_TOLERANCE_S
         self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> forget after (wall s)
 
     @property
@@ -153,6 +158,9 @@ class CommandVerifier:
             raise CommandRejected(
                 f"{name}: timestamp {ts:.3f} is {now - ts:+.1f} s from the device clock, "
                 f"outside the {self._window_s:g} s window (replayed, or a clock is wrong)")
+        if ts < self._not_before:
+            raise CommandRejected(f"{name}: timestamp {ts:.3f} is before this device started "
+                                  "(a replay from before a restart?)")
         if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
             raise CommandRejected(f"{name}: nonce must be a string of 8-128 characters")
         while self._nonces and next(iter(self._nonces.values())) < now:
