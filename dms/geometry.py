@@ -35,7 +35,8 @@ def _rz(a: float) -> np.ndarray:
 def aflw_matrix_from_euler(pitch_deg: float, yaw_deg: float, roll_deg: float) -> np.ndarray:
     """``M = Rz(roll) Ry(yaw) Rx(pitch)``: the matrix the 6D networks output."""
     p, y, r = np.deg2rad([pitch_deg, yaw_deg, roll_deg])
-    return _rz(r) @ _ry(y) @ _rx(p)
+    M: np.ndarray = _rz(r) @ _ry(y) @ _rx(p)
+    return M
 
 
 def euler_from_aflw_matrix(M: np.ndarray) -> tuple[float, float, float]:
@@ -85,7 +86,8 @@ def nearest_rotation(A: np.ndarray) -> np.ndarray:
     """The rotation closest to a 3x3 matrix in the Frobenius sense (SVD, det = +1)."""
     U, _, Vt = np.linalg.svd(np.asarray(A, dtype=np.float64))
     d = np.sign(np.linalg.det(U @ Vt)) or 1.0
-    return U @ np.diag([1.0, 1.0, d]) @ Vt
+    R: np.ndarray = U @ np.diag([1.0, 1.0, d]) @ Vt
+    return R
 
 
 def relative_rotation(R_neutral: np.ndarray, R: np.ndarray) -> np.ndarray:
@@ -94,7 +96,8 @@ def relative_rotation(R_neutral: np.ndarray, R: np.ndarray) -> np.ndarray:
     Composing rotations (not subtracting Euler angles) keeps yaw and pitch honest when the
     neutral pose itself is turned, e.g. a camera mounted on the A-pillar.
     """
-    return np.asarray(R_neutral).T @ np.asarray(R)
+    rel: np.ndarray = np.asarray(R_neutral).T @ np.asarray(R)
+    return rel
 
 
 def geodesic_deg(R1: np.ndarray, R2: np.ndarray) -> float:
@@ -111,7 +114,8 @@ def geodesic_deg(R1: np.ndarray, R2: np.ndarray) -> float:
 def mirror_rotation(R: np.ndarray) -> np.ndarray:
     """The head rotation seen in a horizontally mirrored image (x -> -x on both sides)."""
     F = np.diag([-1.0, 1.0, 1.0])
-    return F @ np.asarray(R) @ F
+    mirrored: np.ndarray = F @ np.asarray(R) @ F
+    return mirrored
 
 
 def mean_rotation(rotations: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

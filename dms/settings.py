@@ -13,6 +13,7 @@ import enum
 import hashlib
 import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -21,10 +22,10 @@ from typing import Any, TypeVar
 
 from dms.errors import DmsError
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (JetPack 6)
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
 
 
 class SettingsError(DmsError):
@@ -172,8 +173,8 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
     return rows
 

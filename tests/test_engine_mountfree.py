@@ -210,6 +210,7 @@ def test_the_random_mount_suite_default_and_with_a_wrong_mount() -> None:
         d = r.to_dict()
         assert r.recall() >= 0.95, d
         assert d["false_alerts_total"] == 0, d
+        assert d["uncleared"] == 0, d  # every alert clears once the driver is back
         lat = r.latencies_s["long_glance"]
         assert 3.0 <= sorted(lat)[len(lat) // 2] <= 3.5, d
         assert d["never_settled"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dms.engine import Engine, EngineSettings, Phase
+from dms.engine import Engine, EngineSettings, NeutralPose, Phase
 from dms.engine.scenarios import ScenarioBuilder
 
 S = EngineSettings()
@@ -67,7 +67,11 @@ def test_never_an_alert_while_always_on_the_road(targets, rate, noise, drop, see
                         speed_kmh=speed, steering_deg=steer).road(2.0)
     for target, duration in targets:
         b.glance(target, duration).road(0.5)
-    eng = Engine(S)
+    # A property of the rules given the driver's neutral (explicitly calibrated): a driver
+    # who holds one on-road pose longer than the road itself teaches a mount-free learner
+    # that pose as the road, which no learner can avoid; the mount-free default has its own
+    # property (a constant plausible pose never alerts: test_engine_mountfree.py).
+    eng = Engine(S, neutral=NeutralPose(b.R_neutral))
     for o in b.build().observations:
         assert eng.step(o).events == ()
 
@@ -81,7 +85,11 @@ def test_every_alert_clears_once_the_driver_is_back(story, rate, noise, drop, se
         apply(b, s)
     # back: moving, on the road, long enough for the slowest clearing rule (drowsiness)
     b.speed(80.0).road(P.nod_window_s + P.slump_s + 5.0)
-    eng = Engine(S)
+    # the rules' property, given the neutral: a story that holds one off-road pose longer
+    # than the road from the first second (three slumps in a row) teaches a mount-free
+    # learner that pose as the road; the mount-free engine's alerts clearing is measured on
+    # realistic drives instead (the random-mount suite: test_engine_mountfree.py)
+    eng = Engine(S, neutral=NeutralPose(b.R_neutral))
     opened: dict[int, int] = {}
     cleared: set[int] = set()
     for o in b.build().observations:

@@ -89,6 +89,9 @@ class SuiteResult:
     false_alerts: dict[str, int] = field(default_factory=dict)  # per alert type
     false_alert_times_s: list[float] = field(default_factory=list)
     scenarios_with_false_alert: int = 0
+    # alerts still active when the drive ends, 40 s of driving after its event (drowsiness,
+    # which lasts nod_window_s after the last nod, is not counted)
+    uncleared: int = 0
     settled_at_s: list[float] = field(default_factory=list)
     neutral_error_deg: list[float] = field(default_factory=list)  # at the end of each drive
     misses: list[str] = field(default_factory=list)
@@ -110,6 +113,10 @@ class SuiteResult:
             self.false_alerts[e.type.value] = self.false_alerts.get(e.type.value, 0) + 1
             self.false_alert_times_s.append(e.t_s)
         self.scenarios_with_false_alert += false_here > 0
+        opened = {e.alert_id: e for e in events
+                  if e.phase is Phase.RAISED and e.type is not EventType.DROWSINESS}
+        closed = {e.alert_id for e in events if e.phase is Phase.CLEARED}
+        self.uncleared += len(set(opened) - closed)
 
     def _score_expected(self, i: int, case: MountCase, raised: list[Event]) -> Event | None:
         exp = case.expected
@@ -148,6 +155,7 @@ class SuiteResult:
             "false_alerts": dict(self.false_alerts),
             "false_alerts_total": sum(self.false_alerts.values()),
             "scenarios_with_false_alert": self.scenarios_with_false_alert,
+            "uncleared": self.uncleared,
             "settled_median_s": med(self.settled_at_s),
             "settled_max_s": round(max(self.settled_at_s), 3) if self.settled_at_s else None,
             "never_settled": self.scenarios - len(self.settled_at_s),
