@@ -165,7 +165,8 @@ def evaluate(
     for face in tqdm(usable, desc="eval", unit="img", disable=not progress, leave=False):
         img = read_image(face.image_path)
         if detector is None:
-            box: FaceBox | None = FaceBox(*face.box, score=1.0)
+            x1, y1, x2, y2 = face.box
+            box: FaceBox | None = FaceBox(x1, y1, x2, y2, score=1.0)
         else:
             box = select_driver(detector.detect(img), img.shape)
         pose = estimator.estimate(img, box) if box is not None else None

@@ -229,12 +229,12 @@ class FaceRenderer:
         map_y = np.full((hr, wr), -1.0, np.float32)
         map_x[ys, xs] = out[:, 0]
         map_y[ys, xs] = out[:, 1]
-        layer = cv2.remap(self.face.texture, map_x, map_y, cv2.INTER_LINEAR,
+        layer: np.ndarray = cv2.remap(self.face.texture, map_x, map_y, cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         shade_img = np.ones((hr, wr), np.float32)
         shade_img[ys, xs] = out[:, 2]
         layer *= shade_img[..., None]
-        alpha = (ids >= 0).astype(np.float32)
+        alpha: np.ndarray = (ids >= 0).astype(np.float32)
         # soften the silhouette by one pixel (anti-aliasing) and the neck's lower end
         alpha = cv2.GaussianBlur(alpha, (3, 3), 0.8)
         if R_prev is not None and s.exposure_s > 0:
@@ -303,7 +303,7 @@ class FaceRenderer:
     def render(self, truth: FrameTruth, previous: FrameTruth | None = None) -> np.ndarray:
         """One BGR uint8 frame for ``truth`` (``previous`` frame for the motion blur)."""
         s = self.scene
-        img = self._background.astype(np.float32)
+        img: np.ndarray = self._background.astype(np.float32)
         R = truth.rotation
         layer, alpha, (x0, y0), px = self._head_layer(
             R, None if previous is None else previous.rotation)
@@ -460,7 +460,7 @@ def render_scenario(
                           noise_sigma=options.noise_sigma, seed=options.seed)
     renderer = FaceRenderer(face, scene)
     tmp_video = out / "video.partial.mp4"
-    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), options.fps,
+    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter.fourcc(*"mp4v"), options.fps,
                              (options.width_px, options.height_px))
     if not writer.isOpened():
         raise InputError(f"{tmp_video}: OpenCV cannot write an mp4v video here")

@@ -80,9 +80,9 @@ def detect_output_format(session: Any, override: str = "") -> str:
         bins = {o.shape[-1] for o in outs}
         if len(bins) == 1 and bins.pop() > 3:
             names = [o.name.lower() for o in outs]
-            order = [next((a for a in _AXES if a in n), "") for n in names]
-            if sorted(order) == sorted(_AXES):
-                return "bins:" + ",".join(order)
+            axes = [next((a for a in _AXES if a in n), "") for n in names]
+            if sorted(axes) == sorted(_AXES):
+                return "bins:" + ",".join(axes)
             return "bins:yaw,pitch,roll"  # Hopenet's output order
     if len(outs) >= 1:
         o = outs[0]

@@ -119,13 +119,13 @@ def resolve_model(spec: str, task: str) -> tuple[Path, ModelEntry | None]:
     entry = find_entry(spec)
     if entry.task != task:
         raise ModelError(f"model {spec!r} is a {entry.task}, not a {task}")
-    p = entry_path(entry)
-    if p is None:
+    found = entry_path(entry)
+    if found is None:
         raise ModelError(
             f"model {spec!r} is not on this machine: run `dms models pull {spec}` "
             f"(downloads {entry.url})"
         )
-    return p, entry
+    return found, entry
 
 
 def sha256_file(path: Path) -> str:
