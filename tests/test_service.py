@@ -111,9 +111,15 @@ def test_sigterm_stops_cleanly_with_buzzer_off_and_sigkill_leaves_the_will(tmp_p
             proc = subprocess.Popen(dms_cmd("run", "--config", str(cfg), "--source", str(video),
                                             "--mqtt", f"127.0.0.1:{b.port}"),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            alerts = Collector(b.port, f"dms/{final}/alert")
             try:
                 assert sub.wait_for(lambda m, t=topic: (t, b"online") in m, 30)
-                time.sleep(5.0)  # the buzzer is beeping the level-2 pattern now
+                # the level-2 alert is out: the buzzer is beeping its pattern now (waiting
+                # for it, not a fixed time, keeps the test right on a slow, loaded machine)
+                assert alerts.wait_for(lambda m: any(
+                    json.loads(p)["event"]["level"] >= 2 for _, p in m), 120)
+                alerts.close()
+                time.sleep(0.5)
                 proc.send_signal(sig)
                 rc = proc.wait(timeout=20)
             finally:
