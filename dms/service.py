@@ -133,6 +133,7 @@ class Service:
             "fps": round(self._fps, 1),
             "bad_frames": self.monitor.bad_frames,
             "loop_errors": self.loop_errors,
+            "outbox": self._outbox_health(),
             "models": {"detector": perception.detector.name, "pose": perception.estimator.name},
             "profile": self.cfg.service.profile,
             "version": __version__,
@@ -147,6 +148,14 @@ class Service:
         step = self.monitor.step(frame.image, frame.t_s)
         self.outputs.handle(step.result)
         return step
+
+    def _outbox_health(self) -> dict[str, int] | None:
+        comm = getattr(self, "outputs", None) and self.outputs.comm
+        if comm is None:
+            return None
+        box = comm.stats().get("outbox") or {}
+        return {k: int(box.get(k, 0)) for k in ("pending_alerts", "alerts_in_memory",
+                                                 "damaged", "streams_started", "alerts_lost")}
 
     @property
     def frames(self) -> int:
@@ -208,9 +217,13 @@ class Service:
             self.buzzer.force_off()
             self.notifier.stopping("stopping")
             self.buzzer_thread.stop()
+            comm = self.outputs.comm
             drained = self.outputs.close(self.cfg.service.stop_drain_timeout_s)
-            if not drained and self.outputs.comm is not None:
-                log.warning("outbox not drained on exit; the next start delivers the rest")
+            if not drained and comm is not None:
+                # the communicator logged what stays on disk for the next start, and what
+                # (if anything) could not be kept
+                log.warning("outbox not drained within %g s on exit",
+                            self.cfg.service.stop_drain_timeout_s)
         return self._exit_code
 
     def _guarded_process(self, frame: Frame) -> None:
