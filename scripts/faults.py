@@ -74,11 +74,13 @@ class Harness:
         # subscriber survive a broker restart, so the observer itself never misses one
         self.broker = Broker(out / "broker").start()
 
-    def config(self, name: str, state: Path | None = None, **sections: str) -> Path:
+    def config(self, name: str, state: Path | None = None, camera: str = "",
+               **sections: str) -> Path:
         state = state or self.out / name / "state"
+        camera = camera or f'source = "{self.clip}"\nloop = true'
         text = (f'[service]\nstate_dir = "{state}"\nstate_interval_s = 0.5\n'
                 "stop_drain_timeout_s = 10\n"
-                f'[camera]\nsource = "{self.clip}"\nloop = true\n'
+                f"[camera]\n{camera}\n"
                 f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
                 f'device_id = "{name}"\nkeepalive_s = 5\n')
         for section, body in sections.items():
@@ -209,6 +211,142 @@ def camera_missing(h: Harness) -> dict[str, Any]:
     return row.result()
 
 
+def outbox_fault(h: Harness, name: str, what: str, damage: Callable[[Path], None],
+                 while_running: bool = True) -> dict[str, Any]:
+    """Alerts pile up in the outbox while the broker is down; then the outbox is damaged
+    (while the service runs, or between two runs); the broker comes back."""
+    row = Row(name, what)
+    state = h.out / name / "state"
+    cfg = h.config(name, state)
+    with h.subscriber(row) as sub:
+        proc = h.start(cfg, row)
+        wait_for(lambda: len(row.raised) >= 1, 120)
+        h.broker.stop()
+        n = len(row.raised)
+        wait_for(lambda: len(row.raised) >= n + 2, 120)  # pending in the outbox
+        if not while_running:
+            h.stop(proc)
+        damage(state)
+        t0 = time.time()
+        if not while_running:
+            proc = h.start(cfg, row)
+        time.sleep(2.0)
+        h.broker.start()
+        ok = wait_for(published_after(sub, t0), 60)
+        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        wait_for(lambda: len(row.raised) >= n + 4, 120)
+        h.stop(proc)
+        drain(h, row, sub, cfg)
+        reasons = [json.loads(p)["event"]["reason"] for t, p in sub.messages
+                   if t.endswith("/alert")]
+        row.note = f"outbox_damaged records: {reasons.count('outbox_damaged')}"
+        if (state / "outbox.sqlite3").exists():
+            aside = sorted(p.name for p in state.glob("outbox.sqlite3.damaged-*"))
+            row.note += f"; set aside: {len(aside)}"
+    return row.result()
+
+
+def _truncate(state: Path) -> None:
+    for f in state.glob("outbox.sqlite3*"):
+        if ".damaged" not in f.name:
+            os.truncate(f, 0)
+
+
+def _delete(state: Path) -> None:
+    for f in state.glob("outbox.sqlite3*"):
+        if ".damaged" not in f.name:
+            f.unlink()
+
+
+def _garbage(state: Path) -> None:
+    f = state / "outbox.sqlite3"
+    size = max(f.stat().st_size, 4096)
+    f.write_bytes(os.urandom(size))
+    for side in state.glob("outbox.sqlite3-*"):
+        side.unlink()
+
+
+def disk_full(h: Harness) -> dict[str, Any]:
+    """The state directory on a 1 MB tmpfs that fills up mid-run; then a restart, and the
+    space comes back: no (stream, seq) may name two alerts, none may be lost."""
+    row = Row("diskfull", "state directory on a full disk (1 MB tmpfs), restart, space back")
+    mnt = h.out / "diskfull" / "tmpfs"
+    mnt.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        row.note = f"skipped: cannot mount a tmpfs here ({mounted.stderr.strip()})"
+        return row.result()
+    try:
+        state = mnt / "state"
+        cfg = h.config("diskfull", state)
+        with h.subscriber(row) as sub:
+            proc = h.start(cfg, row)
+            wait_for(lambda: len(row.raised) >= 1, 120)
+            h.broker.stop()
+            filler = mnt / "filler"
+            with contextlib.suppress(OSError), open(filler, "wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+            n = len(row.raised)
+            wait_for(lambda: len(row.raised) >= n + 3, 120)
+            h.stop(proc)
+            proc = h.start(cfg, row)
+            wait_for(lambda: len(row.raised) >= n + 5, 120)
+            filler.unlink()
+            t0 = time.time()
+            h.broker.start()
+            ok = wait_for(published_after(sub, t0), 60)
+            row.recovery_s = sub.first_after(t0) - t0 if ok else None
+            h.stop(proc)
+            drain(h, row, sub, cfg)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return row.result()
+
+
+def command_row(h: Harness, name: str, what: str, retained: bool) -> dict[str, Any]:
+    """A mute command that must be refused: retained (signed, left on the broker before the
+    service starts) or unsigned (published while it runs). Alerts must still flow."""
+    import paho.mqtt.publish as publish
+
+    from dms.outputs.command_auth import sign_command
+
+    key = "faults-" + "k" * 32
+    row = Row(name, what)
+    cfg = h.config(name)
+    os.environ["DMS_COMMAND_KEY"] = key
+    topic = f"dms/{name}/cmd/mute"
+    try:
+        with h.subscriber(row) as sub:
+            if retained:
+                payload = sign_command(key.encode(), name, "mute", {"duration_s": 600})
+                publish.single(topic, payload, qos=1, retain=True, hostname="127.0.0.1",
+                               port=h.broker.port)
+            proc = h.start(cfg, row)
+            wait_for(lambda: len(row.raised) >= 1, 120)
+            t0 = time.time()
+            if not retained:
+                publish.single(topic, json.dumps({"duration_s": 600}), qos=1,
+                               hostname="127.0.0.1", port=h.broker.port)
+            got_reply = wait_for(lambda: any(t.endswith("/reply") for t, _ in sub.messages),
+                                 30)
+            replies = [json.loads(p) for t, p in sub.messages if t.endswith("/reply")]
+            row.recovery_s = (sub.first_after(t0) - t0) if got_reply else None
+            ok = [r.get("ok") for r in replies]
+            row.note = f"replies ok={ok}: {replies[0].get('error', '')[:60]}" if replies \
+                else "no reply"
+            wait_for(lambda: len(row.raised) >= 3, 120)  # alerts (and the buzzer) go on
+            h.stop(proc)
+            if retained:
+                publish.single(topic, b"", qos=1, retain=True, hostname="127.0.0.1",
+                               port=h.broker.port)
+            drain(h, row, sub, cfg)
+    finally:
+        os.environ.pop("DMS_COMMAND_KEY", None)
+    return row.result()
+
+
 def in_process(h: Harness, name: str, what: str,
                make_source: Callable[[Any], Any]) -> dict[str, Any]:
     """The real Service in this process, frames from a scripted source (a camera stand-in),
@@ -334,6 +472,19 @@ FAULTS: dict[str, Callable[[Harness], dict[str, Any]]] = {
     "camera_missing": camera_missing,
     "camera_lost": lambda h: in_process(h, "camlost", "camera lost mid-run, two failed "
                                         "reopens, then back", camera_lost_source(h.clip)),
+    "outbox_truncated": lambda h: outbox_fault(h, "truncated", "outbox (and -wal) truncated "
+                                               "to 0 bytes while running, broker down",
+                                               _truncate),
+    "outbox_deleted": lambda h: outbox_fault(h, "deleted", "outbox files deleted while "
+                                             "running, broker down", _delete),
+    "outbox_corrupted": lambda h: outbox_fault(h, "corrupted", "outbox overwritten with "
+                                               "random bytes between two runs", _garbage,
+                                               while_running=False),
+    "disk_full": disk_full,
+    "retained_command": lambda h: command_row(h, "retained", "a signed mute left retained "
+                                              "on the broker, then a start", retained=True),
+    "unsigned_command": lambda h: command_row(h, "unsigned", "an unsigned mute while "
+                                              "running", retained=False),
 }
 
 

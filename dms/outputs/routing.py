@@ -123,9 +123,10 @@ class AlertOutputs:
 
 def system_record(kind: str, phase: str, t_s: float, started_t_s: float, level: int,
                   settings_version: str, run_id: str, n: int) -> dict[str, Any]:
-    """A service-level record in the engine's event schema (e.g. a lost camera)."""
+    """A service-level record in the engine's event schema (e.g. a lost camera). Its raised
+    and cleared records share ``alert_id`` (-n) and each has its own ``event_id``."""
     return {
-        "schema_version": 1, "event_id": f"{run_id}-sys{n}", "alert_id": -n,
+        "schema_version": 1, "event_id": f"{run_id}-sys{n}-{phase}", "alert_id": -n,
         "type": "system_degraded", "reason": kind, "level": level, "phase": phase,
         "t_s": round(t_s, 4), "started_t_s": round(started_t_s, 4),
         "pose": {"yaw_deg": None, "pitch_deg": None, "roll_deg": None,
