@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +461,34 @@ def test_an_outbox_that_is_not_a_database_at_start_is_set_aside(tmp_path: Path) 
     box.close()
     assert [p.name.split(".damaged-")[0] for p in state.iterdir() if ".damaged-" in p.name] \
         == ["outbox.sqlite3"]
+
+
+def test_alerts_the_full_disk_refused_survive_a_restart_through_the_spill(tmp_path: Path) -> None:
+    """The state directory full and the broker down: the alerts live only in memory. A stop
+    then spills them to another filesystem (here a folder beside it; systemd's
+    RuntimeDirectory in RAM on a device); the next start takes them back and delivers them
+    with their own (stream, seq)."""
+    require_mosquitto()
+    spill = tmp_path / "spill"
+    settings = replace(_settings(free_port()), spill_dir=str(spill))
+    with small_tmpfs(tmp_path / "state") as state:
+        comm = MqttCommunicator(settings, state).start()  # no broker yet
+        filler = fill(state)
+        for i in range(12):
+            comm.publish_alert({"i": i})
+        assert comm.stats()["outbox"]["alerts_in_memory"] == 12
+        comm.stop()
+        assert list(spill.glob("*.spill"))  # spilled, not lost
+        filler.unlink()
+        with start_broker(tmp_path / "broker", port=settings.port) as brk:
+            sub = Collector(brk.port, "dms/cab1/alert")
+            try:
+                comm = MqttCommunicator(settings, state).start()
+                assert comm.wait_drained(20), comm.stats()
+                comm.stop()
+                assert sub.wait_for(lambda m: len(m) >= 12, 15)
+            finally:
+                sub.close()
+    got = _pairs_are_unique(sub.payloads("/alert"))
+    assert sorted(e["i"] for e in got.values()) == list(range(12))  # type: ignore[index]
+    assert not list(spill.glob("*.spill"))  # taken back and stored: nothing left behind

@@ -225,7 +225,9 @@ class MqttCommunicator:
             return self
         s = self.settings
         self._outbox = Outbox(self.state_dir / s.outbox_file, max_messages=s.outbox_max_messages,
-                              max_telemetry=s.outbox_max_telemetry, clock_wall=self._clock_wall)
+                              max_telemetry=s.outbox_max_telemetry, clock_wall=self._clock_wall,
+                              spill_dir=spill_dir(s, os.environ if self._environ is None
+                                                  else self._environ))
         pending = len(self._outbox)
         if pending:
             log.info("outbox %s: %d message(s) left by a previous run will be sent first",
@@ -637,6 +639,19 @@ class MqttCommunicator:
         if self._outbox is not None and not self._stopping:
             out["outbox"] = self._outbox.stats().as_dict()
         return out
+
+
+def spill_dir(settings: MqttSettings, environ: Mapping[str, str]) -> Path | None:
+    """Where the outbox spills alerts the state directory refused: the setting, else
+    systemd's RuntimeDirectory, else a private folder in /dev/shm (RAM: it survives a
+    process restart, not a reboot); None when none of these exists."""
+    if settings.spill_dir:
+        return Path(settings.spill_dir)
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime)
+    shm = Path("/dev/shm")
+    return shm / f"dms-{os.getuid()}" if shm.is_dir() else None
 
 
 def outbox_damaged_record(n: int, phase: str, t_s: float, started_t_s: float,

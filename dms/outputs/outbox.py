@@ -23,8 +23,9 @@ still hands it out so it is published, and a delete that cannot be written is re
 Every write (and :meth:`sync`, called by the MQTT worker about once a second) retries; once the
 disk takes writes again the kept alerts are committed in order, with the new stream and its
 counter. Only a process that stops while the disk still refuses writes loses what it kept in
-memory (logged at ERROR on close); the next process continues the old stream where the disk
-left it, and those numbers were never used.
+memory, unless it can spill them (``spill_dir``, another filesystem such as systemd's
+RuntimeDirectory in RAM: the next process takes them back and sends them); the next process
+continues the old stream where the disk left it, and those numbers were never used.
 
 A damaged file is detected (:meth:`check`, run by every write and by the worker's ticks): the
 database deleted or replaced under the running process, it or its ``-wal`` truncated, SQLite
@@ -175,10 +176,12 @@ class Outbox:
 
     def __init__(self, path: Path | str, *, max_messages: int = 10_000,
                  max_telemetry: int = 600,
-                 clock_wall: Callable[[], float] = time.time) -> None:
+                 clock_wall: Callable[[], float] = time.time,
+                 spill_dir: Path | str | None = None) -> None:
         if max_messages < 1 or max_telemetry < 0:
             raise DmsError(f"outbox {path}: max_messages must be >= 1 and max_telemetry >= 0")
         self.path = Path(path)
+        self.spill_dir = Path(spill_dir) if spill_dir else None
         self.max_messages = max_messages
         self.max_telemetry = max_telemetry
         self._clock_wall = clock_wall
@@ -222,6 +225,87 @@ class Outbox:
                     if "locked" in str(exc) else "")
             raise DmsError(f"outbox {self.path}: cannot open the SQLite database: {exc}{hint}"
                            ) from exc
+        self._load_spill()
+
+    # -- the spill file: alerts the disk refused, kept across a restart -------------------------
+
+    @property
+    def spill_path(self) -> Path | None:
+        """Where alerts held in memory go when the process stops while the disk refuses writes
+        (``spill_dir``: another filesystem, e.g. systemd's RuntimeDirectory in RAM)."""
+        if self.spill_dir is None:
+            return None
+        import hashlib
+
+        # one spill file per outbox: named after the outbox's absolute path
+        tag = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
+        return self.spill_dir / f"{self.path.name}-{tag}.spill"
+
+    def _spill_locked(self) -> int:
+        """Write the alerts held in memory to the spill file; how many were written."""
+        path = self.spill_path
+        if path is None or not self._memory:
+            return 0
+        import json
+
+        try:
+            secure_dir(path.parent)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in self._memory:
+                    f.write(json.dumps({"topic": r.topic, "payload": r.payload.decode("utf-8"),
+                                        "qos": r.qos, "seq": r.seq,
+                                        "created_wall_s": r.created_wall_s}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path,
+                      len(self._memory), path, exc)
+            return 0
+        log.warning("outbox %s: the disk still refuses writes; %d undelivered alert(s) spilled "
+                    "to %s for the next start", self.path, len(self._memory), path)
+        return len(self._memory)
+
+    def _load_spill(self) -> None:
+        """Take back the alerts a previous process spilled: into the database, or (while the
+        disk refuses writes) into memory to be published and stored later. Their payloads keep
+        their own ``(stream, seq)``: a stream that only ever existed in memory, never
+        continued by anyone, so no pair is reused."""
+        path = self.spill_path
+        if path is None or not path.is_file():
+            return
+        import json
+
+        rows: list[OutboxRow] = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            log.error("outbox %s: cannot read the spill file %s: %s", self.path, path, exc)
+            return
+        for n, line in enumerate(lines, start=1):
+            try:
+                d = json.loads(line)
+                self._last_id += 1
+                rows.append(OutboxRow(self._last_id, Kind.ALERT, str(d["topic"]),
+                                      str(d["payload"]).encode("utf-8"), int(d["qos"]),
+                                      int(d["seq"]), float(d["created_wall_s"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("outbox %s: spill file %s line %d unreadable (%s); skipped",
+                          self.path, path, n, exc)
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
+        with self._lock:
+            self._memory.extend(rows)
+            for r in rows:
+                self._remember(r)
+            self._disk_error = self._disk_error or "alerts spilled by a previous process"
+            self._retry_at = 0.0
+            self._sync_locked(force=True)  # removes the spill file once they are on disk
+        log.warning("outbox %s: %d alert(s) spilled by the previous process taken back from "
+                    "%s", self.path, len(rows), path)
 
     # -- the database file ---------------------------------------------------------------------
 
@@ -545,6 +629,9 @@ class Outbox:
         self._file_lost = None
         self._stream_on_disk = True
         self._note_file()
+        if self.spill_path is not None:  # whatever was spilled is on disk now
+            with contextlib.suppress(OSError):
+                self.spill_path.unlink(missing_ok=True)
         return True
 
     def sync(self, force: bool = False) -> bool:
@@ -701,7 +788,8 @@ class Outbox:
         with self._lock:
             self._check_locked()
             lost = 0
-            if not self._sync_locked(force=True) and self._memory:
+            if not self._sync_locked(force=True) and self._memory and \
+                    self._spill_locked() == 0:
                 lost = len(self._memory)
                 log.error("outbox %s: closing while the disk refuses writes: %d undelivered "
                           "alert(s) kept in memory are lost (stream %s, seq %s)", self.path,

@@ -51,6 +51,10 @@ class MqttSettings:
         default=1.0, metadata={"doc": "minimum time between telemetry messages; 0 disables"})
     outbox_file: str = field(default="outbox.sqlite3",
                              metadata={"doc": "outbox database, relative to the state directory"})
+    spill_dir: str = field(
+        default="", metadata={"doc": "where alerts the state directory refused go when the "
+                                     "process stops (another filesystem, in RAM); empty: "
+                                     "$RUNTIME_DIRECTORY (systemd), else /dev/shm/dms-<uid>"})
     outbox_max_messages: int = field(
         default=10_000, metadata={"doc": "outbox bound; telemetry is refused/evicted first, "
                                          "alerts are kept beyond it and reported"})
