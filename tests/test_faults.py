@@ -492,3 +492,34 @@ def test_alerts_the_full_disk_refused_survive_a_restart_through_the_spill(tmp_pa
     got = _pairs_are_unique(sub.payloads("/alert"))
     assert sorted(e["i"] for e in got.values()) == list(range(12))  # type: ignore[index]
     assert not list(spill.glob("*.spill"))  # taken back and stored: nothing left behind
+
+
+def test_an_outbox_destroyed_while_stopped_is_rebuilt_from_the_spill(tmp_path: Path) -> None:
+    """Undelivered alerts at a clean stop are also written to the spill file; when the
+    database is then overwritten (or deleted) before the next start, that start sets the
+    damaged file aside and sends them from the spill."""
+    require_mosquitto()
+    spill = tmp_path / "spill"
+    state = tmp_path / "state"
+    settings = replace(_settings(free_port()), spill_dir=str(spill))
+    comm = MqttCommunicator(settings, state).start()  # no broker: everything stays pending
+    for i in range(15):
+        comm.publish_alert({"i": i})
+    comm.stop()
+    db = state / "outbox.sqlite3"
+    db.write_bytes(b"\x13" * max(db.stat().st_size, 4096))  # destroyed while stopped
+    for side in state.glob("outbox.sqlite3-*"):
+        side.unlink()
+    with start_broker(tmp_path / "broker", port=settings.port) as brk:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        try:
+            comm = MqttCommunicator(settings, state).start()
+            assert comm.wait_drained(20), comm.stats()
+            comm.stop()
+            assert sub.wait_for(lambda m: len({json.loads(p)["event"].get("i")
+                                               for _, p in m} - {None}) >= 15, 15)
+        finally:
+            sub.close()
+    got = _pairs_are_unique([a for a in sub.payloads("/alert") if "i" in a["event"]])
+    assert sorted(e["i"] for e in got.values()) == list(range(15))  # type: ignore[index]
+    assert list(state.glob("outbox.sqlite3.damaged-*"))  # the destroyed file set aside

@@ -25,7 +25,10 @@ disk takes writes again the kept alerts are committed in order, with the new str
 counter. Only a process that stops while the disk still refuses writes loses what it kept in
 memory, unless it can spill them (``spill_dir``, another filesystem such as systemd's
 RuntimeDirectory in RAM: the next process takes them back and sends them); the next process
-continues the old stream where the disk left it, and those numbers were never used.
+continues the old stream where the disk left it, and those numbers were never used. Every
+close writes all undelivered alerts to the spill file, so a database destroyed or deleted
+while the service is stopped is rebuilt from it at the next start (alerts the database
+still has are not taken twice).
 
 A damaged file is detected (:meth:`check`, run by every write and by the worker's ticks): the
 database deleted or replaced under the running process, it or its ``-wal`` truncated, SQLite
@@ -241,10 +244,10 @@ class Outbox:
         tag = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
         return self.spill_dir / f"{self.path.name}-{tag}.spill"
 
-    def _spill_locked(self) -> int:
-        """Write the alerts held in memory to the spill file; how many were written."""
+    def _spill_locked(self, rows: list[OutboxRow]) -> int:
+        """Write ``rows`` to the spill file; how many were written."""
         path = self.spill_path
-        if path is None or not self._memory:
+        if path is None or not rows:
             return 0
         import json
 
@@ -252,7 +255,7 @@ class Outbox:
             secure_dir(path.parent)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
-                for r in self._memory:
+                for r in rows:
                     f.write(json.dumps({"topic": r.topic, "payload": r.payload.decode("utf-8"),
                                         "qos": r.qos, "seq": r.seq,
                                         "created_wall_s": r.created_wall_s}) + "\n")
@@ -261,12 +264,10 @@ class Outbox:
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except (OSError, UnicodeDecodeError) as exc:
-            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path,
-                      len(self._memory), path, exc)
+            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path, len(rows),
+                      path, exc)
             return 0
-        log.warning("outbox %s: the disk still refuses writes; %d undelivered alert(s) spilled "
-                    "to %s for the next start", self.path, len(self._memory), path)
-        return len(self._memory)
+        return len(rows)
 
     def _load_spill(self) -> None:
         """Take back the alerts a previous process spilled: into the database, or (while the
@@ -279,6 +280,7 @@ class Outbox:
         import json
 
         rows: list[OutboxRow] = []
+        stored = {r.payload for r in self._copy.values()}  # already in the database
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
@@ -287,14 +289,16 @@ class Outbox:
         for n, line in enumerate(lines, start=1):
             try:
                 d = json.loads(line)
+                payload = str(d["payload"]).encode("utf-8")
+                if payload in stored:
+                    continue
                 self._last_id += 1
-                rows.append(OutboxRow(self._last_id, Kind.ALERT, str(d["topic"]),
-                                      str(d["payload"]).encode("utf-8"), int(d["qos"]),
-                                      int(d["seq"]), float(d["created_wall_s"])))
+                rows.append(OutboxRow(self._last_id, Kind.ALERT, str(d["topic"]), payload,
+                                      int(d["qos"]), int(d["seq"]), float(d["created_wall_s"])))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("outbox %s: spill file %s line %d unreadable (%s); skipped",
                           self.path, path, n, exc)
-        if not rows:
+        if not rows:  # all of them are in the database (a clean stop's mirror)
             path.unlink(missing_ok=True)
             return
         with self._lock:
@@ -788,8 +792,20 @@ class Outbox:
         with self._lock:
             self._check_locked()
             lost = 0
-            if not self._sync_locked(force=True) and self._memory and \
-                    self._spill_locked() == 0:
+            synced = self._sync_locked(force=True)
+            # every undelivered alert goes to the spill file too (another filesystem): the
+            # next start takes back those the database no longer has (the disk refused
+            # them, or the file was damaged or deleted while stopped)
+            undelivered = sorted(self._copy.values(), key=lambda r: r.id)
+            spilled = self._spill_locked(undelivered)
+            if spilled and not synced:
+                log.warning("outbox %s: the disk still refuses writes; %d undelivered "
+                            "alert(s) spilled to %s for the next start", self.path,
+                            len(self._memory), self.spill_path)
+            if not undelivered and self.spill_path is not None:
+                with contextlib.suppress(OSError):
+                    self.spill_path.unlink(missing_ok=True)
+            if not synced and self._memory and not spilled:
                 lost = len(self._memory)
                 log.error("outbox %s: closing while the disk refuses writes: %d undelivered "
                           "alert(s) kept in memory are lost (stream %s, seq %s)", self.path,
