@@ -205,9 +205,10 @@ def camera_missing(h: Harness) -> dict[str, Any]:
         ok = wait_for(lambda: len(row.raised) >= 1, 60)
         row.recovery_s = sub.first_after(t0) - t0 if ok else None
         time.sleep(3.0)
-        row.note = "still running" if proc.poll() is None else f"exited {proc.returncode}"
+        row.note = ("kept running, retrying the camera" if proc.poll() is None
+                    else f"exited {proc.returncode}")
         h.stop(proc)
-        drain(h, row, sub, cfg)
+        drain(h, row, sub, h.config("nocamera"))  # the same device and state, with a camera
     return row.result()
 
 
