@@ -33,6 +33,10 @@ def test_non_finite_numbers_are_refused_naming_the_key(text: str, key: str) -> N
     ('[mqtt]\nprefix = "fleet/#"\n', "prefix"),
     ('[service]\nprofile = "../../etc/passwd"\n', "profile"),
     ('[service]\nprofile = ".hidden"\n', "profile"),
+    ("[engine.mount]\nneutral_pitch_deg = 400\n", "neutral_pitch_deg"),
+    ("[engine.zones]\nyaw_inboard_deg = 120\n", "road limits"),
+    ("[engine.policy]\nlong_glance_s = 1e9\n", "long_glance_s"),
+    ("[[engine.zones.glance]]\nname = \"x\"\nradius_deg = 0\n", "radius_deg"),
 ])
 def test_out_of_range_numbers_and_bad_identifiers_are_refused(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):

@@ -106,6 +106,9 @@ class MountSettings:
     neutral_roll_deg: float = field(default=0.0, metadata=_doc("Neutral roll this mount "
                                                                 "expects."))
 
+    def validate(self) -> None:
+        _in_range(self, ("neutral_pitch_deg", "neutral_yaw_deg", "neutral_roll_deg"), 90.0)
+
 
 @dataclass(frozen=True, slots=True)
 class GlanceZone:
@@ -116,6 +119,19 @@ class GlanceZone:
     pitch_deg: float = field(default=0.0, metadata=_doc("Centre pitch, negative = down."))
     radius_deg: float = field(default=12.0, metadata=_doc(
         "A pose within this angle of the centre is reported as this zone."))
+
+    def validate(self) -> None:
+        _in_range(self, ("yaw_inboard_deg",), 180.0)
+        _in_range(self, ("pitch_deg",), 90.0)
+        if not 0 < self.radius_deg <= 90:
+            raise ValueError(f"radius_deg must be in (0, 90], got {self.radius_deg}")
+
+
+def _in_range(obj: object, names: tuple[str, ...], limit: float) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not -limit <= value <= limit:
+            raise ValueError(f"{name} must be within +-{limit:g} deg (got {value})")
 
 
 def _default_glance_zones() -> tuple[GlanceZone, ...]:
@@ -167,6 +183,8 @@ class ZoneSettings:
                   self.pitch_up_deg)
         if min(limits) <= self.hysteresis_deg or self.hysteresis_deg < 0:
             raise ValueError("every road limit must exceed hysteresis_deg >= 0")
+        if max(limits) > 90:
+            raise ValueError("road limits are angles from the neutral: at most 90 deg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +374,10 @@ class PolicySettings:
             value = getattr(self, f.name)
             if f.name.endswith(("_s", "_deg", "_dps")) and not value > 0:
                 raise ValueError(f"{f.name} must be > 0 (got {value})")
+            if f.name.endswith("_s") and value > 3600:  # an hour: beyond any rule's horizon
+                raise ValueError(f"{f.name} must be <= 3600 s (got {value})")
+            if f.name.endswith("_deg") and value > 90:
+                raise ValueError(f"{f.name} is an angle from the neutral: <= 90 (got {value})")
         if not 0 < self.min_confidence <= 1:
             raise ValueError("min_confidence must be in (0, 1]")
         if self.min_speed_kmh < 0:
