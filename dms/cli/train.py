@@ -9,8 +9,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dms.errors import InputError
+
+if TYPE_CHECKING:
+    from dms.train.teachers import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ def run_pseudolabel(args: argparse.Namespace) -> int:
         pseudolabel,
     )
 
-    teachers = [OnnxRotationTeacher(p) for p in args.teacher]
+    teachers: list[Teacher] = [OnnxRotationTeacher(p) for p in args.teacher]
     if args.flip:
         teachers = [FlipAveragedTeacher(t) for t in teachers]
     teacher = teachers[0] if len(teachers) == 1 else EnsembleTeacher(teachers)
@@ -117,6 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from dms.train.datasets import load_image, read_aflw
 
     records = read_aflw(args.aflw)
+    teacher: Teacher
     if args.model.suffix == ".onnx":
         from dms.train.teachers import OnnxRotationTeacher
 
@@ -129,11 +134,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise InputError(f"{args.model}: expected a .pt checkpoint or an .onnx model")
     errs = []
     for rec in records:
+        if rec.gt is None:  # read_aflw labels every face
+            raise InputError(f"{rec.image}: AFLW record without a ground-truth rotation")
         M = teacher.predict([load_image(rec.image)], [rec.box]).rotations[0]
         d = np.array(euler_from_aflw_matrix(M)) - np.array(euler_from_aflw_matrix(rec.gt))
         errs.append(np.abs((d + 180.0) % 360.0 - 180.0))
     mae = np.mean(errs, axis=0)
-    result = {"faces": len(errs)}
+    result: dict[str, float] = {"faces": len(errs)}
     for name, v in zip(("pitch", "yaw", "roll"), mae, strict=True):
         result[f"{name}_mae_deg"] = round(float(v), 2)
     result["mean_mae_deg"] = round(float(mae.mean()), 2)

@@ -18,11 +18,18 @@ sunglasses, a microphone).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from dms.geometry import mirror_rotation
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    # the crop, then each label (None stays None)
+    CropAndLabels = tuple[np.ndarray, Unpack[tuple[np.ndarray | None, ...]]]
 
 _F = np.diag([-1.0, 1.0, 1.0])
 
@@ -63,13 +70,13 @@ def _mirror_m(M: np.ndarray | None) -> np.ndarray | None:
     return None if M is None else mirror_rotation(M)
 
 
-def hflip(crop: np.ndarray, *Ms: np.ndarray | None) -> tuple[np.ndarray, ...]:
+def hflip(crop: np.ndarray, *Ms: np.ndarray | None) -> CropAndLabels:
     return (np.ascontiguousarray(crop[:, ::-1]), *(_mirror_m(M) for M in Ms))
 
 
 def rotate_in_plane(
     crop: np.ndarray, angle_deg: float, *Ms: np.ndarray | None
-) -> tuple[np.ndarray, ...]:
+) -> CropAndLabels:
     h, w = crop.shape[:2]
     A = cv2.getRotationMatrix2D((w / 2.0 - 0.5, h / 2.0 - 0.5), angle_deg, 1.0)
     out = cv2.warpAffine(crop, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -94,10 +101,10 @@ def blur(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         sigma = rng.uniform(0.5, 1.5) * crop.shape[0] / 112.0
         return cv2.GaussianBlur(crop, (0, 0), sigma)
     k = int(rng.integers(3, max(4, crop.shape[0] // 16) + 1))
-    kernel = np.zeros((k, k), np.float32)
-    kernel[k // 2, :] = 1.0 / k
+    line = np.zeros((k, k), np.float32)
+    line[k // 2, :] = 1.0 / k
     A = cv2.getRotationMatrix2D(((k - 1) / 2.0, (k - 1) / 2.0), float(rng.uniform(0, 180)), 1.0)
-    kernel = cv2.warpAffine(kernel, A, (k, k))
+    kernel: np.ndarray = cv2.warpAffine(line, A, (k, k))
     return cv2.filter2D(crop, -1, kernel / max(float(kernel.sum()), 1e-6))
 
 
@@ -121,7 +128,7 @@ def side_light(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def ir_like(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Near-infrared look: grayscale, flattened skin texture, bright skin, dark pupils/hair."""
-    g = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+    g: np.ndarray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
     if rng.random() < 0.5:  # NIR skin looks smooth: a light bilateral-like smoothing
         g = cv2.GaussianBlur(g, (0, 0), 0.8)
     g = np.clip((g - 0.5) * rng.uniform(1.0, 1.6) + 0.5 + rng.uniform(-0.1, 0.2), 0, 1)
@@ -157,10 +164,12 @@ def augment(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Apply the configured augmentations; both labels follow the geometric changes."""
     if rng.random() < settings.flip_p:
-        crop, gt, teacher = hflip(crop, gt, teacher)
+        crop, *labels = hflip(crop, gt, teacher)
+        gt, teacher = labels
     if settings.rotate_max_deg > 0 and rng.random() < settings.rotate_p:
         phi = float(rng.uniform(-settings.rotate_max_deg, settings.rotate_max_deg))
-        crop, gt, teacher = rotate_in_plane(crop, phi, gt, teacher)
+        crop, *labels = rotate_in_plane(crop, phi, gt, teacher)
+        gt, teacher = labels
     crop = random_resized_crop(crop, settings.resized_crop_min_scale, rng)
     if rng.random() < settings.color_p:
         crop = color(crop, rng)

@@ -231,9 +231,10 @@ def read_pseudo(path: str | Path, min_conf: float = 0.0, limit: int = 0) -> list
             row = json.loads(line)
             teacher = np.array(row["teacher"], float).reshape(3, 3) if "teacher" in row else None
             gt = np.array(row["gt"], float).reshape(3, 3) if "gt" in row else None
-            box = tuple(float(v) for v in row["box"])
+            x1, y1, x2, y2 = (float(v) for v in row["box"])
             conf = float(row.get("teacher_conf", 0.0))
-            rec = FaceRecord(row["image"], box, gt, teacher, conf, f"pseudo:{path.name}")
+            rec = FaceRecord(row["image"], (x1, y1, x2, y2), gt, teacher, conf,
+                             f"pseudo:{path.name}")
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path}:{n}: not a pseudo-label row ({exc})") from None
         if rec.gt is None and rec.teacher_conf < min_conf:
@@ -324,7 +325,7 @@ class SyntheticHeads:
         ts = np.linspace(0.0, 6.0, 121)
         f = self._sdf(o[None] + ts[:, None, None] * d)  # (T, P)
         inside = f < 0
-        hit = inside.any(axis=0)
+        hit = np.asarray(inside.any(axis=0))  # (P,): did each ray hit the head
         k = np.argmax(inside, axis=0)
         k0 = np.maximum(k - 1, 0)
         idx = np.arange(len(k))

@@ -25,7 +25,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -263,7 +263,10 @@ def build_dataset(cfg: TrainConfig, sources: tuple[SourceConfig, ...], train: bo
         )
         weights.append(src.weight)
         log.info("source %s %s: %d faces", src.kind, src.path, len(parts[-1]))
-    data = torch.utils.data.ConcatDataset(parts)
+    # FaceDataset is map-style by duck typing (__len__, __getitem__), not a Dataset subclass
+    data: torch.utils.data.ConcatDataset[Any] = torch.utils.data.ConcatDataset(
+        cast("list[torch.utils.data.Dataset[Any]]", parts)
+    )
     # per-sample weights so each source gets its share of every batch, whatever its size
     per_sample = torch.cat(
         [torch.full((len(p),), w / max(len(p), 1)) for p, w in zip(parts, weights, strict=True)]

@@ -79,7 +79,7 @@ def export_onnx(model: Any, out: str | Path, size_px: int, opset: int = OPSET) -
 def check_crops(size_px: int, count: int = 8) -> np.ndarray:
     """Real face crops for checks: the astronaut photo (public domain), rendered at several
     head poses by :class:`dms.train.datasets.SyntheticHeads` plus the photo itself."""
-    from dms.train.datasets import SyntheticHeads, astronaut_texture
+    from dms.train.datasets import SyntheticHeads, astronaut_texture, load_image
     from dms.vision.crop import face_crop, to_nchw_imagenet
 
     img, box = astronaut_texture()
@@ -87,7 +87,8 @@ def check_crops(size_px: int, count: int = 8) -> np.ndarray:
     synth = SyntheticHeads(seed=123)
     for i in range(count - 1):
         rec = synth.render(i)
-        crops.append(to_nchw_imagenet(face_crop(rec.image, rec.box, size_px)[0]))
+        image = load_image(rec.image)  # already an array: returned as is
+        crops.append(to_nchw_imagenet(face_crop(image, rec.box, size_px)[0]))
     return np.concatenate(crops)
 
 

@@ -97,11 +97,12 @@ class OnnxGraph(nn.Module):
             if op == "Conv":
                 w = torch.from_numpy(inits[node.input[1]].copy())
                 b = torch.from_numpy(inits[node.input[2]].copy()) if len(node.input) > 2 else None
+                kernel = (int(w.shape[2]), int(w.shape[3]))
                 conv = nn.Conv2d(int(w.shape[1]) * int(attrs.get("group", 1)), int(w.shape[0]),
-                                 tuple(w.shape[2:]), stride=tuple(attrs.get("strides", (1, 1))),
+                                 kernel, stride=tuple(attrs.get("strides", (1, 1))),
                                  groups=int(attrs.get("group", 1)), bias=b is not None)
                 conv.weight.data.copy_(w)
-                if b is not None:
+                if b is not None and conv.bias is not None:  # bias exists iff b does
                     conv.bias.data.copy_(b)
                 self.layers[_key(out)] = conv
                 top, left, bottom, right = attrs.get("pads", (0, 0, 0, 0))
@@ -148,6 +149,8 @@ class FaceMeshBackbone(nn.Module):
     """FaceMesh trunk + landmark branch as features (see the module doc)."""
 
     out_features = 128 + 1404
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
 
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()

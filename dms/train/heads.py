@@ -49,7 +49,9 @@ class PoseNet(nn.Module):
         super().__init__()
         self.backbone_name = backbone
         self.backbone = build_backbone(backbone)
-        width = int(self.backbone.out_features)
+        width = self.backbone.out_features
+        if not isinstance(width, int):
+            raise TypeError(f"backbone {backbone!r}: out_features must be an int, got {width!r}")
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head6d = nn.Linear(width, 6)
         # Start at the identity (frontal face): a1 = x, a2 = y, plus small noise from the weights.

@@ -319,7 +319,8 @@ class RenderedHeads:
             teacher, conf = np.asarray(pose.rotation, np.float64).T, float(pose.confidence)
         w, h = box[2] - box[0], box[3] - box[1]
         j = rng.uniform(-s.box_jitter, s.box_jitter, size=4) * np.array([w, h, w, h])
-        box = tuple(float(a + b) for a, b in zip(box, j, strict=True))
+        bx1, by1, bx2, by2 = (float(a + b) for a, b in zip(box, j, strict=True))
+        box = (bx1, by1, bx2, by2)
         cut, A = face_crop(frame, box, s.cutout_px, CUTOUT_MARGINS)
         x1, y1 = A[:, :2] @ np.array(box[:2]) + A[:, 2]
         x2, y2 = A[:, :2] @ np.array(box[2:]) + A[:, 2]
@@ -404,7 +405,9 @@ def build_cache(
     return path
 
 
-def teacher_error(gt: np.ndarray, teacher: np.ndarray, conf: np.ndarray) -> dict[str, float]:
+def teacher_error(
+    gt: np.ndarray, teacher: np.ndarray, conf: np.ndarray
+) -> dict[str, float | list[float]]:
     """Teacher MAE (deg) against the exact labels: all, |yaw| > 45 and confident faces."""
     e_gt = np.array([euler_from_aflw_matrix(m) for m in gt])
     e_t = np.array([euler_from_aflw_matrix(m) for m in teacher])

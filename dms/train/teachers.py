@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,13 +58,14 @@ def _mirror_box(box: Box, width: int) -> Box:
 class OnnxRotationTeacher:
     """A head-pose ONNX with the runtime contract; the input size is read from the graph."""
 
-    def __init__(self, path: str | Path, session: object | None = None) -> None:
+    def __init__(self, path: str | Path, session: Any = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.name = self.path.stem
         try:
-            self.session = session or ort.InferenceSession(
+            # an onnxruntime.InferenceSession (untyped) or a test double with its methods
+            self.session: Any = session or ort.InferenceSession(
                 str(self.path), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
