@@ -113,10 +113,7 @@ class SuiteResult:
             self.false_alerts[e.type.value] = self.false_alerts.get(e.type.value, 0) + 1
             self.false_alert_times_s.append(e.t_s)
         self.scenarios_with_false_alert += false_here > 0
-        opened = {e.alert_id: e for e in events
-                  if e.phase is Phase.RAISED and e.type is not EventType.DROWSINESS}
-        closed = {e.alert_id for e in events if e.phase is Phase.CLEARED}
-        self.uncleared += len(set(opened) - closed)
+        self.uncleared += _uncleared(events)
 
     def _score_expected(self, i: int, case: MountCase, raised: list[Event]) -> Event | None:
         exp = case.expected
@@ -362,3 +359,12 @@ def run_suite(n: int = 200, seed: int = 0, settings: EngineSettings | None = Non
         if progress is not None:
             progress(i + 1, n)
     return res
+
+
+def _uncleared(events: list[Event]) -> int:
+    """Alerts raised and still active at the end (drowsiness, which lasts nod_window_s after
+    the last nod, not counted)."""
+    opened = {e.alert_id for e in events
+              if e.phase is Phase.RAISED and e.type is not EventType.DROWSINESS}
+    closed = {e.alert_id for e in events if e.phase is Phase.CLEARED}
+    return len(opened - closed)

@@ -368,16 +368,7 @@ class PolicySettings:
         "Mirror yaw so zones stay inboard/outboard. openpilot flips yaw for RHD."))
 
     def validate(self) -> None:
-        # every time and angle threshold must be positive: a zero or negative one would
-        # silently disable (or always trigger) an alert
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith(("_s", "_deg", "_dps")) and not value > 0:
-                raise ValueError(f"{f.name} must be > 0 (got {value})")
-            if f.name.endswith("_s") and value > 3600:  # an hour: beyond any rule's horizon
-                raise ValueError(f"{f.name} must be <= 3600 s (got {value})")
-            if f.name.endswith("_deg") and value > 90:
-                raise ValueError(f"{f.name} is an angle from the neutral: <= 90 (got {value})")
+        self._validate_ranges()
         if not 0 < self.min_confidence <= 1:
             raise ValueError("min_confidence must be in (0, 1]")
         if self.min_speed_kmh < 0:
@@ -389,6 +380,18 @@ class PolicySettings:
         self._validate_nods()
         if self.drowsy_level not in (1, 2, 3) or self.standstill_max_level not in (1, 2, 3):
             raise ValueError("levels are 1, 2 or 3")
+
+    def _validate_ranges(self) -> None:
+        # every time and angle threshold must be positive: a zero or negative one would
+        # silently disable (or always trigger) an alert; and bounded: an hour is beyond any
+        # rule's horizon, 90 deg the largest angle from the neutral
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("_s", "_deg", "_dps")) and not value > 0:
+                raise ValueError(f"{f.name} must be > 0 (got {value})")
+            limit = {"_s": 3600.0, "_deg": 90.0}.get("_" + f.name.rsplit("_", 1)[-1])
+            if limit is not None and value > limit:
+                raise ValueError(f"{f.name} must be <= {limit:g} (got {value})")
 
     def _validate_nods(self) -> None:
         if not self.nod_return_deg < self.nod_depth_deg or self.nod_onset_deg >= self.nod_depth_deg:
