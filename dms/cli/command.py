@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from dms.cli.listen import host_port
+from dms.cli.listen import connect_client, host_port
 from dms.errors import DmsError, InputError
 
 
@@ -57,7 +57,6 @@ def _args_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import paho.mqtt.client as mqtt
 
     from dms.outputs.command_auth import command_key, sign_command
     from dms.outputs.topics import Topics
@@ -91,20 +90,9 @@ def run(args: argparse.Namespace) -> int:
             reply.update(data)
             done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if args.username:
-        client.username_pw_set(args.username, os.environ.get(args.password_env))
-    if args.tls_ca:
-        client.tls_set(ca_certs=args.tls_ca)
-    client.on_connect = on_connect
-    client.on_subscribe = lambda *_a: subscribed.set()
-    client.on_message = on_message
     host, port = args.mqtt
-    try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise InputError(f"--mqtt {host}:{port}: cannot connect: {exc}") from None
-    client.loop_start()
+    client = connect_client(args, host, port, on_connect, on_message,
+                            on_subscribe=lambda *_a: subscribed.set())
     try:
         # the reply subscription must be live before the command goes out
         if subscribed.wait(args.timeout_s) and not done.is_set():

@@ -24,6 +24,31 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "localhost", int(port)
 
 
+def connect_client(args: argparse.Namespace, host: str, port: int, on_connect: Any,
+                   on_message: Any, on_subscribe: Any = None) -> Any:
+    """A started paho client for ``dms listen`` / ``dms command``: user name and password
+    (from the environment), TLS CA, callbacks; InputError when the broker cannot be reached."""
+    import os
+
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if args.username:
+        client.username_pw_set(args.username, os.environ.get(args.password_env))
+    if args.tls_ca:
+        client.tls_set(ca_certs=args.tls_ca)
+    client.on_connect = on_connect
+    client.on_message = on_message
+    if on_subscribe is not None:
+        client.on_subscribe = on_subscribe
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise InputError(f"--mqtt {host}:{port}: cannot connect: {exc}") from None
+    client.loop_start()
+    return client
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("listen", help="print alerts from an MQTT broker as JSON lines",
                               description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -55,9 +80,7 @@ def _line(topic: str, payload: bytes) -> dict[str, Any] | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
-    import paho.mqtt.client as mqtt
 
     from dms.outputs.topics import listen_filter
 
@@ -105,18 +128,7 @@ def run(args: argparse.Namespace) -> int:
             if args.count and received >= args.count:
                 done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if args.username:
-        client.username_pw_set(args.username, os.environ.get(args.password_env))
-    if args.tls_ca:
-        client.tls_set(ca_certs=args.tls_ca)
-    client.on_connect = on_connect
-    client.on_message = on_message
-    try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise InputError(f"--mqtt {host}:{port}: cannot connect: {exc}") from None
-    client.loop_start()
+    client = connect_client(args, host, port, on_connect, on_message)
     try:
         deadline = time.monotonic() + args.timeout_s if args.timeout_s > 0 else None
         while not done.is_set():
