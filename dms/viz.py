@@ -120,35 +120,35 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
     return path
 
 
-def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPose | None,
-                   state: Any, events: Sequence[Event]) -> np.ndarray:
-    """A copy of the frame with the face box, head axes (x red, y green, z blue), a state
-    line and a banner for the most severe event of this frame (or active alert).
-
-    ``state`` is an :class:`dms.engine.engine.EngineState` (or anything with
-    ``driver_state``; ``policy.max_level`` is used when present)."""
+def _draw_head(img: np.ndarray, face_box: FaceBox | None, pose: HeadPose | None) -> None:
+    """Face box and head axes (x red, y green, z blue), in place."""
     import cv2
 
-    img = frame_bgr.copy()
     h, w = img.shape[:2]
     if face_box is not None:
         cv2.rectangle(img, (int(face_box.x1), int(face_box.y1)),
                       (int(face_box.x2), int(face_box.y2)), (255, 255, 0), 2)
-    if pose is not None:
-        if face_box is not None:
-            cx, cy = face_box.center
-            size = 0.6 * max(face_box.width, face_box.height)
-        else:
-            cx, cy, size = w / 2, h / 2, min(w, h) / 4
-        R = np.asarray(pose.rotation)
-        # camera y is up, image y is down: flip y when drawing
-        for axis, colour in ((0, (0, 0, 255)), (1, (0, 255, 0)), (2, (255, 0, 0))):
-            v = R[:, axis]
-            end = (int(cx + size * v[0]), int(cy - size * v[1]))
-            cv2.arrowedLine(img, (int(cx), int(cy)), end, colour, 2, tipLength=0.15)
-        cv2.putText(img, f"yaw {pose.yaw_deg:+.0f} pitch {pose.pitch_deg:+.0f} "
-                    f"roll {pose.roll_deg:+.0f}", (10, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+    if pose is None:
+        return
+    if face_box is not None:
+        cx, cy = face_box.center
+        size = 0.6 * max(face_box.width, face_box.height)
+    else:
+        cx, cy, size = w / 2, h / 2, min(w, h) / 4
+    R = np.asarray(pose.rotation)
+    # camera y is up, image y is down: flip y when drawing
+    for axis, colour in ((0, (0, 0, 255)), (1, (0, 255, 0)), (2, (255, 0, 0))):
+        v = R[:, axis]
+        end = (int(cx + size * v[0]), int(cy - size * v[1]))
+        cv2.arrowedLine(img, (int(cx), int(cy)), end, colour, 2, tipLength=0.15)
+
+
+def _draw_state(img: np.ndarray, state: Any) -> str:
+    """Driver state (top left) and calibration state (top right), in place; returns the
+    driver state text."""
+    import cv2
+
+    w = img.shape[1]
     driver = str(getattr(state, "driver_state", state))
     cv2.putText(img, driver, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2,
                 cv2.LINE_AA)
@@ -162,17 +162,43 @@ def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPo
             text += f", mount hint off by {cal.mount_mismatch_deg:.0f} deg"
         cv2.putText(img, text, (max(10, w - 10 - 9 * len(text)), 24), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5, colour, 1, cv2.LINE_AA)
+    return driver
+
+
+def _draw_banner(img: np.ndarray, text: str, level: int, cleared: bool = False) -> None:
+    """The alert banner under the state line, coloured by level (green once cleared)."""
+    import cv2
+
+    colour = (0, 170, 0) if cleared else {1: (0, 200, 255), 2: (0, 128, 255)}.get(
+        level, (0, 0, 255))
+    cv2.rectangle(img, (0, 34), (img.shape[1], 64), colour, -1)
+    cv2.putText(img, text.upper(), (10, 56), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2,
+                cv2.LINE_AA)
+
+
+def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPose | None,
+                   state: Any, events: Sequence[Event]) -> np.ndarray:
+    """A copy of the frame with the face box, head axes (x red, y green, z blue), a state
+    line and a banner for the most severe event of this frame (or active alert).
+
+    ``state`` is an :class:`dms.engine.engine.EngineState` (or anything with
+    ``driver_state``; ``policy.max_level`` is used when present)."""
+    import cv2
+
+    img = frame_bgr.copy()
+    _draw_head(img, face_box, pose)
+    if pose is not None:
+        cv2.putText(img, f"yaw {pose.yaw_deg:+.0f} pitch {pose.pitch_deg:+.0f} "
+                    f"roll {pose.roll_deg:+.0f}", (10, img.shape[0] - 12),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    driver = _draw_state(img, state)
     level = getattr(getattr(state, "policy", None), "max_level", 0)
     live = [e for e in events if e.phase is not Phase.CLEARED]
     if live or level:
         top = max(live, key=lambda e: e.level) if live else None
         lvl = top.level if top else level
-        colour = {1: (0, 200, 255), 2: (0, 128, 255)}.get(lvl, (0, 0, 255))
-        cv2.rectangle(img, (0, 34), (w, 64), colour, -1)
-        text = (f"L{lvl} {top.type.value}: {top.reason.value}" if top
-                else f"L{lvl} {driver}")
-        cv2.putText(img, text.upper(), (10, 56), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2,
-                    cv2.LINE_AA)
+        _draw_banner(img, f"L{lvl} {top.type.value}: {top.reason.value}" if top
+                     else f"L{lvl} {driver}", lvl)
     return img
 
 
@@ -207,7 +233,9 @@ class VideoAnnotator:
                 self._banner = (e, t + self.BANNER_S)
         self._cleared = [(e, until) for e, until in self._cleared if t < until]
         state = result.state
-        img = annotate_frame(frame_bgr, face_box, result.pose, state, ())
+        img = frame_bgr.copy()
+        _draw_head(img, face_box, result.pose)
+        _draw_state(img, state)
         h, w = img.shape[:2]
         active = list(state.policy.active_alerts)
         cleared_ids = {e.alert_id for e, _ in self._cleared}
@@ -224,11 +252,7 @@ class VideoAnnotator:
         else:
             text, lvl, done = "", 0, False
         if text:
-            colour = (0, 170, 0) if done else {1: (0, 200, 255), 2: (0, 128, 255)}.get(
-                lvl, (0, 0, 255))
-            cv2.rectangle(img, (0, 34), (w, 64), colour, -1)
-            cv2.putText(img, (text + (" - cleared" if done else "")).upper(), (10, 56),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2, cv2.LINE_AA)
+            _draw_banner(img, text + (" - cleared" if done else ""), lvl, cleared=done)
         lines = []
         for a in sorted(active, key=lambda a: -a.level):
             why = ""

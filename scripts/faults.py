@@ -247,16 +247,19 @@ def outbox_fault(h: Harness, name: str, what: str, damage: Callable[[Path], None
     return row.result()
 
 
+def _outbox_files(state: Path) -> list[Path]:
+    """The live outbox and its -wal (not files set aside after earlier damage)."""
+    return [f for f in state.glob("outbox.sqlite3*") if ".damaged" not in f.name]
+
+
 def _truncate(state: Path) -> None:
-    for f in state.glob("outbox.sqlite3*"):
-        if ".damaged" not in f.name:
-            os.truncate(f, 0)
+    for f in _outbox_files(state):
+        os.truncate(f, 0)
 
 
 def _delete(state: Path) -> None:
-    for f in state.glob("outbox.sqlite3*"):
-        if ".damaged" not in f.name:
-            f.unlink()
+    for f in _outbox_files(state):
+        f.unlink()
 
 
 def _garbage(state: Path) -> None:

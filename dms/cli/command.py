@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from dms.cli.listen import connect_client, host_port
+from dms.cli.listen import add_broker_args, connect_client, host_port
 from dms.errors import DmsError, InputError
 
 
@@ -35,11 +35,7 @@ def register(subparsers: Any) -> None:
                    help="environment variable holding the command key (default DMS_COMMAND_KEY)")
     p.add_argument("--timeout-s", type=float, default=10.0,
                    help="how long to wait for the reply (default 10)")
-    p.add_argument("--username", default="", help="broker user name")
-    p.add_argument("--password-env", default="DMS_MQTT_PASSWORD",
-                   help="environment variable holding the password")
-    p.add_argument("--tls-ca", default=None, metavar="FILE",
-                   help="connect with TLS using this CA file")
+    add_broker_args(p)
     p.add_argument("name", choices=["calibrate", "mute", "state"], help="the command")
     p.add_argument("duration_s", nargs="?", type=float, default=None,
                    help="mute: seconds to mute (levels below 3)")

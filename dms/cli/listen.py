@@ -64,12 +64,17 @@ def register(subparsers: Any) -> None:
                    help="exit after this many seconds (status 1 if --count was not reached)")
     p.add_argument("--dedupe", action="store_true",
                    help="drop alerts already seen (same stream and seq: at-least-once re-sends)")
+    add_broker_args(p)
+    p.set_defaults(func=run)
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """The broker's credentials and TLS (read by :func:`connect_client`)."""
     p.add_argument("--username", default="", help="broker user name")
     p.add_argument("--password-env", default="DMS_MQTT_PASSWORD",
                    help="environment variable holding the password")
     p.add_argument("--tls-ca", default=None, metavar="FILE",
                    help="connect with TLS using this CA file")
-    p.set_defaults(func=run)
 
 
 def _line(topic: str, payload: bytes) -> dict[str, Any] | str:

@@ -279,9 +279,8 @@ def _replay_video(args: argparse.Namespace, cfg: Any, settings: Any, outputs: An
 
     from dms.capture import video_frame_count
     from dms.outputs.routing import AlertOutputs
-    from dms.replay import refuse_annotated, replay_video
+    from dms.replay import replay_video
 
-    refuse_annotated(args.video)
     total = video_frame_count(args.video)
     bar = tqdm(total=total or None, desc="replay", unit="frame", file=sys.stderr,
                leave=False, disable=args.quiet)
