@@ -73,10 +73,44 @@ class HeadPose:
 
 
 @dataclass(frozen=True, slots=True)
+class EyeObservation:
+    """The eyes and mouth of one face in one frame, as measured in the image (raw, not yet
+    normalised to the driver).
+
+    ``openness_right`` / ``openness_left``: eyelid aperture over eye width of the driver's
+    right eye (image left) and left eye; a typical open eye reads 0.25-0.35 and a closed one
+    below 0.1, but glasses and eye shape shift both, so the engine learns each driver's open
+    baseline. None when that eye could not be measured (turned away, out of the image).
+    ``confidence`` in [0, 1]: how far the eye measurements can be trusted; low when the eyes
+    are occluded (IR-opaque sunglasses, a hand), blurred or seen too obliquely.
+    ``gaze_yaw_deg`` / ``gaze_pitch_deg``: the eyes' direction *in the head* (eye-in-head,
+    0 = straight ahead of the face), signs as the head pose's: yaw > 0 toward image left
+    (the driver's right), pitch > 0 up. None when the irises could not be measured.
+    ``mouth_open``: inner-lip aperture over mouth width (0 closed, a yawn reads above ~0.5);
+    None when not measured.
+    """
+
+    openness_right: float | None
+    openness_left: float | None
+    confidence: float
+    gaze_yaw_deg: float | None = None
+    gaze_pitch_deg: float | None = None
+    mouth_open: float | None = None
+
+    @property
+    def openness(self) -> float | None:
+        """The mean openness of the measured eyes (None when neither was measured)."""
+        vals = [v for v in (self.openness_right, self.openness_left) if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     """What the driver-state engine sees for one frame.
 
-    ``pose`` is the absolute head pose (None when no face was found); ``speed_kmh`` and
+    ``pose`` is the absolute head pose (None when no face was found); ``eyes`` the eye and
+    mouth measurements (None when not measured: no face, or a pipeline without eye
+    measurement, and the engine then runs head-only rules); ``speed_kmh`` and
     ``steering_deg`` are None when the vehicle does not report them.
     """
 
@@ -85,6 +119,7 @@ class Observation:
     face_box: FaceBox | None = None
     speed_kmh: float | None = None
     steering_deg: float | None = None
+    eyes: EyeObservation | None = None
 
     @property
     def face_present(self) -> bool:
