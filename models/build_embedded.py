@@ -5,6 +5,8 @@ Outputs (see MODELS.md for the model cards):
 
 * ``face_detection_back.onnx``  BlazeFace "back camera" detector (256x256 input)
 * ``face_landmark.onnx``        MediaPipe FaceMesh landmarks (468 points with depth)
+* ``iris_landmark.onnx``        MediaPipe iris landmarks (64x64 eye crop -> 71 eye-contour
+                                points + 5 iris points)
 * ``canonical_face_mesh.npz``   MediaPipe canonical face mesh + Procrustes landmark basis
 
 Sources, both pinned by version and sha256:
@@ -69,6 +71,11 @@ VERIFY_TOOLS = ["ai-edge-litert==2.3.0", "onnxruntime==1.31.1"]
 TFLITE_MODELS = {
     "face_detection_back": (True, (-1.0, 1.0), "BlazeFace back-camera face detector, 256x256"),
     "face_landmark": (True, (0.0, 1.0), "MediaPipe FaceMesh, 468 landmarks with depth"),
+    "iris_landmark": (
+        True, (0.0, 1.0),
+        "MediaPipe iris landmarks: 64x64 RGB crop of one eye (the subject's right eye, outer "
+        "corner on the left; mirror the other eye) -> 71 eye-contour points + 5 iris points",
+    ),
     "face_detection_short_range": (False, (-1.0, 1.0), "BlazeFace short-range detector, 128x128"),
     "face_detection_full_range": (False, (-1.0, 1.0), "BlazeFace full-range detector, 192x192"),
 }

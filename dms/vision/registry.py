@@ -28,7 +28,7 @@ from dms.settings import read_toml
 
 log = logging.getLogger(__name__)
 
-TASKS = ("face_detector", "face_landmarks", "head_pose", "mesh")
+TASKS = ("face_detector", "face_landmarks", "head_pose", "mesh", "eye_landmarks")
 
 
 @dataclass(frozen=True, slots=True)
