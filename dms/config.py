@@ -1,9 +1,10 @@
 """The one configuration file (TOML): every setting of every component, validated at start.
 
 Sections: ``[camera]``, ``[vision]`` (``detector``, ``pose``, ``tracking``, ``runtime``),
-``[engine]``, ``[mqtt]``, ``[buzzer]``, ``[service]``. Unknown keys and wrong types are errors
-that name the dotted key; TOML syntax errors name the line. Secrets never live in the file:
-the MQTT password comes from the environment variable named by ``mqtt.password_env``.
+``[engine]``, ``[mqtt]``, ``[buzzer]``, ``[service]``, ``[preview]``. Unknown keys and wrong
+types are errors that name the dotted key; TOML syntax errors name the line. Secrets never live
+in the file: the MQTT password comes from the environment variable named by
+``mqtt.password_env``, the preview's token from the one named by ``preview.token_env``.
 
 The state directory (calibration profiles, MQTT outbox, TensorRT engine cache) is
 ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else ``service.state_dir``, else
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from dms.engine.settings import EngineSettings
 from dms.errors import DmsError
 from dms.outputs.settings import BuzzerSettings, MqttSettings
+from dms.preview.settings import PreviewSettings
 from dms.settings import load_settings, parse_toml, read_text_file
 from dms.vision.settings import (
     DetectorSettings,
@@ -115,12 +117,13 @@ class Config:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     buzzer: BuzzerSettings = field(default_factory=BuzzerSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    preview: PreviewSettings = field(default_factory=PreviewSettings)
     path: str = ""
 
 
 def parse_config(text: str, where: str = "config") -> Config:
     data = parse_toml(text, where, ConfigError)
-    known = {"camera", "vision", "engine", "mqtt", "buzzer", "service"}
+    known = {"camera", "vision", "engine", "mqtt", "buzzer", "service", "preview"}
     unknown = sorted(set(data) - known)
     if unknown:
         names = ", ".join(sorted(known))

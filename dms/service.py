@@ -14,16 +14,23 @@ than a restart. A lost camera (also one missing at start) is a ``system_degraded
 ``camera_lost`` record on the alert topic and the ``camera`` field of the state; the source
 reopens it with back-off. No frame and no error while processing one ends the loop
 (:class:`dms.pipeline.DriverMonitor`; anything else raised is logged and the loop goes on).
+
+Operator commands (calibrate, mute, state) go through one handler table, whether they come
+signed over MQTT or from the preview page's buttons (``[preview]``, :mod:`dms.preview`; the
+page's token instead of the MQTT signature): the same argument checks, the same handlers (the
+buzzer's mute budget; the most urgent level never muted) and the same log lines. The preview
+only ever reads the newest frame and state: a fault in it is logged and monitoring goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dms import __version__
@@ -46,7 +53,13 @@ class Service:
 
     def __init__(self, cfg: Config, *, monitor: DriverMonitor | None = None,
                  notifier: Any | None = None, mqtt: str | None = None,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 environ: Mapping[str, str] | None = None, preview_required: bool = False,
+                 store_calibration: bool = True) -> None:
+        """``environ`` holds the secrets (default ``os.environ``). ``preview_required``: a
+        preview that cannot start is an error (``dms preview``) instead of a logged fault
+        (``dms run``: monitoring goes on without it). ``store_calibration=False`` keeps
+        calibrations in memory (a bench look must not replace a driver's profile)."""
         from dms.outputs.notify import Notifier
 
         self.cfg = cfg
@@ -64,6 +77,17 @@ class Service:
         self._calibrate_requested = False
         self._exit_code = 0
         self.loop_errors = 0
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._preview_required = preview_required
+        self._store_calibration = store_calibration
+        self.preview: Any | None = None  # dms.preview.server.PreviewServer while serving
+        self._last_state: Any | None = None  # the newest EngineState (immutable)
+        self._models: list[dict[str, str]] = []
+        self._handlers: dict[str, Callable[[Any], Any]] = {
+            "calibrate": self._cmd_calibrate,
+            "mute": lambda c: self.buzzer.mute(c.duration_s),
+            "state": lambda c: self.state_payload(),
+        }
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -86,6 +110,9 @@ class Service:
         self.outputs = AlertOutputs(None, self.buzzer, on_event=self._on_event)
         self._mqtt_retry_at: float | None = None
         self._try_mqtt(time.monotonic())
+        self._models = self._model_licences()
+        if self.cfg.preview.enabled:
+            self._start_preview()
 
     def _try_mqtt(self, now: float) -> None:
         """Start MQTT; if it cannot start (the outbox cannot open: a read-only or full state
@@ -103,12 +130,69 @@ class Service:
         self._mqtt_retry_at = None
         if comm is None:
             return
-        comm.set_command_handlers({
-            "calibrate": self._cmd_calibrate,
-            "mute": lambda c: self.buzzer.mute(c.duration_s),
-            "state": lambda c: self.state_payload(),
-        })
+        comm.set_command_handlers(self._handlers)
         self.outputs.attach(comm)
+
+    def _start_preview(self) -> None:
+        """Serve the preview page; a preview that cannot start is logged (or raised when
+        ``preview_required``) and monitoring goes on without it."""
+        from dms.preview.hub import FrameHub
+        from dms.preview.server import PreviewServer
+        from dms.preview.settings import preview_token
+
+        settings = self.cfg.preview
+        try:
+            token = preview_token(self._environ, settings.token_env)
+            hub = FrameHub(settings, self.cfg.engine.zones)
+            self.preview = PreviewServer(settings, token, hub, self.preview_status,
+                                         self.operator_command).start()
+        except DmsError as exc:
+            if self._preview_required:
+                raise
+            log.error("%s; the preview is off, monitoring goes on", exc)
+
+    def _model_licences(self) -> list[dict[str, str]]:
+        """Each model that runs, with its licence from the manifest."""
+        from dms.errors import ModelError
+        from dms.vision.registry import find_entry
+
+        assert self.monitor is not None
+        out = []
+        for task, model in (("detector", self.monitor.perception.detector),
+                            ("pose", self.monitor.perception.estimator)):
+            name = str(getattr(model, "name", type(model).__name__))
+            try:
+                licence = find_entry(name).licence
+            except ModelError:
+                licence = "unknown: not in the model manifest (a file given by path?)"
+            out.append({"task": task, "name": name, "licence": licence})
+        return out
+
+    # -- commands from the preview page (HTTP threads) -------------------------------------------
+    def operator_command(self, name: str, args: Any, origin: str) -> dict[str, Any]:
+        """Run an operator command that was authorised elsewhere (the preview's token): the
+        MQTT commands' argument checks and handlers; the reply has the MQTT reply's fields."""
+        from dms.outputs.command_auth import CommandRejected
+        from dms.outputs.mqtt import COMMAND_PARSERS, command_from_args
+
+        request_id = None
+        try:
+            if name not in COMMAND_PARSERS:
+                raise CommandRejected(f"unknown command {name!r} "
+                                      f"(known: {', '.join(COMMAND_PARSERS)})")
+            command = command_from_args(name, args)
+            request_id = command.request_id
+            result = self._handlers[name](command)
+        except (CommandRejected, ValueError) as exc:
+            log.warning("%s command %r rejected: %s", origin, name, exc)
+            return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the server
+            log.exception("%s command %r: handler failed", origin, name)
+            return {"command": name, "request_id": request_id, "ok": False,
+                    "error": f"internal error: {type(exc).__name__}: {exc}"}
+        log.info("%s command %r accepted", origin, name)
+        return {"command": name, "request_id": request_id, "ok": True, "error": None,
+                "result": dict(result) if result else None}
 
     # -- commands (run on the MQTT thread: only set flags) ---------------------------------------
     def _cmd_calibrate(self, _cmd: Any) -> dict[str, Any]:
@@ -119,7 +203,9 @@ class Service:
         from dms.calibration_store import save_calibration
         from dms.engine.calibration import CalibrationResult
 
-        if isinstance(outcome, CalibrationResult):
+        if isinstance(outcome, CalibrationResult) and not self._store_calibration:
+            log.info("calibration kept for this run only (not stored)")
+        elif isinstance(outcome, CalibrationResult):
             path = save_calibration(self.state_dir, self.cfg.service.profile, outcome,
                                     mount=self.cfg.engine.mount.name)
             log.info("calibration stored in %s", path)
@@ -139,6 +225,37 @@ class Service:
             "version": __version__,
         }
 
+    def preview_status(self) -> dict[str, Any]:
+        """The preview's status view (called from HTTP threads: reads only the newest
+        immutable engine state and plain counters)."""
+        assert self.monitor is not None
+        state = self._last_state
+        st = state.to_dict() if state is not None else {"driver_state": "starting",
+                                                        "active_alerts": []}
+        comm = self.outputs.comm
+        if comm is not None:
+            mqtt = "connected" if comm.connected else "disconnected (alerts wait in the outbox)"
+        elif self._mqtt_retry_at is not None:
+            mqtt = "could not start (retrying)"
+        else:
+            mqtt = "off"
+        buzzer = "muted" if self.buzzer.muted() else "on"
+        return st | {
+            "camera": self._camera,
+            "camera_source": self.cfg.camera.source,
+            "fps": round(self._fps, 1),
+            "bad_frames": self.monitor.bad_frames,
+            "loop_errors": self.loop_errors,
+            "calibration_command": self.monitor.calibrating,
+            "mqtt": mqtt,
+            "outbox": self._outbox_health(),
+            "buzzer": f"{buzzer}; mute budget left {self.buzzer.mute_budget_left_s():.0f} s",
+            "model_licences": self._models,
+            "preview_viewers": self.preview.hub.viewers if self.preview is not None else 0,
+            "profile": self.cfg.service.profile,
+            "version": __version__,
+        }
+
     # -- the loop -------------------------------------------------------------------------------
     def process(self, frame: Frame) -> MonitorStep:
         assert self.monitor is not None
@@ -146,7 +263,10 @@ class Service:
             self._calibrate_requested = False
             self.monitor.calibrate(self.cfg.service.calibration_s, self._calibration_done)
         step = self.monitor.step(frame.image, frame.t_s)
+        self._last_state = step.result.state
         self.outputs.handle(step.result)
+        if self.preview is not None:
+            self.preview.hub.offer(frame.image, step.frame.face, step.result)
         return step
 
     def _outbox_health(self) -> dict[str, int] | None:
@@ -216,6 +336,8 @@ class Service:
         finally:
             self.buzzer.force_off()
             self.notifier.stopping("stopping")
+            if self.preview is not None:
+                self.preview.close()
             self.buzzer_thread.stop()
             comm = self.outputs.comm
             drained = self.outputs.close(self.cfg.service.stop_drain_timeout_s)
