@@ -125,7 +125,9 @@ else
         '# Secrets for dms.service (EnvironmentFile). Readable by root only.' \
         '# DMS_MQTT_PASSWORD=change-me' \
         '# Key that signs operator commands (mute, calibrate); without it they are refused:' \
-        '# DMS_COMMAND_KEY=  (openssl rand -hex 32)' > "$ETC/dms/dms.env")
+        '# DMS_COMMAND_KEY=  (openssl rand -hex 32)' \
+        '# Token of the installer'"'"'s preview page ([preview] in dms.toml; off by default):' \
+        '# DMS_PREVIEW_TOKEN=  (openssl rand -hex 32)' > "$ETC/dms/dms.env")
 fi
 if [ -z "$ROOT" ] && [ "$ACCOUNTS" = host ] && [ "$DRY_RUN" = 0 ]; then
     chgrp "$USER_NAME" "$ETC/dms/dms.toml" 2>/dev/null || true

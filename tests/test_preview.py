@@ -402,3 +402,13 @@ def test_the_page_in_chromium(tmp_path: Path, clip: Path) -> None:
     assert run.proc.returncode == 0, run.log_text()
     assert sorted(p.name for p in shots.iterdir()) == [
         "1-stream.png", "2-alert.png", "3-refused.png", "4-calibrating.png"]
+
+
+def test_the_example_configs_preview_block_is_the_defaults() -> None:
+    """systemd/dms.example.toml documents [preview] commented out (off by default); uncommented
+    it must load and equal the built-in defaults."""
+    text = (Path(__file__).resolve().parents[1] / "systemd" / "dms.example.toml").read_text()
+    block = text.split("# [preview]\n", 1)[1]
+    lines = [line[2:] for line in block.splitlines()
+             if line.startswith("# ") and not line.startswith("#  ")]
+    assert parse_config("[preview]\n" + "\n".join(lines) + "\n").preview == PreviewSettings()
