@@ -6,7 +6,11 @@ The file ``<state_dir>/calibration/<profile>.json`` holds::
      "neutral": {"pitch_deg": 7.9, "yaw_deg": -20.3, "roll_deg": 0.4,
                  "rotation": [[...], [...], [...]]},
      "sample_count": 148, "rejected_count": 2, "missing_count": 0,
-     "spread_deg": 0.9, "duration_s": 5.0, "mount": "dashboard-centre"}
+     "spread_deg": 0.9, "duration_s": 5.0, "mount": "dashboard-centre",
+     "eye_openness": 0.29}
+
+``eye_openness`` (the driver's open-eye aperture, optional: null when the eyes were not
+measured) was added without a schema change: older files without it still load.
 
 Writes are atomic (temp file in the same directory + ``os.replace``). Files are 0640 and the
 directories (the state directory and ``calibration/``) 0750, whatever the umask. A corrupt or
@@ -93,6 +97,8 @@ def save_calibration(state_dir: str | Path, profile: str, result: CalibrationRes
         "spread_deg": round(result.spread_deg, 4),
         "duration_s": round(result.duration_s, 3),
         "mount": mount,
+        "eye_openness": None if result.neutral.eye_openness is None
+        else round(result.neutral.eye_openness, 4),
     }
     try:
         _private_dir(Path(state_dir))
@@ -156,12 +162,16 @@ def parse_calibration(text: str, path: Path) -> StoredCalibration:
         spread = float(doc["spread_deg"])
         created = str(doc["created_utc"])
         mount = doc.get("mount")
+        eye = doc.get("eye_openness")
+        eye = None if eye is None else float(eye)
+        if eye is not None and not 0 < eye < 1:
+            raise ValueError(f"eye_openness {eye} is not within (0, 1)")
     except (KeyError, TypeError, ValueError) as exc:
         what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise CalibrationStoreError(f"{path}: corrupt calibration file ({what})") from None
     return StoredCalibration(
         profile=str(doc.get("profile", path.stem)), created_utc=created,
-        neutral=NeutralPose(R, "explicit", sample_count, spread), sample_count=sample_count,
+        neutral=NeutralPose(R, "explicit", sample_count, spread, eye), sample_count=sample_count,
         spread_deg=spread, mount=None if mount is None else str(mount), path=path)
 
 

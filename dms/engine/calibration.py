@@ -60,6 +60,7 @@ class NeutralPose:
     source: str = "explicit"
     sample_count: int = 0
     spread_deg: float = 0.0
+    eye_openness: float | None = None  # the driver's open-eye aperture (explicit only)
 
     @property
     def euler_deg(self) -> tuple[float, float, float]:
@@ -109,13 +110,26 @@ def calibrate_neutral(
     Raises :class:`CalibrationRefused` (code ``no_frames``, ``face_missing``,
     ``too_few_samples``, ``moved_too_much`` or ``not_at_road``) with a message saying why.
     """
+    observations = list(observations)
     Rs, missing, duration = _usable_rotations(observations, settings)
     neutral, keep, spread = _robust_neutral(Rs, settings)
     _check_at_road(neutral, settings, mount)
     return CalibrationResult(
-        neutral=NeutralPose(neutral, "explicit", int(keep.sum()), spread),
+        neutral=NeutralPose(neutral, "explicit", int(keep.sum()), spread,
+                            open_eye_aperture(observations)),
         sample_count=int(keep.sum()), rejected_count=int((~keep).sum()), missing_count=missing,
         spread_deg=spread, duration_s=duration)
+
+
+def open_eye_aperture(observations: Iterable[Observation],
+                      min_confidence: float = 0.5) -> float | None:
+    """The driver's open-eye aperture while looking at the road: the median openness of the
+    confident eye readings (a blink or two is the low tail), None with fewer than 10."""
+    vals = [o.eyes.openness for o in observations
+            if o.pose is not None and o.eyes is not None and o.eyes.openness is not None
+            and o.eyes.confidence >= min_confidence]
+    finite = [v for v in vals if v is not None and np.isfinite(v)]
+    return float(np.median(finite)) if len(finite) >= 10 else None
 
 
 def _usable_rotations(observations: Iterable[Observation],

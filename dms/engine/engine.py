@@ -1,7 +1,8 @@
 """The engine: one ``step`` per observation, chaining the pure pieces.
 
     Observation -> PoseGate (implausible or flipping fits = no face) -> RotationFilter
-                -> relative to neutral (R_neutral.T @ R) -> DriverPolicy (events)
+                -> relative to neutral (R_neutral.T @ R) -> DriverPolicy (events; the eye
+                   rules of dms.engine.eyes run inside it on the observation's eyes)
                 -> neutral learning: DominantPoseNeutral (default, mount-free) or, after an
                    explicit calibration, OnlineNeutral (clamped refinement)
 
@@ -103,6 +104,7 @@ class EngineState:
             "nods_in_window": p.nods_in_window,
             "max_level": p.max_level,
             "active_alerts": [a.to_dict() for a in p.active_alerts],
+            "eyes": None if p.eyes is None else p.eyes.to_dict(),
         }
 
 
@@ -139,7 +141,9 @@ class Engine:
         else:
             self._learner = DominantPoseNeutral(
                 s.calibration, mount_prior(s.mount) if s.mount.hint else None)
-        self._policy = DriverPolicy(s.policy, s.zones, self.version, run_id)
+        self._policy = DriverPolicy(s.policy, s.zones, self.version, run_id, s.eyes)
+        if neutral is not None:
+            self._policy.set_eye_prior(neutral.eye_openness)
         self._state = self._summary(None)
 
     @property
@@ -173,6 +177,8 @@ class Engine:
         the clamped online refinement restarts around it."""
         self._online = OnlineNeutral(self.settings.calibration, neutral)
         self._learner = None
+        if hasattr(self, "_policy"):
+            self._policy.set_eye_prior(neutral.eye_openness)
 
     @property
     def state(self) -> EngineState:
@@ -210,7 +216,7 @@ class Engine:
         return PolicyInput(t_s=obs.t_s, face_present=True, yaw_deg=rel.yaw_deg,
                            pitch_deg=rel.pitch_deg, roll_deg=rel.roll_deg, confidence=confidence,
                            speed_kmh=obs.speed_kmh, steering_deg=obs.steering_deg,
-                           neutral_known=self.calibrated)
+                           neutral_known=self.calibrated, eyes=obs.eyes)
 
     def _learn(self, obs: Observation, pose: HeadPose | None) -> None:
         """Feed the neutral learner: the clamped refinement of an explicit calibration, or

@@ -3,7 +3,8 @@
 This is a contract with fleet software: fields are only ever added, and ``schema_version``
 changes when they are. One alert produces a ``raised`` record, zero or more ``escalated``
 records (level going up) and one ``cleared`` record, all sharing ``alert_id``; each record has
-its own ``event_id``.
+its own ``event_id``. ``reason`` is the cause of the record's level: a drowsiness alert raised
+for a ``microsleep`` is escalated with reason ``sleep`` when the eyes stay shut.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class EventType(str, enum.Enum):
     SLUMP = "slump"
     DRIVER_NOT_VISIBLE = "driver_not_visible"
     SYSTEM_DEGRADED = "system_degraded"
+    UNRESPONSIVE = "unresponsive"  # eyes closed >= unresponsive_s (Euro NCAP 2026)
+    EYES_NOT_VISIBLE = "eyes_not_visible"  # notice: face seen, eyes not measurable
 
 
 class Reason(str, enum.Enum):
@@ -33,6 +36,12 @@ class Reason(str, enum.Enum):
     NO_FACE = "no_face"  # no usable face for degraded_s
     CAMERA_LOST = "camera_lost"  # (system_degraded, from the service) no frames from the camera
     OUTBOX_DAMAGED = "outbox_damaged"  # (system_degraded, from MQTT) outbox file set aside
+    MICROSLEEP = "microsleep"  # (drowsiness) eyes closed >= microsleep_s
+    SLEEP = "sleep"  # (drowsiness, escalated) eyes closed >= sleep_s
+    PERCLOS = "perclos"  # (drowsiness) share of time with the eyes closed >= perclos_alert
+    YAWNING = "yawning"  # (drowsiness) >= yawns_for_alert yawns within yawn_window_s
+    EYES_CLOSED = "eyes_closed"  # (unresponsive) eyes closed >= unresponsive_s
+    EYES_OCCLUDED = "eyes_occluded"  # (eyes_not_visible) eyes not measurable >= occluded_s
 
 
 class Phase(str, enum.Enum):

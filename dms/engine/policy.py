@@ -9,8 +9,13 @@ One :meth:`DriverPolicy.update` runs these small steps, in order. Each step's me
 small tracker class below, readable alone (named in brackets); ``DriverPolicy`` composes them
 and adds one short rule per alert type.
 
-1. **Usable face?** Face present and confidence >= ``min_confidence``.
-2. **Road zone** (:class:`RoadZone`, hysteresis): off the road beyond any limit; back only
+1. **Usable face?** Face present and confidence >= ``min_confidence``. Then the **eyes**
+   (:class:`dms.engine.eyes.EyeRules`, settings ``[engine.eyes]``): judged only near the road
+   with a confident measurement, relative to the driver's learned open aperture; closures,
+   blinks, PERCLOS, yawns, gaze and occlusion. Without eye measurements every eye rule is off
+   (head-only, as before).
+2. **Road zone** (:class:`RoadZone`, hysteresis): where the driver *looks*: the head pose plus
+   the eyes' gaze offset (an eyes-only glance is a glance). Off the road beyond any limit; back only
    once inside every limit by ``hysteresis_deg``. Steering beyond ``steer_deadband_deg``
    widens the limit on the steering side. Right-hand drive mirrors yaw (zones are
    inboard/outboard).
@@ -24,7 +29,9 @@ and adds one short rule per alert type.
    turning beyond ``nod_max_yaw_deg`` while down cancels it (a glance down-and-sideways).
    Back above ``-nod_return_deg`` within ``nod_max_return_s`` = one nod. Still down after
    ``slump_s`` = slump (level 3).
-   While a nod is down, the head-down time is drowsiness, not a glance.
+   While a nod is down, the head-down time is drowsiness, not a glance; so is the time the
+   eyes are shut past a blink or the mouth held wide open (a yawn that tilts the head back
+   is not looking away).
 5. **Glances** (:class:`GlanceWindow`): a glance is a run of *away* frames; its start is the
    first away frame. Long distraction when one glance lasts ``long_glance_s``; time sharing
    when away time within the last ``vats_window_s`` reaches ``vats_total_s``. The window is
@@ -42,10 +49,20 @@ Face loss still raises ``driver_not_visible`` / ``system_degraded``.
 
 Escalation of distraction: level 1 when raised, 2 after ``level2_after_s`` more time away,
 3 (unresponsive) after ``level3_after_s``; only time spent away counts.
+Drowsiness has one alert with several causes; the record's reason is the cause of its level:
+``nodding`` (nods in the window), ``microsleep`` (eyes closed ``microsleep_s``, level
+``microsleep_level``), ``sleep`` (closed ``sleep_s``, level 3), ``perclos`` (level 1),
+``yawning`` (level 1). Eyes closed ``unresponsive_s`` also raises ``unresponsive`` (level 3);
+the face seen near the road with the eyes unmeasurable for ``occluded_s`` raises the
+``eyes_not_visible`` notice.
+
 Clearing: distraction and slump after ``clear_on_road_s`` continuously on the road with the
 face visible (head up for slump; for time sharing the longer of that and
-``vats_reset_on_road_s``); drowsiness once no nod is left in ``nod_window_s``;
-not-visible and degraded after ``visible_clear_s`` with a usable face.
+``vats_reset_on_road_s``); drowsiness once no cause holds (no nod left in ``nod_window_s``,
+eyes open ``eyes_clear_s`` after a microsleep, PERCLOS below ``perclos_clear``, yawns out of
+their window); unresponsive once the eyes have been open ``eyes_clear_s``;
+not-visible and degraded after ``visible_clear_s`` with a usable face; eyes_not_visible after
+the eyes are measurable ``visible_clear_s`` (eye settings).
 """
 
 from __future__ import annotations
@@ -55,7 +72,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from dms.engine.events import Event, EventType, Phase, PoseSnapshot, Reason
-from dms.engine.settings import PolicySettings, ZoneSettings
+from dms.engine.eyes import EyeRules, EyeStatus
+from dms.engine.settings import EyeSettings, PolicySettings, ZoneSettings
+from dms.types import EyeObservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +91,7 @@ class PolicyInput:
     speed_kmh: float | None = None
     steering_deg: float | None = None
     neutral_known: bool = True  # False while the neutral pose is still being learned
+    eyes: EyeObservation | None = None  # raw eye measurements (None: head-only rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +120,7 @@ class PolicyState:
     zone: str | None
     nods_in_window: int
     active_alerts: tuple[ActiveAlert, ...]
+    eyes: EyeStatus | None = None
 
     @property
     def max_level(self) -> int:
@@ -176,14 +197,20 @@ class RoadZone:
         self.yaw_out_speed_dps = 0.0  # d|yaw|/dt between the last two usable frames
         self.zone: str | None = None
 
-    def observe(self, obs: PolicyInput, usable: bool, dt: float) -> None:
+    def observe(self, obs: PolicyInput, usable: bool, dt: float,
+                gaze: tuple[float, float] | None = None) -> None:
+        """``gaze``: the eyes' offset from straight ahead (yaw, pitch), added to the head
+        pose for the road and zone tests (an eyes-only glance is a glance); the pose kept
+        for records and face loss stays the head's."""
         if usable:
             assert obs.yaw_deg is not None and obs.pitch_deg is not None
             if self.usable and self.yaw_deg is not None and dt > 0:
                 self.yaw_out_speed_dps = (abs(obs.yaw_deg) - abs(self.yaw_deg)) / dt
-            self.on_road = not obs.neutral_known or self._inside(obs)
+            gy, gp = gaze if gaze is not None else (0.0, 0.0)
+            look_yaw, look_pitch = obs.yaw_deg + gy, obs.pitch_deg + gp
+            self.on_road = not obs.neutral_known or self._inside(obs, look_yaw, look_pitch)
             self.yaw_deg, self.pitch_deg, self.roll_deg = obs.yaw_deg, obs.pitch_deg, obs.roll_deg
-            self.zone = self._zone_name(obs.yaw_deg, obs.pitch_deg) if obs.neutral_known else None
+            self.zone = self._zone_name(look_yaw, look_pitch) if obs.neutral_known else None
         self.usable = usable
 
     def forget_zone(self) -> None:
@@ -204,10 +231,9 @@ class RoadZone:
                             inboard_yaw(self.yaw_deg, self.right_hand_drive), self.on_road,
                             self.zone)
 
-    def _inside(self, obs: PolicyInput) -> bool:
-        assert obs.yaw_deg is not None and obs.pitch_deg is not None
+    def _inside(self, obs: PolicyInput, yaw_deg: float, pitch_deg: float) -> bool:
         limits = road_limits(self.zones, obs.steering_deg, self.right_hand_drive)
-        return is_on_road(self.on_road, obs.yaw_deg, obs.pitch_deg, self.zones, limits)
+        return is_on_road(self.on_road, yaw_deg, pitch_deg, self.zones, limits)
 
     def _zone_name(self, yaw_deg: float, pitch_deg: float) -> str | None:
         if self.on_road:
@@ -446,8 +472,8 @@ class AlertBook:
 
 # ----------------------------------------------------------------- the state machine
 
-_ALERT_DRIVER_STATES = ((EventType.SLUMP, "slumped"), (EventType.DROWSINESS, "drowsy"),
-                        (EventType.DISTRACTION, "distracted"))
+_ALERT_DRIVER_STATES = ((EventType.UNRESPONSIVE, "unresponsive"), (EventType.SLUMP, "slumped"),
+                        (EventType.DROWSINESS, "drowsy"), (EventType.DISTRACTION, "distracted"))
 
 
 class DriverPolicy:
@@ -455,7 +481,8 @@ class DriverPolicy:
     the module docstring, then one small rule per alert type."""
 
     def __init__(self, settings: PolicySettings, zones: ZoneSettings,
-                 settings_version: str = "", run_id: str = "run") -> None:
+                 settings_version: str = "", run_id: str = "run",
+                 eyes: EyeSettings | None = None) -> None:
         self.s = settings
         self.zones = zones
         self.settings_version = settings_version
@@ -466,8 +493,13 @@ class DriverPolicy:
         self._nods = NodTracker(settings)
         self._glances = GlanceWindow(settings)
         self._alerts = AlertBook(run_id, settings_version)
+        self._eyes = EyeRules(eyes or EyeSettings())
 
     # ------------------------------------------------------------- public
+
+    def set_eye_prior(self, openness: float | None) -> None:
+        """The driver's open-eye aperture from an explicit calibration."""
+        self._eyes.set_prior(openness)
 
     def update(self, obs: PolicyInput) -> list[Event]:
         """Advance to ``obs.t_s`` and return the events this frame produced.
@@ -481,7 +513,8 @@ class DriverPolicy:
         cap = self._level_cap(obs.speed_kmh)
         pose = self._road.snapshot()
         events = (self._distraction(t, cap, pose) + self._slump(t, usable, cap, pose)
-                  + self._drowsiness(t, cap, pose) + self._not_visible(t, cap, pose))
+                  + self._drowsiness(t, cap, pose) + self._unresponsive(t, cap, pose)
+                  + self._not_visible(t, cap, pose) + self._eyes_not_visible(t, cap, pose))
         self._t = t
         return events
 
@@ -490,20 +523,21 @@ class DriverPolicy:
         """Face usable, on the road, no nod in progress and no active alert: the engine learns
         the neutral pose only from such frames."""
         return (self._road.usable and self._road.on_road and not self._glances.away
-                and not self._nods.down and not self._alerts)
+                and not self._nods.down and not self._alerts and not self._eyes.holds_head)
 
     @property
     def alert_active(self) -> bool:
-        """A distraction or slump alert is active (the engine learns the neutral pose at a
-        low weight then)."""
-        return EventType.DISTRACTION in self._alerts or EventType.SLUMP in self._alerts
+        """A distraction or slump alert is active, or the head pose is held by the eyes (shut
+        past a blink, a yawn): the engine learns the neutral pose at a low weight then."""
+        return (EventType.DISTRACTION in self._alerts or EventType.SLUMP in self._alerts
+                or self._eyes.holds_head)
 
     def state(self) -> PolicyState:
         alerts = self._alerts.active()
         glance_s = 0.0 if self._t is None else self._glances.glance_s(self._t)
         return PolicyState(self._t, self._driver_state(alerts), self._road.usable,
                            self._road.on_road, self._glances.away, glance_s, self._road.zone,
-                           len(self._nods.nods), alerts)
+                           len(self._nods.nods), alerts, self._eyes.status(self._t))
 
     # ------------------------------------------------------------- steps 1-5: the trackers
 
@@ -512,18 +546,29 @@ class DriverPolicy:
                 and obs.confidence >= self.s.min_confidence)
 
     def _observe(self, obs: PolicyInput, usable: bool, dt: float) -> None:
-        t, road = obs.t_s, self._road
-        road.observe(obs, usable, dt)
+        t, road, eyes = obs.t_s, self._road, self._eyes
+        self._observe_eyes(obs, usable)
+        road.observe(obs, usable, dt, eyes.gaze_offset() if obs.neutral_known else None)
         if self._loss.observe(t, usable, self._loss_is_away(obs)):
             road.forget_zone()
         if usable:
             self._observe_nods(obs)
-        nod_down = self._nods.down
+        held = self._nods.down or eyes.holds_head  # a nod, shut eyes or a yawn: no glance
+        self._glances.observe(t, dt, self._away(usable) and not held,
+                              usable and road.on_road and not held)
+
+    def _away(self, usable: bool) -> bool:
+        """The frame is time away: off the road, or a face loss that counts as away (or
+        hides from an active distraction alert)."""
         if usable:
-            away = not road.on_road and not nod_down
+            return not self._road.on_road
+        return self._loss.away or EventType.DISTRACTION in self._alerts
+
+    def _observe_eyes(self, obs: PolicyInput, usable: bool) -> None:
+        if usable:
+            self._eyes.observe(obs.t_s, obs.eyes, obs.yaw_deg, obs.pitch_deg)
         else:
-            away = (self._loss.away or EventType.DISTRACTION in self._alerts) and not nod_down
-        self._glances.observe(t, dt, away, usable and road.on_road and not nod_down)
+            self._eyes.observe(obs.t_s, None, None, None)
 
     def _loss_is_away(self, obs: PolicyInput) -> bool:
         """Classify a face loss: already off the road, turning away (only with a known
@@ -583,18 +628,61 @@ class DriverPolicy:
         return self._alerts.set_level(alert, min(3, cap), t, pose)
 
     def _drowsiness(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
-        """Nods within the window; clears once the window holds none."""
-        s = self.s
-        n = self._nods.in_window(t)
+        """Nods within the window, or an eye cause (microsleep, sleep, PERCLOS, yawns);
+        clears once no cause holds (no nod left in the window, eyes open long enough).
+        The record's reason is the cause of its level."""
+        cause = self._drowsy_cause(t)
         alert = self._alerts.get(EventType.DROWSINESS)
-        if alert is None and n >= s.nods_for_alert:
-            alert = self._alerts.open(EventType.DROWSINESS, Reason.NODDING, self._nods.nods[0])
+        if alert is None and cause is not None:
+            alert = self._alerts.open(EventType.DROWSINESS, cause[0], cause[2])
         if alert is None:
             return []
-        if n == 0:
+        if cause is None:
             return self._alerts.close(alert, t, pose)
-        target = 3 if n >= s.nods_for_level3 else s.drowsy_level
+        reason, target, _ = cause
+        if min(target, cap) > alert.level:
+            alert.reason = reason
         return self._alerts.set_level(alert, min(max(target, alert.level), cap), t, pose)
+
+    def _drowsy_cause(self, t: float) -> tuple[Reason, int, float] | None:
+        """The strongest cause now: (reason, target level, since); nods first on a tie."""
+        s, n = self.s, self._nods.in_window(t)
+        nods = None
+        if n >= s.nods_for_alert or (n > 0 and EventType.DROWSINESS in self._alerts):
+            nods = (Reason.NODDING, 3 if n >= s.nods_for_level3 else s.drowsy_level,
+                    self._nods.nods[0])
+        eye = self._eyes.drowsy_cause(t)
+        if nods is None or (eye is not None and eye[1] > nods[1]):
+            return eye
+        return nods
+
+    def _unresponsive(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
+        """Eyes closed for ``unresponsive_s`` (level 3); clears once they have been open
+        ``eyes_clear_s``."""
+        since = self._eyes.unresponsive_since(t)
+        alert = self._alerts.get(EventType.UNRESPONSIVE)
+        if alert is None and since is not None:
+            alert = self._alerts.open(EventType.UNRESPONSIVE, Reason.EYES_CLOSED, since)
+        if alert is None:
+            return []
+        if self._eyes.closure.open_s(t) >= self._eyes.s.eyes_clear_s:
+            return self._alerts.close(alert, t, pose)
+        return self._alerts.set_level(alert, min(3, cap), t, pose)
+
+    def _eyes_not_visible(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
+        """The face is seen near the road but the eyes cannot be measured for
+        ``occluded_s`` (sunglasses, a mask): a notice; the eye rules meanwhile fall back to
+        the head's. Clears after the eyes are measurable for ``visible_clear_s``."""
+        es, eyes = self._eyes.s, self._eyes
+        alert = self._alerts.get(EventType.EYES_NOT_VISIBLE)
+        since = eyes.occluded_since
+        if alert is None and since is not None and eyes.occluded_s >= es.occluded_s:
+            alert = self._alerts.open(EventType.EYES_NOT_VISIBLE, Reason.EYES_OCCLUDED, since)
+        if alert is None:
+            return []
+        if eyes.visible_since is not None and t - eyes.visible_since >= es.visible_clear_s:
+            return self._alerts.close(alert, t, pose)
+        return self._alerts.set_level(alert, min(es.notice_level, cap), t, pose)
 
     def _not_visible(self, t: float, cap: int, pose: PoseSnapshot) -> list[Event]:
         """driver_not_visible (frontal losses only) and system_degraded (any loss)."""

@@ -127,6 +127,15 @@ class GlanceZone:
             raise ValueError(f"radius_deg must be in (0, 90], got {self.radius_deg}")
 
 
+def _positive_bounded(obj: Any) -> None:
+    """Every ``*_s`` field in (0, 3600] and every ``*_deg`` field in (0, 90]."""
+    for f in dataclasses.fields(obj):
+        limit = 3600.0 if f.name.endswith("_s") else 90.0 if f.name.endswith("_deg") else None
+        value = getattr(obj, f.name)
+        if limit is not None and not 0 < value <= limit:
+            raise ValueError(f"{f.name} must be in (0, {limit:g}] (got {value})")
+
+
 def _in_range(obj: object, names: tuple[str, ...], limit: float) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -401,9 +410,141 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EyeSettings:
+    """The eye rules ([engine.eyes]): closure, blinks, PERCLOS, yawns, gaze and occlusion.
+
+    They run only on frames whose observation carries eye measurements (a pipeline that
+    measures no eyes runs the head-only rules). Openness is judged relative to the driver's
+    own open-eye aperture, learned online (and in ``dms calibrate``): glasses and eye shape
+    shift raw readings, a fixed threshold fails. Eyes are *judged* only while the head is
+    near the road (within ``judge_yaw_deg`` / ``judge_pitch_down_deg`` /
+    ``judge_pitch_up_deg`` of the neutral) and the measurement is confident: looking down
+    lowers the lids without closing them, and a head turned or down is the head rules'
+    business (glances, nods, slump)."""
+
+    enabled: bool = field(default=True, metadata=_doc(
+        "Run the eye rules when eye measurements arrive. Off: head-only rules."))
+    min_confidence: float = field(default=0.5, metadata=_doc(
+        "Eye measurements below this confidence count as not visible. Tuned here."))
+    judge_yaw_deg: float = field(default=40.0, metadata=_doc(
+        "Eyes are judged only while the head's yaw is within this of the neutral. Tuned "
+        "here (eye landmarks degrade past about 45 deg)."))
+    judge_pitch_down_deg: float = field(default=15.0, metadata=_doc(
+        "...and its pitch no lower than this below the neutral: looking down lowers the lids "
+        "(a phone glance must not read as closed eyes). Below the road zone's pitch_down_deg "
+        "(18) so that a downward glance is always judged by the head rules. Tuned here."))
+    judge_pitch_up_deg: float = field(default=40.0, metadata=_doc(
+        "...and no higher than this above it (a yawn tilts the head back 20-35 deg). Tuned "
+        "here."))
+    baseline_percentile: float = field(default=80.0, metadata=_doc(
+        "The driver's open aperture is this percentile of the judged openness readings "
+        "(blinks and closures are the low tail). Tuned here."))
+    baseline_memory_s: float = field(default=120.0, metadata=_doc(
+        "Time constant of the exponential forgetting of openness readings. Tuned here."))
+    baseline_settle_s: float = field(default=3.0, metadata=_doc(
+        "Seconds of judged eye readings before the baseline is trusted and the closure rules "
+        "armed (like the neutral pose's online_settle_s). Tuned here."))
+    baseline_min: float = field(default=0.12, metadata=_doc(
+        "A learned baseline below this raw openness is not an open eye (the eyes were shut "
+        "or the measurement failed from the start): the closure rules stay unarmed. Tuned "
+        "here (open eyes read 0.2-0.4)."))
+    closed_ratio: float = field(default=0.4, metadata=_doc(
+        "Eyes closed when openness falls below this share of the driver's open aperture "
+        "(P60-P80 closure; PERCLOS counts the same state). Tuned here."))
+    open_ratio: float = field(default=0.55, metadata=_doc(
+        "...and open again above this share (hysteresis against noise). Tuned here."))
+    max_gap_s: float = field(default=0.5, metadata=_doc(
+        "Frames without a judged reading shorter than this keep the closure going; longer, "
+        "the closure is forgotten (unknown, not counted). Tuned here."))
+    blink_max_s: float = field(default=0.5, metadata=_doc(
+        "A closure up to this long is a blink (counted for the blink rate, never a glance "
+        "break). Blinks last 0.1-0.4 s."))
+    blink_window_s: float = field(default=60.0, metadata=_doc(
+        "Window of the blink rate (blinks per minute in the state). Tuned here."))
+    microsleep_s: float = field(default=1.0, metadata=_doc(
+        "Eyes closed this long: drowsiness (microsleep). Euro NCAP 2026: microsleep = eyes "
+        "closed 1-2 s."))
+    microsleep_level: int = field(default=2, metadata=_doc(
+        "Level of a microsleep alert. Issue 14 / Euro NCAP: a warning."))
+    sleep_s: float = field(default=3.0, metadata=_doc(
+        "Eyes closed this long: sleep, drowsiness escalated to level 3. Euro NCAP 2026: "
+        "sleep = eyes closed >= 3 s."))
+    unresponsive_s: float = field(default=6.0, metadata=_doc(
+        "Eyes closed this long: unresponsive driver (level 3). Euro NCAP 2026: eyes closed "
+        ">= 6 s."))
+    eyes_clear_s: float = field(default=5.0, metadata=_doc(
+        "Eye-caused drowsiness and unresponsive alerts clear after the eyes have been open "
+        "this long (and no other cause holds). Tuned here."))
+    perclos_window_s: float = field(default=60.0, metadata=_doc(
+        "PERCLOS window (share of judged time with the eyes closed). Wierwille et al.: "
+        "1-minute windows are common."))
+    perclos_min_coverage: float = field(default=0.5, metadata=_doc(
+        "PERCLOS is reported only once judged readings cover this share of the window. "
+        "Tuned here."))
+    perclos_alert: float = field(default=0.15, metadata=_doc(
+        "PERCLOS at or above this raises drowsiness (level 1). Literature: 0.12-0.15 marks "
+        "drowsiness; normal blinking is 0.03-0.08."))
+    perclos_clear: float = field(default=0.10, metadata=_doc(
+        "...which clears once PERCLOS is back below this. Tuned here."))
+    yawn_mouth_open: float = field(default=0.5, metadata=_doc(
+        "Mouth open this wide (inner-lip aperture / mouth width) is a yawn posture; the pose "
+        "of a yawn is then never read as a glance. Tuned here (speech reads below 0.3)."))
+    yawn_min_s: float = field(default=1.5, metadata=_doc(
+        "Mouth wide open this long counts one yawn. Yawns last 4-7 s; speech never holds "
+        "it this long."))
+    yawns_for_alert: int = field(default=3, metadata=_doc(
+        "Yawns within yawn_window_s that raise drowsiness (level 1); 0 turns the yawn cue "
+        "off. Tuned here."))
+    yawn_window_s: float = field(default=300.0, metadata=_doc(
+        "Window for counting yawns. Tuned here."))
+    gaze_weight: float = field(default=1.0, metadata=_doc(
+        "Share of the eye-in-head gaze added to the head pose to judge the road zone: 1 = "
+        "eyes-only glances count as glances, 0 = head only. Tuned here."))
+    gaze_deadband_deg: float = field(default=8.0, metadata=_doc(
+        "Gaze offsets (yaw, pitch together) smaller than this are taken as straight ahead: "
+        "eye-in-head readings jitter by a few degrees and eyes-only glances to mirrors and "
+        "screens turn the eyes 15-35 deg. Tuned here."))
+    gaze_smoothing_s: float = field(default=0.15, metadata=_doc(
+        "Time constant of the low-pass on the measured gaze (saccades take 30-80 ms). "
+        "Tuned here."))
+    gaze_max_deg: float = field(default=45.0, metadata=_doc(
+        "Eye-in-head readings beyond this are not gaze (the eyes rotate at most about "
+        "45 deg): the gaze is ignored on that frame. Physiology."))
+    occluded_s: float = field(default=5.0, metadata=_doc(
+        "Face visible and near the road but the eyes not measurable this long: "
+        "eyes_not_visible notice (the eye rules fall back to head-only). Euro NCAP 2026: "
+        "tell an occluded driver within 10 s."))
+    visible_clear_s: float = field(default=1.0, metadata=_doc(
+        "eyes_not_visible clears after the eyes are measurable again this long. Tuned "
+        "here."))
+    notice_level: int = field(default=1, metadata=_doc(
+        "Level of the eyes_not_visible notice. Tuned here."))
+
+    def validate(self) -> None:
+        _positive_bounded(self)
+        if not 0 < self.min_confidence <= 1 or not 0 < self.perclos_min_coverage <= 1:
+            raise ValueError("min_confidence and perclos_min_coverage must be in (0, 1]")
+        if not 0 < self.closed_ratio < self.open_ratio < 1:
+            raise ValueError("need 0 < closed_ratio < open_ratio < 1")
+        if not 0 < self.perclos_clear <= self.perclos_alert <= 1:
+            raise ValueError("need 0 < perclos_clear <= perclos_alert <= 1")
+        if not 0 < self.baseline_percentile < 100 or not 0 <= self.gaze_weight <= 1:
+            raise ValueError("baseline_percentile must be in (0, 100), gaze_weight in [0, 1]")
+        self._validate_times()
+
+    def _validate_times(self) -> None:
+        if not self.blink_max_s < self.microsleep_s <= self.sleep_s <= self.unresponsive_s:
+            raise ValueError("need blink_max_s < microsleep_s <= sleep_s <= unresponsive_s")
+        if self.microsleep_level not in (1, 2, 3) or self.notice_level not in (1, 2, 3):
+            raise ValueError("levels are 1, 2 or 3")
+        if self.yawns_for_alert < 0 or not 0 < self.baseline_min < 1:
+            raise ValueError("yawns_for_alert must be >= 0 and baseline_min in (0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSettings:
     """The whole engine: ``[engine]`` with sub-tables ``filter``, ``mount``, ``zones``,
-    ``calibration`` and ``policy``."""
+    ``calibration``, ``policy`` and ``eyes``."""
 
     filter: FilterSettings = field(default_factory=FilterSettings, metadata=_doc(
         "Rotation filter ([engine.filter])."))
@@ -415,6 +556,8 @@ class EngineSettings:
         "Neutral-pose calibration ([engine.calibration])."))
     policy: PolicySettings = field(default_factory=PolicySettings, metadata=_doc(
         "State machine ([engine.policy])."))
+    eyes: EyeSettings = field(default_factory=EyeSettings, metadata=_doc(
+        "Eye rules: closure, blinks, PERCLOS, yawns, gaze, occlusion ([engine.eyes])."))
 
 
 def load_engine_settings(table: Mapping[str, Any] | None, where: str = "engine") -> EngineSettings:
