@@ -28,6 +28,7 @@ from dms.synth.script import (
     list_scenarios,
     load_scenario,
     parse_script,
+    truth_eyes,
 )
 from dms.types import HeadPose, Observation
 from dms.vision.detect import create_detector, select_driver
@@ -162,14 +163,15 @@ def test_every_shipped_scenario_declares_its_alerts() -> None:
 @pytest.mark.parametrize("name", list_scenarios())
 def test_the_engine_meets_the_declared_windows_on_ground_truth(name: str) -> None:
     """The engine fed the perfect ground truth of the render (15 fps, seed 0, no speed as in
-    poses.csv) raises exactly the declared alerts, each inside its window."""
+    poses.csv; the eyes and mouth as a perfect measurement reads them) raises exactly the
+    declared alerts, each inside its window."""
     sc = load_scenario(name)
     expected = sc.script.expectations
     engine = Engine()
     raised, top = [], {}
     for f in Trajectory(sc.script, seed=0).frames(15.0):
         pose = HeadPose(f.rotation, f.pitch_deg, f.yaw_deg, f.roll_deg, 1.0) if f.face else None
-        for e in engine.step(Observation(f.t_s, pose)).events:
+        for e in engine.step(Observation(f.t_s, pose, eyes=truth_eyes(f))).events:
             raised += [e] if e.phase is Phase.RAISED else []
             top[e.alert_id] = max(top.get(e.alert_id, 0), e.level)
     assert [(e.type.value, e.reason.value, e.level) for e in raised] == [

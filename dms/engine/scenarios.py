@@ -15,6 +15,15 @@ pose exactly at its end.
 Everything is deterministic for a given ``seed``: Gaussian pose noise (``noise_deg`` per
 axis), dropped frames (``drop_prob``: no observation at all) and single-frame outliers
 (``outlier_prob``: a pose ``outlier_deg`` off in a random direction).
+
+Every observation with a face carries ``eyes`` (:class:`dms.types.EyeObservation`) measured
+from the script's truth (:func:`dms.engine.script.face_at`: blinks, closures, yawns,
+eyes-only ``look`` glances): openness = the story's open-eye baseline (seeded, within
+``EYE_BASELINE_RANGE``) x the truth's ``eye_open`` + ``eye_noise``; confidence
+``EYE_CONFIDENCE``, falling beyond ``EYE_CONFIDENCE_YAW_DEG`` of head yaw; gaze with
+``gaze_noise_deg``; the mouth with ``mouth_noise``. Behind sunglasses the eyes are not
+measurable (openness None, confidence 0). The eye noise comes from its own generator, so
+the poses are exactly those of a story without eyes.
 """
 
 from __future__ import annotations
@@ -33,24 +42,42 @@ from dms.engine.events import Event, EventType, Phase
 from dms.engine.filter import settle_delay_bound_s, smoothing_alpha
 from dms.engine.script import (
     AWAY_TARGET,
+    BLINK_S,
+    CLOSE_DROOP_DEG,
+    EYE_MAX_PITCH_DEG,
+    EYE_MAX_YAW_DEG,
     FACE_VISIBLE_MAX_DEG,
     GLANCE_LOST_BEYOND_DEG,
     NOD_DEPTH_DEG,
+    YAWN_PITCH_DEG,
     Expectation,
+    FaceTruth,
     Step,
+    face_at,
+    head_pitch_k,
     parse,
     zone_targets,
 )
 from dms.engine.settings import EngineSettings, GlanceZone
 from dms.geometry import euler_from_rotation, rotation_from_euler
-from dms.types import HeadPose, Observation
+from dms.types import EyeObservation, HeadPose, Observation
+
+EYE_BASELINE_RANGE = (0.24, 0.34)  # a driver's open-eye openness, drawn per story
+EYE_CONFIDENCE = 0.9  # eye measurement confidence on a face turned less than ...
+EYE_CONFIDENCE_YAW_DEG = 40.0  # ... this (camera-frame |yaw|); falls linearly beyond ...
+EYE_CONFIDENCE_MIN = 0.2  # ... to this at FACE_VISIBLE_MAX_DEG
+EYE_SEED = 0xE7E5  # mixed with the story's seed: the eyes' own noise generator
 
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One piece of a story. Angles are the target, relative to neutral (inboard yaw)."""
+    """One piece of a story. Angles are the target, relative to neutral (inboard yaw); for
+    ``look`` they are the eyes' target in the head (the head stays at the road). ``eyes``:
+    the step whose eyes and mouth the segment shows (:func:`dms.engine.script.face_at`;
+    None = open eyes, straight ahead)."""
 
-    kind: str  # road | glance | nod | slump | lost | glance_lost | away
+    kind: str  # road | glance | nod | slump | lost | glance_lost | away | blink | close |
+    # yawn | look
     start_s: float
     end_s: float
     target: str | None = None
@@ -63,6 +90,8 @@ class Segment:
     lost_facing_deg: float = 180.0
     speed_kmh: float | None = None
     steering_deg: float | None = None
+    sunglasses: bool = False  # the eyes cannot be measured
+    eyes: Step | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -93,7 +122,9 @@ class ScenarioBuilder:
                  outlier_deg: float = 40.0, seed: int = 0, speed_kmh: float | None = 80.0,
                  steering_deg: float | None = None, turn_s: float = 0.25,
                  neutral_deg: tuple[float, float, float] | None = None,
-                 right_hand_drive: bool | None = None, confidence: float = 0.95) -> None:
+                 right_hand_drive: bool | None = None, confidence: float = 0.95,
+                 eye_noise: float = 0.01, gaze_noise_deg: float = 2.5,
+                 mouth_noise: float = 0.02) -> None:
         self.settings = settings or EngineSettings()
         m = self.settings.mount
         self.rate_hz = rate_hz
@@ -102,6 +133,9 @@ class ScenarioBuilder:
         self.seed = seed
         self.turn_s = turn_s
         self.confidence = confidence
+        self.eye_noise, self.gaze_noise_deg = eye_noise, gaze_noise_deg
+        self.mouth_noise = mouth_noise
+        self._glasses = False
         self.rhd = (self.settings.policy.right_hand_drive if right_hand_drive is None
                     else right_hand_drive)
         p, y, r = neutral_deg or (m.neutral_pitch_deg, m.neutral_yaw_deg, m.neutral_roll_deg)
@@ -118,6 +152,7 @@ class ScenarioBuilder:
             raise ValueError(f"{kind}: duration must be > 0, got {duration_s}")
         self._segments.append(Segment(kind, self._t, self._t + duration_s,
                                       speed_kmh=self._speed, steering_deg=self._steer,
+                                      sunglasses=self._glasses,
                                       **kw))  # type: ignore[arg-type]
         self._t += duration_s
         return self
@@ -175,6 +210,36 @@ class ScenarioBuilder:
         """No face at all (camera blocked, driver out of view) while frontal."""
         return self._add("lost", duration_s)
 
+    def blink(self) -> ScenarioBuilder:
+        """One blink (``BLINK_S``), head at the road."""
+        return self._add("blink", BLINK_S, eyes=_eye_step("blink", BLINK_S))
+
+    def close(self, duration_s: float, droop_deg: float = CLOSE_DROOP_DEG) -> ScenarioBuilder:
+        """Eyes shut for ``duration_s``; the head droops ``droop_deg``."""
+        return self._add("close", duration_s, pitch_deg=-droop_deg,
+                         eyes=_eye_step("close", duration_s))
+
+    def yawn(self, duration_s: float, eyes_closed: bool = False,
+             tilt_deg: float = YAWN_PITCH_DEG) -> ScenarioBuilder:
+        """A yawn: mouth wide open, head tilted back ``tilt_deg``; ``eyes_closed``: shut
+        through the hold."""
+        return self._add("yawn", duration_s, pitch_deg=tilt_deg,
+                         eyes=_eye_step("yawn", duration_s, value=float(eyes_closed)))
+
+    def look(self, target: str | tuple[float, float], duration_s: float) -> ScenarioBuilder:
+        """An eyes-only glance to a zone or (yaw_inboard, pitch): the head stays at the road,
+        the eyes turn (clamped to ``EYE_MAX_YAW_DEG`` / ``EYE_MAX_PITCH_DEG``)."""
+        yaw, pitch = self.target_deg(target)
+        yaw = max(-EYE_MAX_YAW_DEG, min(EYE_MAX_YAW_DEG, yaw))
+        pitch = max(-EYE_MAX_PITCH_DEG, min(EYE_MAX_PITCH_DEG, pitch))
+        return self._add("look", duration_s, target=str(target), yaw_inboard_deg=yaw,
+                         pitch_deg=pitch, eyes=_eye_step("look", duration_s, yaw, pitch))
+
+    def sunglasses(self, on: bool) -> ScenarioBuilder:
+        """From now on the eyes are (not) hidden behind dark glasses."""
+        self._glasses = on
+        return self
+
     def speed(self, kmh: float | None) -> ScenarioBuilder:
         self._speed = kmh
         return self
@@ -195,8 +260,9 @@ class ScenarioBuilder:
     def script(self, text: str, *, source: str = "script") -> ScenarioBuilder:
         """Append a script in the scenario language (:mod:`dms.engine.script`), e.g.
         ``"road 5s; glance left-mirror 1.2s; nod x3 over 30s; slump 5s; lost 3s; speed 0"``.
-        Steps that only matter to the renderer (``hand``, ``sunglasses``, ``light``) keep
-        their time on the road or take none; ``occlude``/``block`` are ``lost``. The
+        Steps that only matter to the renderer (``hand``, ``light``) keep their time on the
+        road or take none; ``occlude``/``block`` are ``lost``; ``sunglasses`` hide the
+        eyes. The
         script's ``expect`` lines, shifted to where the script starts, go into the
         scenario's ``expectations``. Errors: :class:`dms.engine.script.ScriptError`."""
         t0 = self._t
@@ -226,9 +292,14 @@ class ScenarioBuilder:
             self.nod(-step.pitch_deg)
         elif v == "slump":
             self.slump(d, -step.pitch_deg)
+        elif v in ("blink", "close", "yawn", "look"):
+            self._add(v, d, target=step.target, yaw_inboard_deg=step.yaw_deg,
+                      pitch_deg=step.pitch_deg, eyes=step)
+        elif v == "sunglasses":
+            self.sunglasses(bool(step.value))
         elif v in ("speed", "steering"):
             getattr(self, v)(step.value)
-        # sunglasses, light, expect: nothing for a pose-only story
+        # light, expect: nothing for a story
 
     def _zone_names(self) -> set[str]:
         return {z.name for z in self.settings.zones.glance}
@@ -252,11 +323,18 @@ class ScenarioBuilder:
         if seg.kind in ("nod", "slump"):
             k = max(0.0, min(u / turn, 1.0, (d - u) / seg.rise_s))
             return 0.0, k * seg.pitch_deg
+        if seg.kind in ("blink", "look"):  # the eyes move, the head stays at the road
+            return 0.0, 0.0
+        if seg.kind in ("close", "yawn"):  # the droop / the tilt back
+            assert seg.eyes is not None
+            return 0.0, head_pitch_k(seg.eyes, u) * seg.pitch_deg
         raise ValueError(f"unknown segment kind {seg.kind}")
 
     def build(self) -> Scenario:
         rng = random.Random(self.seed)
         nrng = np.random.default_rng(self.seed)
+        erng = np.random.default_rng([self.seed, EYE_SEED])  # apart: the poses stay as they were
+        baseline = float(erng.uniform(*EYE_BASELINE_RANGE))
         obs: list[Observation] = []
         total = self._t
         n_frames = int(math.floor(total * self.rate_hz + 1e-9))
@@ -268,8 +346,10 @@ class ScenarioBuilder:
             seg = self._segments[seg_i]
             if self.drop_prob and rng.random() < self.drop_prob:
                 continue
-            obs.append(Observation(t, self._pose(seg, t, rng, nrng), speed_kmh=seg.speed_kmh,
-                                   steering_deg=seg.steering_deg))
+            pose = self._pose(seg, t, rng, nrng)
+            eyes = None if pose is None else self._eyes(seg, t, pose, baseline, erng)
+            obs.append(Observation(t, pose, speed_kmh=seg.speed_kmh,
+                                   steering_deg=seg.steering_deg, eyes=eyes))
         return Scenario(tuple(obs), tuple(self._segments), self.rate_hz, self.settings,
                         tuple(self._expectations))
 
@@ -292,6 +372,32 @@ class ScenarioBuilder:
             R = R @ rotation_from_euler(*noise)
         p, y, r = euler_from_rotation(R)
         return HeadPose(R, p, y, r, self.confidence)
+
+
+    def _eyes(self, seg: Segment, t: float, pose: HeadPose, baseline: float,
+              erng: np.random.Generator) -> EyeObservation:
+        """The eyes measured on a visible face (see the module doc)."""
+        truth = FaceTruth() if seg.eyes is None else face_at(seg.eyes, t - seg.start_s)
+        n = erng.normal(0.0, 1.0, 5)  # right, left, gaze yaw, gaze pitch, mouth
+        mouth = max(0.0, truth.mouth_open + self.mouth_noise * float(n[4]))
+        if seg.sunglasses:
+            return EyeObservation(None, None, 0.0, mouth_open=mouth)
+        r, lft = (max(0.0, baseline * truth.eye_open + self.eye_noise * float(v))
+                  for v in n[:2])
+        beyond = max(0.0, abs(pose.yaw_deg) - EYE_CONFIDENCE_YAW_DEG) / (
+            FACE_VISIBLE_MAX_DEG - EYE_CONFIDENCE_YAW_DEG)
+        conf = max(EYE_CONFIDENCE_MIN, EYE_CONFIDENCE - beyond * (
+            EYE_CONFIDENCE - EYE_CONFIDENCE_MIN))
+        yaw = -truth.gaze_yaw_deg if self.rhd else truth.gaze_yaw_deg
+        return EyeObservation(r, lft, conf, yaw + self.gaze_noise_deg * float(n[2]),
+                              truth.gaze_pitch_deg + self.gaze_noise_deg * float(n[3]), mouth)
+
+
+def _eye_step(verb: str, duration_s: float, yaw_deg: float = 0.0, pitch_deg: float = 0.0,
+              value: float | None = None) -> Step:
+    """A grammar step for the builder's own eye methods (what :func:`face_at` reads)."""
+    return Step(verb, 0.0, duration_s, 0, verb, "builder", yaw_deg=yaw_deg,
+                pitch_deg=pitch_deg, value=value)
 
 
 def _facing_deg(R: np.ndarray) -> float:

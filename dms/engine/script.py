@@ -29,12 +29,28 @@ Steps that take time:
                                 the road's)
 ``glance_lost TARGET D``        a glance during which the detector loses the face beyond
                                 ``GLANCE_LOST_BEYOND_DEG`` of yaw (engine stories only)
+``blink [xN] [over D]``         N blinks of ``BLINK_S`` each (lids down ``BLINK_DOWN_S``,
+                                shut ``BLINK_SHUT_S``, up ``BLINK_UP_S``), head at the road;
+                                ``over D`` spreads them like ``nod xN over D``
+``close D``                     eyes shut for D: lids down in ``LID_CLOSE_S``, up in
+                                ``LID_OPEN_S`` at the end; the head droops
+                                ``CLOSE_DROOP_DEG`` (well inside the road zone)
+``yawn D [eyes-closed]``        the mouth opens wide (``mouth_open`` 1) and the head tilts
+                                back ``YAWN_PITCH_DEG`` over ``YAWN_OPEN_S``, holds, returns
+                                over ``YAWN_CLOSE_S``; ``eyes-closed``: the eyes are shut
+                                through the hold
+``look TARGET D``               an eyes-only glance: the head stays at the road, the eyes
+                                turn to TARGET (clamped to ``EYE_MAX_YAW_DEG`` /
+                                ``EYE_MAX_PITCH_DEG`` in the head), hold and come back; D
+                                includes the ``SACCADE_S`` saccades. Looking down lowers the
+                                upper lid (``LID_DROP_PER_DOWN_DEG`` of openness per degree)
 ==============================  ===========================================================
 
 Steps that take no time (they apply from that point on):
 
-* ``sunglasses on|off``, ``light GAIN [over D]``: renderer only (the pose builder ignores
-  them);
+* ``sunglasses on|off``: dark glasses from now on (drawn by the renderer; in the engine's
+  stories the eyes cannot be measured: openness None, confidence 0);
+* ``light GAIN [over D]``: renderer only (the pose builder ignores it);
 * ``speed KMH|none``, ``steering DEG|none``: the vehicle signals of the engine's stories
   (the renderer's poses carry none; ``none`` = unknown);
 * ``expect TYPE[/REASON] [LN[..M]] T0..T1``: the alert the engine must raise, with its
@@ -43,7 +59,9 @@ Steps that take no time (they apply from that point on):
 
 What a step *means* (targets, depths, durations) is defined here; how a head moves through
 it (ramps, sway) belongs to each consumer: :class:`dms.engine.scenarios.ScenarioBuilder`
-(pose only) and :mod:`dms.synth.script` (the rendered head). Pure: standard library only.
+(pose only) and :mod:`dms.synth.script` (the rendered head). The eyes and the mouth are the
+same for both: :func:`face_at` gives the ground truth of a step at a time (eye openness 0
+shut .. 1 open, the eye-in-head gaze and the mouth's opening). Pure: standard library only.
 """
 
 from __future__ import annotations
@@ -62,16 +80,29 @@ SLUMP_DEPTH_DEG = 38.0
 AWAY_TARGET = (-85.0, -5.0)  # (yaw inboard, pitch): over the shoulder, out of the side window
 GLANCE_LOST_BEYOND_DEG = 45.0
 FACE_VISIBLE_MAX_DEG = 72.0  # head turned further than this from the camera's axis: no face
+# eyes and mouth (see face_at); a real blink: ~0.1 s down, ~0.05 s shut, ~0.15 s up
+BLINK_DOWN_S, BLINK_SHUT_S, BLINK_UP_S = 0.1, 0.05, 0.15
+BLINK_S = BLINK_DOWN_S + BLINK_SHUT_S + BLINK_UP_S
+LID_CLOSE_S, LID_OPEN_S = 0.1, 0.15  # lids down / up around a closure (close, yawn)
+CLOSE_DROOP_DEG = 4.0  # the head sinks this much while the eyes are closed (road zone: 18)
+CLOSE_DROOP_S = 0.5  # ... over this long (and back up over as long at the end)
+YAWN_PITCH_DEG = 30.0  # head tilted back in a yawn: beyond the road zone's 25 deg up
+YAWN_OPEN_S, YAWN_CLOSE_S = 1.0, 1.0  # mouth opening (and head tilting back) / closing
+EYE_MAX_YAW_DEG, EYE_MAX_PITCH_DEG = 35.0, 25.0  # the eyes' reach in the head
+SACCADE_S = 0.05  # an eye movement to a target, each way
+LID_DROP_PER_DOWN_DEG = 0.012  # openness lost per degree of gaze below straight ahead
 
 REASONS: dict[str, tuple[str, ...]] = {  # alert type -> its reasons, the default first
     "distraction": ("long_glance", "time_sharing"),
-    "drowsiness": ("nodding",),
+    "drowsiness": ("nodding", "microsleep", "sleep", "yawning", "perclos"),
     "slump": ("head_down",),
     "driver_not_visible": ("face_lost",),
     "system_degraded": ("no_face", "camera_lost"),
+    "unresponsive": ("eyes_closed",),
+    "eyes_not_visible": ("eyes_occluded",),
 }
 TIMED = ("road", "glance", "nod", "slump", "away", "occlude", "block", "lost", "hand",
-         "glance_lost")
+         "glance_lost", "blink", "close", "yawn", "look")
 INSTANT = ("sunglasses", "light", "speed", "steering", "expect")
 VERBS = TIMED + INSTANT
 
@@ -84,8 +115,10 @@ class ScriptError(InputError, ValueError):
 class Step:
     """One step as written, placed in time. Angles are the held target relative to neutral
     (inboard yaw); ``roll_deg`` None = not given. ``value``: sunglasses 1/0, light gain,
-    speed in km/h, steering in degrees (None = unknown). ``nod xN over D`` becomes N ``nod``
-    steps with ``road`` around each, all carrying the text and line written."""
+    speed in km/h, steering in degrees (None = unknown), ``yawn`` 1 with ``eyes-closed``
+    else 0. ``look``: ``yaw_deg``/``pitch_deg`` are the eyes' target in the head (clamped).
+    ``nod xN over D`` (``blink xN over D``) becomes N ``nod`` (``blink``) steps with ``road``
+    around each, all carrying the text and line written."""
 
     verb: str
     start_s: float
@@ -167,6 +200,70 @@ def zone_targets(zones: Any) -> dict[str, tuple[float, float]]:
     for z in zones:
         out[z.name] = (float(z.yaw_inboard_deg), float(z.pitch_deg))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class FaceTruth:
+    """The eyes and mouth a step shows at one instant (the same for both eyes).
+
+    ``eye_open``: 0 shut .. 1 fully open; ``gaze_yaw_deg``/``gaze_pitch_deg``: the eyes'
+    direction in the head, yaw inboard (toward the car's centre), pitch up; ``mouth_open``:
+    0 closed .. 1 a full yawn."""
+
+    eye_open: float = 1.0
+    gaze_yaw_deg: float = 0.0
+    gaze_pitch_deg: float = 0.0
+    mouth_open: float = 0.0
+
+
+def _ease(x: float) -> float:
+    """Smooth 0 -> 1 ramp on x in [0, 1] (clipped outside)."""
+    x = min(max(x, 0.0), 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _lids(u: float, down_at: float, up_at: float) -> float:
+    """Closure 0..1: lids down over ``LID_CLOSE_S`` ending at ``down_at``, up over
+    ``LID_OPEN_S`` ending at ``up_at``."""
+    return min(_ease((u - down_at + LID_CLOSE_S) / LID_CLOSE_S),
+               _ease((up_at - u) / LID_OPEN_S))
+
+
+def face_at(step: Step, u: float) -> FaceTruth:
+    """The eyes and mouth ``u`` seconds into ``step`` (every verb; those that do not move
+    the eyes or the mouth give open eyes looking straight ahead and a closed mouth)."""
+    d = step.duration_s
+    if step.verb == "blink":
+        shut = BLINK_DOWN_S + BLINK_SHUT_S
+        closure = _ease(u / BLINK_DOWN_S) if u < shut else 1.0 - _ease((u - shut) / BLINK_UP_S)
+        return FaceTruth(eye_open=1.0 - closure)
+    if step.verb == "close":
+        return FaceTruth(eye_open=1.0 - _lids(u, LID_CLOSE_S, d))
+    if step.verb == "yawn":
+        mouth = min(_ease(u / YAWN_OPEN_S), _ease((d - u) / YAWN_CLOSE_S))
+        closure = 0.0
+        if step.value:  # eyes shut through the hold
+            closure = _lids(u, YAWN_OPEN_S, d - YAWN_CLOSE_S + LID_OPEN_S)
+        return FaceTruth(eye_open=1.0 - closure, mouth_open=mouth)
+    if step.verb == "look":
+        k = min(_ease(u / SACCADE_S), _ease((d - u) / SACCADE_S))
+        yaw, pitch = k * step.yaw_deg, k * step.pitch_deg
+        return FaceTruth(eye_open=1.0 - LID_DROP_PER_DOWN_DEG * max(0.0, -pitch),
+                         gaze_yaw_deg=yaw, gaze_pitch_deg=pitch)
+    return FaceTruth()
+
+
+def head_pitch_k(step: Step, u: float) -> float:
+    """How far (0..1) the head has moved toward the step's ``pitch_deg`` for the eye and
+    mouth steps (``close``: the droop; ``yawn``: the tilt back); 0 for the others, whose
+    motion belongs to each consumer."""
+    d = step.duration_s
+    if step.verb == "close":
+        ramp = min(CLOSE_DROOP_S, d / 2)
+        return min(_ease(u / ramp), _ease((d - u) / ramp))
+    if step.verb == "yawn":
+        return min(_ease(u / YAWN_OPEN_S), _ease((d - u) / YAWN_CLOSE_S))
+    return 0.0
 
 
 # ----------------------------------------------------------------- words
@@ -270,15 +367,17 @@ def _glance(p: _Parser, s: Step, args: list[str]) -> None:
 
 
 def _nod(p: _Parser, s: Step, args: list[str]) -> None:
+    """``nod`` and ``blink`` ``[xN] [over D]``: N of them, road spread evenly around each."""
+    one_s, pitch = (NOD_S, -NOD_DEPTH_DEG) if s.verb == "nod" else (BLINK_S, 0.0)
     count, over = _nod_args(s, args)
-    total = count * NOD_S if over is None else over
-    if total < count * NOD_S - 1e-9:
-        raise ScriptError(f"{s.where}: {count} nods need at least {count * NOD_S:g}s")
-    gap = (total - count * NOD_S) / count
+    total = count * one_s if over is None else over
+    if total < count * one_s - 1e-9:
+        raise ScriptError(f"{s.where}: {count} {s.verb}s need at least {count * one_s:g}s")
+    gap = (total - count * one_s) / count
     for _ in range(count):
         if gap > 1e-9:
             p.add(replace(s, verb="road"), gap / 2)
-        p.add(s, NOD_S, pitch_deg=-NOD_DEPTH_DEG)
+        p.add(s, one_s, pitch_deg=pitch)
         if gap > 1e-9:
             p.add(replace(s, verb="road"), gap / 2)
 
@@ -289,15 +388,49 @@ def _nod_args(s: Step, args: list[str]) -> tuple[int, float | None]:
     if rest and re.fullmatch(r"x\d+", rest[0]):
         count = int(rest.pop(0)[1:])
         if count < 1:
-            raise ScriptError(f"{s.where}: nod count must be >= 1")
+            raise ScriptError(f"{s.where}: {s.verb} count must be >= 1")
     if rest and rest[0] == "over":
         if len(rest) != 2:
-            raise ScriptError(f"{s.where}: expected 'nod xN over DURATION'")
+            raise ScriptError(f"{s.where}: expected '{s.verb} xN over DURATION'")
         over, rest = duration(rest[1], s.where), []
     if rest:
-        raise ScriptError(f"{s.where}: unexpected {rest[0]!r} (expected 'nod [xN] [over "
+        raise ScriptError(f"{s.where}: unexpected {rest[0]!r} (expected '{s.verb} [xN] [over "
                           "DURATION]')")
     return count, over
+
+
+def _at_least(s: Step, d: float, least_s: float, why: str) -> float:
+    if d < least_s - 1e-9:
+        raise ScriptError(f"{s.where}: {s.verb} needs at least {least_s:g}s ({why})")
+    return d
+
+
+def _close(p: _Parser, s: Step, args: list[str]) -> None:
+    if len(args) != 1:
+        raise ScriptError(f"{s.where}: expected 'close DURATION'")
+    d = _at_least(s, duration(args[0], s.where), LID_CLOSE_S + LID_OPEN_S,
+                  "lids down and up")
+    p.add(s, d, pitch_deg=-CLOSE_DROOP_DEG)
+
+
+def _yawn(p: _Parser, s: Step, args: list[str]) -> None:
+    if len(args) not in (1, 2) or (len(args) == 2 and args[1] != "eyes-closed"):
+        raise ScriptError(f"{s.where}: expected 'yawn DURATION' or 'yawn DURATION eyes-closed'")
+    least = YAWN_OPEN_S + YAWN_CLOSE_S + 0.2
+    d = _at_least(s, duration(args[0], s.where), least, "open, hold, close")
+    p.add(s, d, pitch_deg=YAWN_PITCH_DEG, value=1.0 if len(args) == 2 else 0.0)
+
+
+def _look(p: _Parser, s: Step, args: list[str]) -> None:
+    if len(args) != 2:
+        raise ScriptError(f"{s.where}: expected 'look TARGET DURATION'")
+    name, yaw, pitch, roll = target(args[0], p.targets, s.where)
+    if roll is not None:
+        raise ScriptError(f"{s.where}: the eyes do not roll: give 'look YAW,PITCH DURATION'")
+    d = _at_least(s, duration(args[1], s.where), 2 * SACCADE_S + 0.1, "saccades out and back")
+    p.add(s, d, target=name,
+          yaw_deg=max(-EYE_MAX_YAW_DEG, min(EYE_MAX_YAW_DEG, yaw)),
+          pitch_deg=max(-EYE_MAX_PITCH_DEG, min(EYE_MAX_PITCH_DEG, pitch)))
 
 
 def _sunglasses(p: _Parser, s: Step, args: list[str]) -> None:
@@ -332,6 +465,7 @@ _HANDLERS: dict[str, Callable[[_Parser, Step, list[str]], None]] = {
     "road": _one_duration, "slump": _one_duration, "away": _one_duration,
     "occlude": _one_duration, "block": _one_duration, "lost": _one_duration,
     "hand": _one_duration, "glance": _glance, "glance_lost": _glance, "nod": _nod,
+    "blink": _nod, "close": _close, "yawn": _yawn, "look": _look,
     "sunglasses": _sunglasses, "light": _light, "speed": _signal, "steering": _signal,
     "expect": _expect,
 }

@@ -18,9 +18,16 @@ Per frame:
 3. motion blur along the on-screen motion of the nose over the exposure time, on the head
    layer and its alpha;
 4. composited over a drawn cabin (seat, headrest, side window, pillar, seat belt, torso);
-5. occluders: sunglasses (two dark ellipses on the projected eye landmarks, only where the
+5. eyes and mouth (the script's ``eye_open``, gaze and ``mouth_open``): a yawn opens the jaw
+   by moving the lower face's vertices down (``JAW_DROP_CM`` at a full yawn) before step 1,
+   and a dark cavity fills the inner lips; moved irises are drawn on a sclera-toned eye
+   opening (iris and pupil on an eyeball of ``EYEBALL_RADIUS_CM`` turned by the gaze);
+   closing lids are skin-toned, from the upper lid down to the openness, with a dark lash
+   line at the edge. All on the projected mesh, clipped to the pixels of the eye's (mouth's)
+   own triangles, so they follow the head and hide behind the nose;
+6. occluders: sunglasses (two dark ellipses on the projected eye landmarks, only where the
    eye faces the camera), a hand crossing the face, a hand covering it, a blocked camera;
-6. lighting: scripted gain x slow seeded drift x a sun patch through the window x vignette;
+7. lighting: scripted gain x slow seeded drift x a sun patch through the window x vignette;
    optional near-infrared look (grayscale weighted to red, stronger falloff); Gaussian
    sensor noise from a seeded bank.
 """
@@ -63,6 +70,18 @@ AMBIENT, DIFFUSE = 0.45, 0.65
 RIGHT_EYE_IDS = (33, 133, 159, 145)  # outer corner, inner corner, upper lid, lower lid
 LEFT_EYE_IDS = (263, 362, 386, 374)
 NOSE_TIP = 1
+# FaceMesh eye contours: the lower lid from the outer corner to the inner one, then the upper
+# lid back; the lower and the upper lid taken inner -> outer pair up index by index
+RIGHT_EYE_CONTOUR = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161,
+                     246)
+LEFT_EYE_CONTOUR = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388,
+                    466)
+LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81,
+              80, 191)  # lower inner lip from the right corner, then the upper one back
+EYEBALL_RADIUS_CM = 1.2
+IRIS_RADIUS_CM, PUPIL_RADIUS_CM = 0.58, 0.22
+LID_COVER_ABOVE = 1.0  # a closing lid's skin reaches this many lid apertures above the lid
+JAW_DROP_CM = 3.0  # how far the lower lip and chin move down at a full yawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +148,15 @@ class FaceRenderer:
         skin = tex[int(np.clip(self._uv[50, 1], 0, tex.shape[0] - 1)),
                    int(np.clip(self._uv[50, 0], 0, tex.shape[1] - 1))].astype(np.float64)
         self._skin = tuple(float(c) for c in 0.85 * skin)
+        self._init_eyes_and_mouth()
 
     # ------------------------------------------------------------ geometry
 
-    def project(self, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels (V, 2) and camera-frame points (V, 3) of the mesh under head rotation R."""
-        P = self._V_m @ np.asarray(R).T + self._pivot
+    def project(self, R: np.ndarray, V_m: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (V, 2) and camera-frame points (V, 3) of the mesh (``V_m``: pivot-relative
+        metres, default the lifted face's) under head rotation R."""
+        P = (self._V_m if V_m is None else V_m) @ np.asarray(R).T + self._pivot
         depth = np.maximum(-P[:, 2], 1e-3)  # the scene is at z < 0
         px = np.empty((len(P), 2))
         px[:, 0] = self._c[0] + self._f * P[:, 0] / depth
@@ -186,11 +208,13 @@ class FaceRenderer:
 
     # ------------------------------------------------------------ head layer
 
-    def _head_layer(self, R: np.ndarray, R_prev: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray]:
-        """(bgr float32, alpha float32, top-left (x, y), projected points) of the head."""
+    def _head_layer(self, R: np.ndarray, R_prev: np.ndarray | None,
+                    V_m: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
+        """(bgr float32, alpha float32, top-left (x, y), projected points, triangle ids) of
+        the head (``V_m``: the mesh of this frame, default the lifted face's)."""
         s = self.scene
-        px, P = self.project(R)
+        px, P = self.project(R, V_m)
         T = self._T
         a, b, c = px[T[:, 0]], px[T[:, 1]], px[T[:, 2]]
         # front faces: counter-clockwise with y up = clockwise in pixels (y down)
@@ -202,7 +226,8 @@ class FaceRenderer:
         lo = np.maximum(lo, 0)
         hi = np.minimum(hi, [s.width_px, s.height_px])
         if len(vis) == 0 or np.any(hi - lo < 2):
-            return (np.zeros((1, 1, 3), np.float32), np.zeros((1, 1), np.float32), (0, 0), px)
+            return (np.zeros((1, 1, 3), np.float32), np.zeros((1, 1), np.float32), (0, 0), px,
+                    np.full((1, 1), -1, np.int32))
         order = vis[np.argsort(P[T[vis]].mean(axis=1)[:, 2])]  # far (most negative z) first
         local = px - lo
         wr, hr = int(hi[0] - lo[0]), int(hi[1] - lo[1])
@@ -213,7 +238,8 @@ class FaceRenderer:
             cv2.fillConvexPoly(ids, tri, k, lineType=cv2.LINE_8, shift=4)
         ys, xs = np.nonzero(ids >= 0)
         if len(xs) == 0:
-            return (np.zeros((1, 1, 3), np.float32), np.zeros((1, 1), np.float32), (0, 0), px)
+            return (np.zeros((1, 1, 3), np.float32), np.zeros((1, 1), np.float32), (0, 0), px,
+                    np.full((1, 1), -1, np.int32))
         # per-triangle affine maps pixel (x, y, 1) -> texture (u, v) and shading
         D = np.concatenate([local[T[vis]], np.ones((len(vis), 3, 1))], axis=2)
         normals = self._normals @ np.asarray(R).T
@@ -250,7 +276,201 @@ class FaceRenderer:
                 layer = cv2.filter2D(layer * alpha[..., None], -1, kern)
                 alpha = cv2.filter2D(alpha, -1, kern)
                 layer = layer / np.maximum(alpha, 1e-3)[..., None]
-        return layer, alpha, (int(lo[0]), int(lo[1])), px
+        return layer, alpha, (int(lo[0]), int(lo[1])), px, ids
+
+    # ------------------------------------------------------------ eyes and mouth
+
+    def _init_eyes_and_mouth(self) -> None:
+        V = self.face.vertices_cm.astype(np.float64)
+        T = self._T
+        # the eyes: the opening and two rings of lid skin around it; the mouth: its opening
+        self._region_tris = []
+        for contour in (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR):
+            ring = np.unique(T[np.isin(T, contour).any(axis=1)])
+            self._region_tris.append(np.nonzero(np.isin(T, ring).any(axis=1))[0])
+        self._region_tris.append(np.nonzero(np.isin(T, LIPS_INNER).all(axis=1))[0])
+        # eyeball centres: behind the opening's centre, the cornea a little proud of the lids
+        self._eyeball = [V[list(c)].mean(axis=0) + np.array([0.0, 0.0, 0.3 - EYEBALL_RADIUS_CM])
+                         for c in (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR)]
+        # the jaw: below the mouth corners, fading out toward the cheeks
+        corners = V[[78, 308]]
+        y0 = float(corners[:, 1].mean())
+        half_w = 0.5 * float(abs(corners[1, 0] - corners[0, 0]))
+        cx = float(corners[:, 0].mean())
+        below = np.clip((y0 - V[:, 1]) / 0.9, 0.0, 1.0)
+        below = below * below * (3.0 - 2.0 * below)
+        side = np.exp(-((V[:, 0] - cx) / (1.5 * half_w)) ** 2)
+        self._jaw_weight = below * side
+
+    def _jaw(self, mouth_open: float) -> np.ndarray | None:
+        """The mesh (pivot-relative metres) with the jaw dropped for ``mouth_open``; None when
+        closed (the lifted face as is)."""
+        if mouth_open <= 0.02:
+            return None
+        V_m = self._V_m.copy()
+        drop = mouth_open * JAW_DROP_CM / 100.0
+        V_m[:, 1] -= drop * self._jaw_weight
+        V_m[:, 2] -= 0.25 * drop * self._jaw_weight  # the jaw swings back a little
+        return V_m
+
+    def _region_mask(self, ids: np.ndarray, offset: tuple[int, int], region: int,
+                     box: tuple[int, int, int, int]) -> np.ndarray:
+        """float32 mask over ``box`` (x0, y0, x1, y1, frame pixels) of the pixels the head
+        layer painted with the region's own triangles (an eye's opening and the lid skin
+        around it / the inner mouth), grown by one pixel for the anti-aliased edges."""
+        x0, y0, x1, y1 = box
+        ox, oy = offset
+        sub = np.full((y1 - y0, x1 - x0), -1, np.int32)
+        lx0, ly0 = max(x0 - ox, 0), max(y0 - oy, 0)
+        lx1, ly1 = min(x1 - ox, ids.shape[1]), min(y1 - oy, ids.shape[0])
+        if lx1 > lx0 and ly1 > ly0:
+            sub[ly0 + oy - y0:ly1 + oy - y0, lx0 + ox - x0:lx1 + ox - x0] = ids[ly0:ly1,
+                                                                                 lx0:lx1]
+        mask = np.isin(sub, self._region_tris[region]).astype(np.uint8)
+        return cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(np.float32)
+
+    def _box(self, pts: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
+        h, w = self.scene.height_px, self.scene.width_px
+        x0, y0 = np.floor(pts.min(axis=0) - margin).astype(int)
+        x1, y1 = np.ceil(pts.max(axis=0) + margin).astype(int)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        return (int(x0), int(y0), int(x1), int(y1)) if x1 - x0 > 2 and y1 - y0 > 2 else None
+
+    def _mouth(self, img: np.ndarray, px: np.ndarray, ids: np.ndarray,
+               offset: tuple[int, int], mouth_open: float) -> None:
+        """The dark cavity between the (moved) inner lips, an upper row of teeth."""
+        lips = px[list(LIPS_INNER)]
+        width = float(np.hypot(*(lips[10] - lips[0])))
+        box = self._box(lips, 3.0)
+        if box is None or width < 2.0:
+            return
+        x0, y0, x1, y1 = box
+        mask = self._region_mask(ids, offset, 2, box)
+        if not mask.any():
+            return
+        patch = img[y0:y1, x0:x1]
+        local = lips - (x0, y0)
+        canvas = np.zeros_like(patch)
+        cv2.fillPoly(canvas, [np.round(local * 16).astype(np.int32)], (28, 24, 48),
+                     cv2.LINE_AA, shift=4)
+        # the tongue's glow low in the cavity, the upper teeth under the upper lip
+        lower_mid, upper_mid = local[5], local[15]
+        gap = float(np.hypot(*(lower_mid - upper_mid)))
+        cv2.ellipse(canvas, (int(lower_mid[0]), int(lower_mid[1] - 0.15 * gap)),
+                    (max(1, int(0.3 * width)), max(1, int(0.18 * gap))), 0, 180, 360,
+                    (50, 45, 95), -1, cv2.LINE_AA)
+        upper = local[10:]
+        teeth = np.concatenate([upper, upper[::-1] + (0.0, max(1.0, 0.12 * gap))])
+        cv2.fillPoly(canvas, [np.round(teeth * 16).astype(np.int32)], (185, 190, 195),
+                     cv2.LINE_AA, shift=4)
+        inside = np.zeros(patch.shape[:2], np.float32)
+        cv2.fillPoly(inside, [np.round(local * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        m = (inside * mask)[..., None] * min(1.0, mouth_open / 0.15)
+        patch *= 1.0 - m
+        patch += canvas * m
+
+    def _eye(self, img: np.ndarray, px: np.ndarray, ids: np.ndarray, offset: tuple[int, int],
+             e: int, R: np.ndarray, truth: FrameTruth) -> None:
+        """Eye ``e`` (0: the driver's right, image left): the gaze's iris, the lids."""
+        gazing = abs(truth.gaze_yaw_deg) > 0.3 or abs(truth.gaze_pitch_deg) > 0.3
+        if truth.eye_open >= 0.995 and not gazing:
+            return  # the photo's own open eye, looking straight ahead
+        contour = RIGHT_EYE_CONTOUR if e == 0 else LEFT_EYE_CONTOUR
+        pts = px[list(contour)]
+        lower = pts[8::-1]  # inner corner -> outer corner
+        upper = np.concatenate([pts[8:], pts[:1]])  # inner corner -> outer corner
+        width = float(np.hypot(*(pts[8] - pts[0])))
+        box = self._box(pts, 0.6 * width + 2.0)
+        if box is None or width < 2.0:
+            return
+        x0, y0, x1, y1 = box
+        mask = self._region_mask(ids, offset, e, box)
+        if not mask.any():
+            return  # turned away or hidden behind the nose
+        patch = img[y0:y1, x0:x1]
+        lo, up = lower - (x0, y0), upper - (x0, y0)
+        opening = np.concatenate([up, lo[::-1]])
+        if gazing:
+            self._iris(patch, opening, mask, e, R, (x0, y0), truth)
+        if truth.eye_open < 0.995:
+            self._lid(patch, lo, up, mask, width, truth.eye_open)
+
+    def _iris(self, patch: np.ndarray, opening: np.ndarray, mask: np.ndarray, e: int,
+              R: np.ndarray, origin: tuple[int, int], truth: FrameTruth) -> None:
+        """Paint the photo's iris over with sclera, draw the iris and pupil where the gaze
+        turns them, clipped to the eye opening."""
+        inside = np.zeros(patch.shape[:2], np.float32)
+        cv2.fillPoly(inside, [np.round(opening * 16).astype(np.int32)], 1.0, cv2.LINE_AA,
+                     shift=4)
+        m = inside * mask
+        sel = m > 0.5
+        if sel.sum() < 4:
+            return
+        pixels = patch[sel]
+        order = np.argsort(pixels.mean(axis=1))
+        n = len(order)
+        iris_bgr = pixels[order[:max(1, n // 6)]].mean(axis=0)
+        sclera_bgr = pixels[order[-max(1, n // 10):]].mean(axis=0)
+        canvas = np.empty_like(patch)
+        canvas[:] = sclera_bgr
+        # the iris: a circle on the eyeball turned by the gaze (yaw > 0 toward -x, pitch up)
+        yaw, pitch = math.radians(truth.gaze_yaw_deg), math.radians(truth.gaze_pitch_deg)
+        d = np.array([-math.sin(yaw) * math.cos(pitch), math.sin(pitch),
+                      math.cos(yaw) * math.cos(pitch)])
+        a = np.cross([0.0, 1.0, 0.0], d)
+        a /= np.linalg.norm(a)
+        b = np.cross(d, a)
+        ring = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        centre = self._eyeball[e] + d * math.sqrt(EYEBALL_RADIUS_CM ** 2 - IRIS_RADIUS_CM ** 2)
+        origin_px = np.asarray(origin, np.float64)
+        for radius, colour in ((IRIS_RADIUS_CM, iris_bgr), (PUPIL_RADIUS_CM, 0.3 * iris_bgr)):
+            circle = centre + radius * (np.cos(ring)[:, None] * a + np.sin(ring)[:, None] * b)
+            poly = np.round((self.project(R, (circle - PIVOT_CM) / 100.0)[0] - origin_px)
+                            * 16).astype(np.int32)
+            cv2.fillPoly(canvas, [poly], colour.tolist(), cv2.LINE_AA, shift=4)
+            if radius == IRIS_RADIUS_CM:  # the darker limbal ring
+                cv2.polylines(canvas, [poly], True, (0.55 * iris_bgr).tolist(), 1, cv2.LINE_AA,
+                              shift=4)
+        canvas = cv2.GaussianBlur(canvas, (0, 0), 0.6)
+        m3 = m[..., None]
+        patch *= 1.0 - m3
+        patch += canvas * m3
+
+    def _lid(self, patch: np.ndarray, lower: np.ndarray, upper: np.ndarray, mask: np.ndarray,
+             width: float, eye_open: float) -> None:
+        """The upper lid down to ``eye_open`` of the way (0: on the lower lid): skin from a
+        little above the upper lid (covering the photo's own lash line, feathered into the
+        skin there) down to the edge, a dark lash line on the edge."""
+        o = max(0.0, eye_open)
+        edge = lower + o * (upper - lower)
+        raised = upper + LID_COVER_ABOVE * (upper - lower)
+        raised[[0, -1]] = upper[[0, -1]]
+        # skin above the upper lid, beyond the photo's lashes
+        above = upper[2:7] + (LID_COVER_ABOVE + 0.5) * (upper[2:7] - lower[2:7])
+        h, w = patch.shape[:2]
+        xy = np.clip(np.round(above).astype(int), 0, [w - 1, h - 1])
+        skin = np.median(patch[xy[:, 1], xy[:, 0]], axis=0)
+        canvas = np.empty_like(patch)
+        canvas[:] = skin
+        crease = edge + 0.4 * (raised - edge)
+        cv2.polylines(canvas, [np.round(crease * 16).astype(np.int32)], False,
+                      (0.85 * skin).tolist(), max(1, int(0.05 * width)), cv2.LINE_AA, shift=4)
+        cover = np.zeros((h, w), np.float32)
+        lid = np.round(np.concatenate([raised, edge[::-1]]) * 16).astype(np.int32)
+        cv2.fillPoly(cover, [lid], 1.0, cv2.LINE_AA, shift=4)
+        cover = np.maximum(cv2.GaussianBlur(cover, (0, 0), max(0.6, 0.1 * width)), 0.0)
+        # the edge stays sharp: fill the lower half of the lid again, unblurred
+        cv2.fillPoly(cover, [np.round(np.concatenate([crease, edge[::-1]]) * 16).astype(
+            np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        lash = max(1, int(round(0.08 * width)))
+        cv2.polylines(canvas, [np.round(edge * 16).astype(np.int32)], False,
+                      (0.28 * skin).tolist(), lash, cv2.LINE_AA, shift=4)
+        cv2.polylines(cover, [np.round(edge * 16).astype(np.int32)], False, 1.0, lash,
+                      cv2.LINE_AA, shift=4)
+        canvas = cv2.GaussianBlur(canvas, (0, 0), 0.5)
+        m3 = (np.clip(cover, 0.0, 1.0) * mask)[..., None]
+        patch *= 1.0 - m3
+        patch += canvas * m3
 
     # ------------------------------------------------------------ occluders
 
@@ -305,14 +525,19 @@ class FaceRenderer:
         s = self.scene
         img: np.ndarray = self._background.astype(np.float32)
         R = truth.rotation
-        layer, alpha, (x0, y0), px = self._head_layer(
-            R, None if previous is None else previous.rotation)
+        V_m = self._jaw(truth.mouth_open)
+        layer, alpha, (x0, y0), px, ids = self._head_layer(
+            R, None if previous is None else previous.rotation, V_m)
         h, w = alpha.shape
         roi = img[y0:y0 + h, x0:x0 + w]
         a = alpha[..., None]
         roi *= 1.0 - a
         roi += layer * a
         face_w = float(np.hypot(*(px[454] - px[234])))
+        if truth.mouth_open > 0.02:
+            self._mouth(img, px, ids, (x0, y0), truth.mouth_open)
+        for e in range(2):
+            self._eye(img, px, ids, (x0, y0), e, R, truth)
         if truth.sunglasses:
             self._sunglasses(img, px, R)
         if truth.hand is not None:  # a hand crossing from the image right to the left
@@ -356,7 +581,7 @@ class FaceRenderer:
 # ----------------------------------------------------------------- whole clips
 
 
-SYNTH_VERSION = "1"  # bump when the renderer's output changes: invalidates cached clips
+SYNTH_VERSION = "2"  # bump when the renderer's output changes: invalidates cached clips
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,10 @@ This module gives the steps their rendered motion: a glance turns in ``GLANCE_TU
 way (minimum jerk) and is tilted by ``ROLL_PER_YAW`` unless a roll is given; a nod drops in
 ``NOD_DROP_S``, holds ``NOD_HOLD_S`` and returns in ``NOD_RISE_S``; a slump drops in
 ``SLUMP_DROP_S`` and comes back over the last ``SLUMP_RISE_S``; ``occlude`` moves a hand in
-over ``HAND_IN_S``; ``lost`` renders as ``block``. ``speed`` and ``steering`` are ignored
+over ``HAND_IN_S``; ``lost`` renders as ``block``. The eyes and the mouth (``blink``,
+``close``, ``yawn``, ``look``) follow :func:`dms.engine.script.face_at`, the same truth the
+engine's stories measure; the droop of ``close`` and the tilt of ``yawn`` follow
+:func:`dms.engine.script.head_pitch_k`. ``speed`` and ``steering`` are ignored
 (the rendered clip carries no vehicle signals); ``glance_lost`` cannot be rendered (a
 detector losing a visible face is not something a picture can script) and is refused.
 
@@ -42,6 +45,7 @@ from dms.engine import script as grammar
 from dms.engine.script import Expectation, ScriptError
 from dms.errors import InputError
 from dms.geometry import euler_from_rotation, rotation_from_euler
+from dms.types import EyeObservation
 
 GLANCE_TURN_S = 0.4  # ramp out / back of a glance
 NOD_DROP_S, NOD_HOLD_S, NOD_RISE_S = 0.3, 0.3, 0.5
@@ -59,15 +63,17 @@ SWAY_DEG = (1.0, 0.8, 0.6)  # natural sway amplitude (yaw, pitch, roll)
 class Segment:
     """One time-taking step. Angles are the held target relative to neutral (inboard yaw)."""
 
-    kind: str  # road | glance | nod | slump | away | occlude | block | hand
+    kind: str  # road | glance | nod | slump | away | occlude | block | hand | blink | close
+    # | yawn | look
     start_s: float
     end_s: float
     line: int
     text: str
     target: str | None = None
-    yaw_deg: float = 0.0
+    yaw_deg: float = 0.0  # look: the eyes' target in the head (the head stays at the road)
     pitch_deg: float = 0.0
     roll_deg: float = 0.0
+    step: grammar.Step | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -121,7 +127,7 @@ def _segment(step: grammar.Step) -> Segment:
     if roll is None:
         roll = ROLL_PER_YAW * step.yaw_deg if kind in ("glance", "away") else 0.0
     return Segment(kind, step.start_s, step.end_s, step.line, step.text, step.target,
-                   step.yaw_deg, step.pitch_deg, roll)
+                   step.yaw_deg, step.pitch_deg, roll, step)
 
 
 def parse_script(text: str, *, source: str = "script") -> Script:
@@ -261,7 +267,11 @@ class FrameTruth:
     ``yaw_deg``/``pitch_deg``/``roll_deg`` are the camera-frame AFLW2000 angles of ``rotation``
     (head -> camera); ``rel_*`` are relative to neutral (yaw inboard). ``face`` is False when
     the face is out of view or fully covered. ``hand`` is the hand's progress across the face
-    in [0, 1] (None: no hand); ``cover`` in [0, 1] how far a covering hand has moved in."""
+    in [0, 1] (None: no hand); ``cover`` in [0, 1] how far a covering hand has moved in.
+    ``eye_open`` (0 shut .. 1 fully open, both eyes), ``gaze_yaw_deg``/``gaze_pitch_deg``
+    (eye-in-head, signs as the head pose's: yaw > 0 toward the image left = the driver's
+    right = inboard here, pitch > 0 up) and ``mouth_open`` (0 closed .. 1 a full yawn) are
+    the script's eyes and mouth (:func:`dms.engine.script.face_at`)."""
 
     t_s: float
     rotation: np.ndarray = field(repr=False)
@@ -278,6 +288,10 @@ class FrameTruth:
     blocked: bool = False
     sunglasses: bool = False
     light_gain: float = 1.0
+    eye_open: float = 1.0
+    gaze_yaw_deg: float = 0.0
+    gaze_pitch_deg: float = 0.0
+    mouth_open: float = 0.0
 
 
 class Trajectory:
@@ -323,6 +337,8 @@ class Trajectory:
         elif seg.kind == "slump":
             k = float(min_jerk(u / SLUMP_DROP_S)) if u < d - SLUMP_RISE_S else float(
                 min_jerk((d - u) / SLUMP_RISE_S))
+        elif seg.kind in ("close", "yawn") and seg.step is not None:
+            k = grammar.head_pitch_k(seg.step, u)
         else:
             k = 0.0
         y, p, r = k * target
@@ -366,24 +382,48 @@ class Trajectory:
         elif seg.kind == "block":
             blocked, face = True, False
         glasses, gain = self._switch_state(t_s)
+        eyes = grammar.FaceTruth() if seg.step is None else grammar.face_at(seg.step, u)
         return FrameTruth(t_s, R, yaw, pitch, roll, float(y), float(p), float(r), face, seg.kind,
-                          hand, cover, blocked, glasses, gain)
+                          hand, cover, blocked, glasses, gain, eyes.eye_open, eyes.gaze_yaw_deg,
+                          eyes.gaze_pitch_deg, eyes.mouth_open)
 
     def frames(self, fps: float) -> list[FrameTruth]:
         n = int(math.floor(self.duration_s * fps + 1e-9))
         return [self.at(k / fps) for k in range(n)]
 
 
+TRUTH_COLUMNS = ("t", "yaw", "pitch", "roll", "face", "eye_open", "gaze_yaw_deg",
+                 "gaze_pitch_deg", "mouth_open")
+
+
 def poses_csv_text(frames: list[FrameTruth]) -> str:
-    """Ground truth in the ``dms replay --poses`` format: ``t,yaw,pitch,roll,face``.
+    """Ground truth in the ``dms replay --poses`` format: ``t,yaw,pitch,roll,face`` and then
+    the eyes and mouth: ``eye_open,gaze_yaw_deg,gaze_pitch_deg,mouth_open`` (FrameTruth).
 
     Angles are written for every frame (the true head pose); ``face`` says whether a perfect
-    detector would see the face (``dms replay`` treats face 0 as no observation)."""
-    lines = ["t,yaw,pitch,roll,face"]
+    detector would see the face (``dms replay`` treats face 0 as no observation). The eyes
+    are written for every frame too, behind sunglasses as well."""
+    lines = [",".join(TRUTH_COLUMNS)]
     for f in frames:
         lines.append(f"{f.t_s:.4f},{f.yaw_deg:.3f},{f.pitch_deg:.3f},{f.roll_deg:.3f},"
-                     f"{int(f.face)}")
+                     f"{int(f.face)},{f.eye_open:.3f},{f.gaze_yaw_deg:.2f},"
+                     f"{f.gaze_pitch_deg:.2f},{f.mouth_open:.3f}")
     return "\n".join(lines) + "\n"
+
+
+OPEN_EYE_RATIO = 0.3  # the openness a perfect measurement reads on a fully open eye
+
+
+def truth_eyes(f: FrameTruth) -> EyeObservation | None:
+    """The :class:`dms.types.EyeObservation` a perfect measurement would give for a frame
+    (openness ``OPEN_EYE_RATIO`` x ``eye_open``); None without a face; behind sunglasses the
+    eyes are not measurable (openness None, confidence 0), the mouth still is."""
+    if not f.face:
+        return None
+    if f.sunglasses:
+        return EyeObservation(None, None, 0.0, mouth_open=f.mouth_open)
+    o = OPEN_EYE_RATIO * f.eye_open
+    return EyeObservation(o, o, 1.0, f.gaze_yaw_deg, f.gaze_pitch_deg, f.mouth_open)
 
 
 # ----------------------------------------------------------------- expected events
