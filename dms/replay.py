@@ -23,12 +23,14 @@ from dms.errors import InputError
 log = logging.getLogger(__name__)
 
 Sample = tuple[float, float | None, float | None, float | None]
+EyeSample = tuple[float, float | None, bool]  # t, openness / driver's baseline, closed
 ANNOTATED_MARK = ".dms.json"  # sidecar suffix of an annotated video
 
 
 @dataclass
 class VideoReplay:
     samples: list[Sample] = field(default_factory=list)  # (t, rel yaw, pitch, roll)
+    eye_samples: list[EyeSample] = field(default_factory=list)  # (t, open ratio, closed)
     events: list[Any] = field(default_factory=list)
     frames: int = 0
     faces: int = 0
@@ -119,6 +121,9 @@ def replay_video(
             r = result.relative
             res.samples.append((frame.t_s, None, None, None) if r is None
                                else (frame.t_s, r.yaw_deg, r.pitch_deg, r.roll_deg))
+            eyes = result.state.policy.eyes
+            if eyes is not None:
+                res.eye_samples.append((frame.t_s, eyes.ratio, eyes.closed))
             if out_video is not None:
                 img = annotator.frame(frame.image, fr.face, result)
                 if writer is None:

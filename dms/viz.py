@@ -27,7 +27,48 @@ _COLOURS = {
     EventType.SLUMP: "tab:red",
     EventType.DRIVER_NOT_VISIBLE: "tab:gray",
     EventType.SYSTEM_DEGRADED: "black",
+    EventType.UNRESPONSIVE: "darkred",
+    EventType.EYES_NOT_VISIBLE: "tab:brown",
 }
+
+EyeSample = tuple[float, float | None, bool]  # t, openness / driver's baseline, closed
+
+
+def _colour_copy(frame: np.ndarray) -> np.ndarray:
+    """A 3-channel BGR copy to draw on (GRAY8 / single-channel IR frames included)."""
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame.copy()
+    from dms.capture import as_bgr
+
+    img, error = as_bgr(frame)
+    if img is None:
+        raise InputError(f"frame cannot be drawn on: {error}")
+    return np.ascontiguousarray(img).copy()
+
+
+def eye_line(eyes: Any) -> str:
+    """One line on the eyes for overlays: closed for how long, openness and gaze, or why
+    the eye rules are head-only now."""
+    if eyes is None:
+        return ""
+    if eyes.rules != "eyes":
+        why = {"not_visible": "eyes not visible (occluded?)", "head_turned": "head turned",
+               "learning_baseline": f"learning open eyes {100 * eyes.baseline_progress:.0f}%",
+               "not_measured": "not measured", "no_face": "no face",
+               "disabled": "eye rules off"}.get(eyes.why or "", eyes.why or "")
+        return f"eyes: head-only ({why})"
+    if eyes.closed:
+        return f"eyes: CLOSED {eyes.closed_s:.1f} s"
+    text = f"eyes: open {100 * (eyes.ratio or 0):.0f}%"
+    if eyes.gaze_yaw_deg is not None and eyes.gaze_pitch_deg is not None:
+        text += f", gaze {eyes.gaze_yaw_deg:+.0f}/{eyes.gaze_pitch_deg:+.0f} deg"
+    if eyes.blinks_per_min is not None:
+        text += f", {eyes.blinks_per_min:.0f} blinks/min"
+    if eyes.perclos is not None:
+        text += f", PERCLOS {100 * eyes.perclos:.0f}%"
+    if eyes.yawning:
+        text += ", yawning"
+    return text
 
 
 def alert_spans(events: Iterable[Event], end_t_s: float) -> list[tuple[Event, float, float]]:
@@ -46,10 +87,13 @@ def alert_spans(events: Iterable[Event], end_t_s: float) -> list[tuple[Event, fl
 
 
 def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: ZoneSettings,
-                  path: str | Path, calibrated_at_s: float | None = None) -> Path:
+                  path: str | Path, calibrated_at_s: float | None = None,
+                  eye_samples: Sequence[EyeSample] = ()) -> Path:
     """PNG of yaw/pitch/roll (relative to neutral) over time, with the road zone limits and
     every alert shaded from raise to clear; the time before the neutral pose was known
-    (``calibrated_at_s``; None = never known) is hatched "calibrating". Returns the path."""
+    (``calibrated_at_s``; None = never known) is hatched "calibrating". With ``eye_samples``
+    (any judged), a fourth panel shows the eye openness relative to the driver's open
+    aperture, closed spans shaded. Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,11 +104,15 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
     series = {name: np.array([np.nan if s[i] is None else s[i] for s in samples], dtype=float)
               for i, name in ((1, "yaw"), (2, "pitch"), (3, "roll"))}
     end = float(t[-1]) if len(t) else max((e.t_s for e in events), default=1.0)
-    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(12, 7), constrained_layout=True)
+    with_eyes = any(r is not None for _, r, _ in eye_samples)
+    fig, axes = plt.subplots(4 if with_eyes else 3, 1, sharex=True,
+                             figsize=(12, 9 if with_eyes else 7), constrained_layout=True)
+    if with_eyes:
+        _plot_eyes(axes[3], eye_samples)
     limits = {"yaw": (-zones.yaw_outboard_deg, zones.yaw_inboard_deg),
               "pitch": (-zones.pitch_down_deg, zones.pitch_up_deg), "roll": None}
     spans = alert_spans(events, end)
-    for ax, name in zip(axes, ("yaw", "pitch", "roll"), strict=True):
+    for ax, name in zip(axes[:3], ("yaw", "pitch", "roll"), strict=True):
         ax.plot(t, series[name], lw=0.8, color="tab:blue")
         lim = limits[name]
         if lim is not None:
@@ -110,6 +158,27 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
     axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7,
                    title="shading (darker = higher level L1-L3)", title_fontsize=7)
     axes[-1].set_xlabel("t (s)")
+    _save(fig, path)
+    return path
+
+
+def _plot_eyes(ax: Any, eye_samples: Sequence[EyeSample]) -> None:
+    te = np.array([s[0] for s in eye_samples], dtype=float)
+    ratio = np.array([np.nan if s[1] is None else s[1] for s in eye_samples], dtype=float)
+    closed = np.array([s[2] for s in eye_samples], dtype=bool)
+    ax.plot(te, ratio, lw=0.8, color="tab:cyan")
+    ax.fill_between(te, 0, 1, where=closed, transform=ax.get_xaxis_transform(),
+                    color="tab:purple", alpha=0.25, lw=0, step="mid")
+    ax.set_ylim(0, 1.5)
+    ax.set_ylabel("eyes open\n(x own baseline)")
+    ax.text(0.01, 0.02, "purple = eyes closed; gaps = eyes not judged (head turned, "
+            "occluded, learning)", transform=ax.transAxes, fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
@@ -117,7 +186,6 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
         raise InputError(f"{path}: cannot write plot: {exc}") from None
     finally:
         plt.close(fig)
-    return path
 
 
 def _draw_head(img: np.ndarray, face_box: FaceBox | None, pose: HeadPose | None) -> None:
@@ -185,7 +253,7 @@ def annotate_frame(frame_bgr: np.ndarray, face_box: FaceBox | None, pose: HeadPo
     ``driver_state``; ``policy.max_level`` is used when present)."""
     import cv2
 
-    img = frame_bgr.copy()
+    img = _colour_copy(frame_bgr)
     _draw_head(img, face_box, pose)
     if pose is not None:
         cv2.putText(img, f"yaw {pose.yaw_deg:+.0f} pitch {pose.pitch_deg:+.0f} "
@@ -233,7 +301,7 @@ class VideoAnnotator:
                 self._banner = (e, t + self.BANNER_S)
         self._cleared = [(e, until) for e, until in self._cleared if t < until]
         state = result.state
-        img = frame_bgr.copy()
+        img = _colour_copy(frame_bgr)
         _draw_head(img, face_box, result.pose)
         _draw_state(img, state)
         h, w = img.shape[:2]
@@ -260,6 +328,8 @@ class VideoAnnotator:
                 why = f", {state.policy.nods_in_window} nods in window"
             lines.append(f"L{a.level} {a.type.value} ({a.reason.value}{why})")
         lines = ["active: " + ("; ".join(lines) if lines else "no active alert")]
+        eyes = eye_line(getattr(state.policy, "eyes", None))
+        lines += [eyes] if eyes else []
         lines += [f"cleared: {e.type.value}" for e, _ in self._cleared]
         for i, line in enumerate(lines):
             cv2.putText(img, line, (10, 84 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         drained = outputs.close(3.0)
     plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png",
-                         res.calibrated_at_s)
+                         res.calibrated_at_s, res.eye_samples)
     (args.out / "events.jsonl").write_text(
         "".join(json.dumps(e.to_dict()) + "\n" for e in res.events))
     expected_doc = json.loads(Path(clip.expected_events).read_text())
