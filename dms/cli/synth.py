@@ -6,7 +6,8 @@
     dms synth list
     dms synth yaw-fit [--photo NAME ...] [--max-yaw DEG] [--step DEG]
 
-``render`` writes ``DIR/video.mp4``, ``DIR/poses.csv`` (t,yaw,pitch,roll,face: the
+``render`` writes ``DIR/video.mp4``, ``DIR/poses.csv`` (t,yaw,pitch,roll,face then
+eye_open,gaze_yaw_deg,gaze_pitch_deg,mouth_open: the
 ``dms replay --poses`` format) and ``DIR/expected_events.json``; ``eval`` prints one JSON
 object with the estimator's MAE per axis and face-found rate on that clip. ``yaw-fit`` renders
 still heads over a yaw x pitch x roll grid and prints (JSON) the landmark estimator's

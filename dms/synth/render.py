@@ -283,22 +283,27 @@ class FaceRenderer:
     def _init_eyes_and_mouth(self) -> None:
         V = self.face.vertices_cm.astype(np.float64)
         T = self._T
-        # the eyes: the opening and two rings of lid skin around it; the mouth: its opening
+        # the eyes: the opening and two rings of lid skin around it
         self._region_tris = []
         for contour in (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR):
             ring = np.unique(T[np.isin(T, contour).any(axis=1)])
             self._region_tris.append(np.nonzero(np.isin(T, ring).any(axis=1))[0])
-        self._region_tris.append(np.nonzero(np.isin(T, LIPS_INNER).all(axis=1))[0])
+        # the mouth: the whole face (its inner triangles are slivers on a closed-mouth photo and
+        # may be culled once stretched open; the cavity's own polygon bounds it)
+        self._region_tris.append(np.arange(len(T)))
         # eyeball centres: behind the opening's centre, the cornea a little proud of the lids
         self._eyeball = [V[list(c)].mean(axis=0) + np.array([0.0, 0.0, 0.3 - EYEBALL_RADIUS_CM])
                          for c in (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR)]
-        # the jaw: below the mouth corners, fading out toward the cheeks
-        corners = V[[78, 308]]
-        y0 = float(corners[:, 1].mean())
+        # the jaw: below the lips' parting line, fading out toward the cheeks; the lower inner
+        # lip moves with it and the upper one stays even where a closed mouth's lips meet
+        corners = V[[LIPS_INNER[0], LIPS_INNER[10]]]
+        y0 = 0.5 * float(V[13, 1] + V[14, 1])
         half_w = 0.5 * float(abs(corners[1, 0] - corners[0, 0]))
         cx = float(corners[:, 0].mean())
-        below = np.clip((y0 - V[:, 1]) / 0.9, 0.0, 1.0)
+        below = np.clip((y0 - V[:, 1]) / 0.6 + 0.2, 0.0, 1.0)
         below = below * below * (3.0 - 2.0 * below)
+        below[list(LIPS_INNER[1:10])] = 1.0
+        below[[LIPS_INNER[0], LIPS_INNER[10], *LIPS_INNER[11:]]] = 0.0
         side = np.exp(-((V[:, 0] - cx) / (1.5 * half_w)) ** 2)
         self._jaw_weight = below * side
 
@@ -317,7 +322,7 @@ class FaceRenderer:
                      box: tuple[int, int, int, int]) -> np.ndarray:
         """float32 mask over ``box`` (x0, y0, x1, y1, frame pixels) of the pixels the head
         layer painted with the region's own triangles (an eye's opening and the lid skin
-        around it / the inner mouth), grown by one pixel for the anti-aliased edges."""
+        around it / the face), grown by one pixel for the anti-aliased edges."""
         x0, y0, x1, y1 = box
         ox, oy = offset
         sub = np.full((y1 - y0, x1 - x0), -1, np.int32)
@@ -336,8 +341,14 @@ class FaceRenderer:
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         return (int(x0), int(y0), int(x1), int(y1)) if x1 - x0 > 2 and y1 - y0 > 2 else None
 
+    def _normals_facing(self, R: np.ndarray, ids: tuple[int, ...]) -> float:
+        """Cosine between the mean normal at landmarks ``ids`` and the way to the camera."""
+        normal = self._normals[list(ids)].mean(axis=0) @ np.asarray(R).T
+        P = self.project(R)[1][list(ids)].mean(axis=0)
+        return float(normal @ (-P / np.linalg.norm(P)) / max(np.linalg.norm(normal), 1e-9))
+
     def _mouth(self, img: np.ndarray, px: np.ndarray, ids: np.ndarray,
-               offset: tuple[int, int], mouth_open: float) -> None:
+               offset: tuple[int, int], mouth_open: float, R: np.ndarray) -> None:
         """The dark cavity between the (moved) inner lips, an upper row of teeth."""
         lips = px[list(LIPS_INNER)]
         width = float(np.hypot(*(lips[10] - lips[0])))
@@ -345,6 +356,8 @@ class FaceRenderer:
         if box is None or width < 2.0:
             return
         x0, y0, x1, y1 = box
+        if self._normals_facing(R, (13, 14)) < 0.0:
+            return  # the mouth faces away
         mask = self._region_mask(ids, offset, 2, box)
         if not mask.any():
             return
@@ -535,7 +548,7 @@ class FaceRenderer:
         roi += layer * a
         face_w = float(np.hypot(*(px[454] - px[234])))
         if truth.mouth_open > 0.02:
-            self._mouth(img, px, ids, (x0, y0), truth.mouth_open)
+            self._mouth(img, px, ids, (x0, y0), truth.mouth_open, R)
         for e in range(2):
             self._eye(img, px, ids, (x0, y0), e, R, truth)
         if truth.sunglasses:
