@@ -458,11 +458,17 @@ class FaceRenderer:
         edge = lower + o * (upper - lower)
         raised = upper + LID_COVER_ABOVE * (upper - lower)
         raised[[0, -1]] = upper[[0, -1]]
-        # skin above the upper lid, beyond the photo's lashes
-        above = upper[2:7] + (LID_COVER_ABOVE + 0.5) * (upper[2:7] - lower[2:7])
+        # skin above the upper lid (beyond the photo's lashes) and below the lower one; the
+        # brighter half, so a spectacle rim or a shadow does not colour the lid
+        gap = upper[2:7] - lower[2:7]
+        probes = np.concatenate([upper[2:7] + (LID_COVER_ABOVE + 0.5) * gap,
+                                 upper[2:7] + (LID_COVER_ABOVE + 0.9) * gap,
+                                 lower[2:7] - 0.8 * gap])
         h, w = patch.shape[:2]
-        xy = np.clip(np.round(above).astype(int), 0, [w - 1, h - 1])
-        skin = np.median(patch[xy[:, 1], xy[:, 0]], axis=0)
+        xy = np.clip(np.round(probes).astype(int), 0, [w - 1, h - 1])
+        samples = patch[xy[:, 1], xy[:, 0]]
+        bright = samples[np.argsort(samples.mean(axis=1))[len(samples) // 2:]]
+        skin = np.median(bright, axis=0)
         canvas = np.empty_like(patch)
         canvas[:] = skin
         crease = edge + 0.4 * (raised - edge)
