@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from dms.errors import InputError
 from dms.images import read_image
 from dms.types import FaceBox
 from dms.vision.detect import FaceDetector, select_driver
+from dms.vision.eyes import EyeMeasurer
 from dms.vision.headpose import HeadPoseEstimator
 
 log = logging.getLogger(__name__)
@@ -200,4 +202,219 @@ def evaluate(
         if any(confident)
         else float("nan"),
         bins=yaw_bins(err, np.asarray(gt_yaw, dtype=np.float64)),
+    )
+
+
+# ----------------------------------------------------------------- eyes
+
+
+CLOSED_RATIO = 0.1  # EyeObservation's contract: a closed eye reads below 0.1
+EYES_CONFIDENT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class EyeStillsResult:
+    """Eye openness on still faces whose eyes are (almost all) open in the photo.
+
+    ``closed_rate``: share of the faces with a measured eye whose mean openness reads below
+    ``closed_ratio`` (a false "eyes closed" wherever the eyes are open);
+    ``closed_rate_confident`` the same over faces read with confidence >= ``EYES_CONFIDENT``
+    (what the engine acts on). ``closed_files`` lists the faces read closed, to look at.
+    """
+
+    n: int
+    measured: int
+    confident: int
+    closed_ratio: float
+    closed: int
+    closed_confident: int
+    openness_median: float
+    openness_p05: float
+    closed_files: tuple[str, ...] = ()
+
+    @property
+    def closed_rate(self) -> float:
+        return self.closed / self.measured if self.measured else float("nan")
+
+    @property
+    def closed_rate_confident(self) -> float:
+        return self.closed_confident / self.confident if self.confident else float("nan")
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out["closed_files"] = list(self.closed_files)
+        return out | {"closed_rate": self.closed_rate,
+                      "closed_rate_confident": self.closed_rate_confident}
+
+
+def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstimator,
+                         measurer: EyeMeasurer, closed_ratio: float = CLOSED_RATIO,
+                         progress: bool = True) -> EyeStillsResult:
+    """Eye openness on the usable faces, ground-truth boxes (see :class:`EyeStillsResult`).
+
+    Landmarks come from the estimator when it has them (FaceMesh), else the eyes are cropped
+    from the box's keypoints - ground-truth boxes have none, so a CNN estimator measures no
+    eyes here."""
+    from tqdm import tqdm
+
+    usable = [f for f in faces if f.usable]
+    values, confs, closed_files = [], [], []
+    for face in tqdm(usable, desc="eyes", unit="img", disable=not progress, leave=False):
+        img = read_image(face.image_path)
+        x1, y1, x2, y2 = face.box
+        box = FaceBox(x1, y1, x2, y2, score=1.0)
+        with_lm = getattr(estimator, "estimate_with_landmarks", None)
+        if with_lm is not None:
+            pose, lm = with_lm(img, box)
+            eyes = measurer.measure(img, pose, lm.points_px, box)
+        else:
+            pose = estimator.estimate(img, box)
+            eyes = None if pose is None else measurer.measure(img, pose, None, box)
+        if eyes is None or eyes.openness is None:
+            continue
+        values.append(eyes.openness)
+        confs.append(eyes.confidence)
+        if eyes.openness < closed_ratio:
+            closed_files.append(face.image_path.name)
+    v, c = np.asarray(values, np.float64), np.asarray(confs, np.float64)
+    sure = c >= EYES_CONFIDENT
+    return EyeStillsResult(
+        n=len(usable), measured=len(v), confident=int(sure.sum()), closed_ratio=closed_ratio,
+        closed=int((v < closed_ratio).sum()), closed_confident=int((v[sure] < closed_ratio).sum()),
+        openness_median=float(np.median(v)) if len(v) else float("nan"),
+        openness_p05=float(np.percentile(v, 5)) if len(v) else float("nan"),
+        closed_files=tuple(closed_files),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EyeTruthRow:
+    t_s: float
+    face: bool
+    eye_open: float
+    gaze_yaw_deg: float
+    gaze_pitch_deg: float
+    mouth_open: float
+
+
+EYE_TRUTH_COLUMNS = ("t", "yaw", "pitch", "roll", "face", "eye_open", "gaze_yaw_deg",
+                     "gaze_pitch_deg", "mouth_open")
+
+
+def read_eye_truth(path: str | Path) -> list[EyeTruthRow]:
+    """The eye columns of a ``dms synth render`` ground truth (``poses.csv``)."""
+    import csv
+
+    from dms.settings import read_text_file
+
+    p = Path(path)
+    rows = list(csv.reader(read_text_file(p, "ground-truth poses", InputError).splitlines()))
+    if not rows or tuple(c.strip() for c in rows[0][:9]) != EYE_TRUTH_COLUMNS:
+        raise InputError(f"{p}:1: expected the header {','.join(EYE_TRUTH_COLUMNS)} "
+                         "(a render with eye ground truth)")
+    out = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        try:
+            out.append(EyeTruthRow(float(row[0]), row[4].strip() == "1", float(row[5]),
+                                   float(row[6]), float(row[7]), float(row[8])))
+        except (ValueError, IndexError):
+            raise InputError(f"{p}:{n}: expected {len(EYE_TRUTH_COLUMNS)} values") from None
+    return out
+
+
+OPEN_TRUTH = 0.8  # eye_open at or above this is an open eye for the accuracy
+CLOSED_TRUTH = 0.2  # at or below: a closed eye
+CLOSED_FRACTION = 0.5  # read closed: openness below this fraction of the clip's open baseline
+
+
+@dataclass(frozen=True, slots=True)
+class EyeRenderResult:
+    """Eye measurement on a rendered clip against its truth (frames with a face).
+
+    ``open_baseline``: the median openness read on frames whose truth is fully open (the
+    engine learns the same per driver); ``openness_mae``: mean |openness / baseline -
+    eye_open| (a fraction of the open eye); ``accuracy``: closed/open right over frames whose
+    truth is clearly closed (<= CLOSED_TRUTH) or open (>= OPEN_TRUTH), read closed below
+    ``CLOSED_FRACTION`` x baseline; ``gaze_*_mae_deg`` over open-eyed frames where a gaze
+    was read (``gaze_*_bias_deg`` its mean signed error); ``mouth_mae``: |mouth_open -
+    truth| in the measurement's own units is not comparable, so the correlation is given."""
+
+    frames: int
+    measured: int
+    open_baseline: float
+    openness_mae: float
+    n_open: int
+    n_closed: int
+    accuracy: float
+    open_read_closed: int
+    closed_read_open: int
+    gaze_n: int
+    gaze_yaw_mae_deg: float
+    gaze_pitch_mae_deg: float
+    gaze_yaw_bias_deg: float
+    gaze_pitch_bias_deg: float
+    mouth_corr: float
+    confidence_median: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+def evaluate_eyes_render(directory: str | Path, perception: Any, progress: bool = True
+                         ) -> EyeRenderResult:
+    """Run the per-frame perception over ``DIR/video.mp4`` (tracking, as the product) and
+    compare its eyes with ``DIR/poses.csv``."""
+    from tqdm import tqdm
+
+    from dms.capture import as_bgr, video_frames
+
+    d = Path(directory)
+    video, truth_csv = d / "video.mp4", d / "poses.csv"
+    if not video.is_file() or not truth_csv.is_file():
+        raise InputError(f"{d}: expected a render folder with video.mp4 and poses.csv")
+    truth = read_eye_truth(truth_csv)
+    reads: list[tuple[EyeTruthRow, Any]] = []
+    for k, frame in enumerate(tqdm(video_frames(str(video)), total=len(truth), desc="eyes",
+                                   disable=not progress, leave=False)):
+        if k >= len(truth):
+            break
+        img, _ = as_bgr(frame.image)
+        if img is None:
+            continue
+        fr = perception.process(img, truth[k].t_s)
+        if truth[k].face:
+            reads.append((truth[k], fr.eyes))
+    seen = [(t, e) for t, e in reads if e is not None and e.openness is not None]
+    opn = np.array([e.openness for _, e in seen]) if seen else np.zeros(0)
+    tru = np.array([t.eye_open for t, _ in seen]) if seen else np.zeros(0)
+    base = float(np.median(opn[tru >= OPEN_TRUTH])) if (tru >= OPEN_TRUTH).any() else float("nan")
+    norm = opn / base
+    is_open, is_closed = tru >= OPEN_TRUTH, tru <= CLOSED_TRUTH
+    read_closed = norm < CLOSED_FRACTION
+    right = (is_open & ~read_closed).sum() + (is_closed & read_closed).sum()
+    graded = int(is_open.sum() + is_closed.sum())
+    gz = [(t, e) for t, e in seen if t.eye_open >= OPEN_TRUTH and e.gaze_yaw_deg is not None]
+    dy = np.array([e.gaze_yaw_deg - t.gaze_yaw_deg for t, e in gz]) if gz else np.zeros(0)
+    dp = np.array([e.gaze_pitch_deg - t.gaze_pitch_deg for t, e in gz]) if gz else np.zeros(0)
+    mo = [(t.mouth_open, e.mouth_open) for t, e in reads
+          if e is not None and e.mouth_open is not None]
+    m = np.asarray(mo, np.float64).reshape(-1, 2)
+    corr = (float(np.corrcoef(m[:, 0], m[:, 1])[0, 1])
+            if len(m) > 2 and m[:, 0].std() > 0 and m[:, 1].std() > 0 else float("nan"))
+
+    def mean(a: np.ndarray) -> float:
+        return float(a.mean()) if len(a) else float("nan")
+
+    return EyeRenderResult(
+        frames=len(reads), measured=len(seen), open_baseline=base,
+        openness_mae=mean(np.abs(norm - tru)), n_open=int(is_open.sum()),
+        n_closed=int(is_closed.sum()), accuracy=float(right / graded) if graded else float("nan"),
+        open_read_closed=int((is_open & read_closed).sum()),
+        closed_read_open=int((is_closed & ~read_closed).sum()),
+        gaze_n=len(gz), gaze_yaw_mae_deg=mean(np.abs(dy)), gaze_pitch_mae_deg=mean(np.abs(dp)),
+        gaze_yaw_bias_deg=mean(dy), gaze_pitch_bias_deg=mean(dp), mouth_corr=corr,
+        confidence_median=float(np.median([e.confidence for _, e in reads if e is not None]))
+        if any(e is not None for _, e in reads) else float("nan"),
     )

@@ -5,6 +5,10 @@ pose estimator's own tracker when it has one (FaceMesh re-centres its region of 
 the previous landmarks, as MediaPipe does), otherwise by re-using the previous box. The
 detector runs again when tracking loses the face, when the tracker's confidence drops below
 ``track_min_confidence``, or after ``redetect_interval_frames`` frames in any case.
+
+On every frame with a face, the eyes and mouth are measured (:mod:`dms.vision.eyes`: from
+the tracker's FaceMesh landmarks, or from the detector's eye keypoints for a CNN pose model)
+and go to the engine as ``Observation.eyes``.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from dms.types import FaceBox, HeadPose, Observation
+from dms.types import EyeObservation, FaceBox, HeadPose, Observation
 from dms.vision.detect import DriverChoice, FaceDetector, select_driver
+from dms.vision.eyes import EyeMeasurer
 from dms.vision.headpose import HeadPoseEstimator
-from dms.vision.settings import TrackingSettings
+from dms.vision.settings import EyeSettings, TrackingSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +49,12 @@ class FrameResult:
     pose: HeadPose | None
     detected: bool  # the detector ran on this frame
     detect_ms: float
-    pose_ms: float
+    pose_ms: float  # landmarks and pose (not the detector, not the eyes)
+    eyes: EyeObservation | None = None
+    eyes_ms: float = 0.0
 
     def observation(self) -> Observation:
-        return Observation(t_s=self.t_s, pose=self.pose, face_box=self.face)
+        return Observation(t_s=self.t_s, pose=self.pose, face_box=self.face, eyes=self.eyes)
 
 
 class Perception:
@@ -59,11 +66,15 @@ class Perception:
         estimator: HeadPoseEstimator,
         tracking: TrackingSettings = TrackingSettings(),
         driver_choice: DriverChoice = "largest_central",
+        eyes: EyeMeasurer | None | Literal["default"] = "default",
     ) -> None:
+        """``eyes``: the eye measurer; "default" builds one with the default
+        :class:`EyeSettings` on the CPU; None measures no eyes (``Observation.eyes`` None)."""
         self.detector = detector
         self.estimator = estimator
         self.tracking = tracking
         self.driver_choice = driver_choice
+        self.eyes = EyeMeasurer.from_settings(EyeSettings()) if eyes == "default" else eyes
         self._tracker: Any = estimator if hasattr(estimator, "track") else None
         self._track_state: Any = None
         self._box: FaceBox | None = None
@@ -88,12 +99,14 @@ class Perception:
         detected = False
         face: FaceBox | None = None
         pose: HeadPose | None = None
+        state: Any = None
         due = self._since_detect >= tr.redetect_interval_frames
         if self._tracker is not None:
             if tr.enabled and self._track_state is not None and not due:
                 out = self._tracker.track(image, self._track_state)
                 if out is not None and out[1].confidence >= tr.track_min_confidence:
-                    face, pose, self._track_state = out
+                    face, pose, state = out
+                    self._track_state = state
             if pose is None:
                 t1 = time.perf_counter()
                 box = self._detect(image)
@@ -121,8 +134,19 @@ class Perception:
                 pose = self.estimator.estimate(image, face)
             if pose is None:
                 self._box = None
-        total_ms = (time.perf_counter() - t0) * 1e3
-        return FrameResult(t_s, face, pose, detected, detect_ms, total_ms - detect_ms)
+        t2 = time.perf_counter()
+        eyes = self._measure_eyes(image, face, pose, state)
+        eyes_ms = (time.perf_counter() - t2) * 1e3
+        pose_ms = (t2 - t0) * 1e3 - detect_ms
+        return FrameResult(t_s, face, pose, detected, detect_ms, pose_ms, eyes, eyes_ms)
+
+    def _measure_eyes(self, image: np.ndarray, face: FaceBox | None, pose: HeadPose | None,
+                      state: Any) -> EyeObservation | None:
+        if self.eyes is None or pose is None:
+            return None
+        landmarks = getattr(getattr(state, "landmarks", None), "points_px", None)
+        box = self._box if landmarks is None else face  # the detector's box has keypoints
+        return self.eyes.measure(image, pose, landmarks, box)
 
 
 def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:
@@ -196,9 +220,12 @@ class DriverMonitor:
         rt = vision.runtime
         if trt_cache_dir and not rt.trt_engine_cache_dir:
             rt = replace(rt, trt_engine_cache_dir=trt_cache_dir)
+        # [vision.eyes] once dms.config's VisionSettings carries it; the defaults until then
+        eye_settings = getattr(vision, "eyes", EyeSettings())
+        eyes = EyeMeasurer.from_settings(eye_settings, rt) if eye_settings.enabled else None
         perception = Perception(create_detector(vision.detector, rt),
                                 create_pose_estimator(vision.pose, rt), vision.tracking,
-                                vision.detector.driver_choice)
+                                vision.detector.driver_choice, eyes)
         return cls(perception, Engine(engine_settings, neutral, run_id))
 
     @property

@@ -25,6 +25,7 @@ accurate than a raw detector box. Confidence is FaceMesh's face-presence probabi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,18 @@ from dms.vision.settings import LandmarkPoseSettings
 
 _TO_CAMERA = np.array([1.0, -1.0, -1.0])
 
-Tracked = tuple[FaceBox, HeadPose, FaceRoi]
+
+
+@dataclass(frozen=True, slots=True)
+class FaceMeshTrack:
+    """The tracking state after one frame: the ROI for the next frame and this frame's
+    landmarks (the eye measurement reads the eyes and mouth from them)."""
+
+    roi: FaceRoi
+    landmarks: FaceLandmarks
+
+
+Tracked = tuple[FaceBox, HeadPose, FaceMeshTrack]
 
 
 
@@ -139,7 +151,7 @@ class LandmarkHeadPose:
     def _run(self, image_bgr: np.ndarray, roi: FaceRoi) -> Tracked:
         lm, pose = self._landmarks(image_bgr, roi)
         next_roi = roi_from_landmarks(lm.points_px)
-        return FaceBox.around(lm.points_px, lm.presence), pose, next_roi
+        return FaceBox.around(lm.points_px, lm.presence), pose, FaceMeshTrack(next_roi, lm)
 
     def start(self, image_bgr: np.ndarray, face: FaceBox) -> Tracked:
         """First frame after a detection: ROI from the box, refined from the landmarks.
@@ -153,9 +165,11 @@ class LandmarkHeadPose:
             _, roi = self.landmarker.track(image_bgr, roi)
         return self._run(image_bgr, roi)
 
-    def track(self, image_bgr: np.ndarray, previous: FaceRoi) -> Tracked | None:
+    def track(self, image_bgr: np.ndarray, previous: FaceMeshTrack | FaceRoi
+              ) -> Tracked | None:
         """Next frame: landmarks in the ROI the previous landmarks gave; None when lost."""
-        out = self._run(image_bgr, previous)
+        roi = previous.roi if isinstance(previous, FaceMeshTrack) else previous
+        out = self._run(image_bgr, roi)
         return out if out[1].confidence >= self.settings.min_presence else None
 
     def estimate(self, image_bgr: np.ndarray, face: FaceBox) -> HeadPose:

@@ -15,7 +15,7 @@ from dms.vision.runtime import RuntimeSettings
 
 DriverChoice = Literal["largest", "central", "largest_central"]
 
-__all__ = ["DetectorSettings", "DriverChoice", "LandmarkPoseSettings", "PoseLimits",
+__all__ = ["DetectorSettings", "DriverChoice", "EyeSettings", "LandmarkPoseSettings", "PoseLimits",
            "PoseModelSettings", "RuntimeSettings", "TrackingSettings"]
 
 
@@ -149,3 +149,105 @@ class TrackingSettings:
     def validate(self) -> None:
         if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
             raise ValueError("redetect_interval_frames must be >= 1, box_reuse_frames >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EyeSettings:
+    """The ``[vision.eyes]`` table: eye openness, eye-in-head gaze and mouth opening
+    (:mod:`dms.vision.eyes`; the choices are measured in models/MODELS.md, section iris)."""
+
+    enabled: bool = field(
+        default=True, metadata={"doc": "measure eyes and mouth on every frame with a face"}
+    )
+    model: str = field(
+        default="iris",
+        metadata={"doc": "manifest name (see `dms models list`) or path of the iris ONNX"},
+    )
+    openness_source: Literal["iris", "facemesh"] = field(
+        default="iris",
+        metadata={
+            "doc": "eyelid points for the openness ratio: the iris model's eye contour "
+            "('iris') or FaceMesh's own lid landmarks ('facemesh')"
+        },
+    )
+    crop_scale: float = field(
+        default=2.3,
+        metadata={"doc": "eye crop side over the eye-corner distance (MediaPipe's iris graph)"},
+    )
+    keypoint_eye_width: float = field(
+        default=0.45,
+        metadata={
+            "doc": "without FaceMesh (CNN pose model): eye width over the distance between "
+            "the detector's eye keypoints (anthropometric ~30 mm / ~63 mm)"
+        },
+    )
+    min_eye_width_px: float = field(
+        default=6.0, metadata={"doc": "eyes narrower than this (pixels) are not measured"}
+    )
+    max_eye_yaw_deg: float = field(
+        default=45.0,
+        metadata={
+            "doc": "the eye on the far side of a head turned more than this (deg) is not "
+            "measured (None): it is hidden behind the nose"
+        },
+    )
+    confidence_yaw_full_deg: float = field(
+        default=30.0, metadata={"doc": "head |yaw| (deg) up to which yaw costs no confidence"}
+    )
+    confidence_yaw_zero_deg: float = field(
+        default=70.0, metadata={"doc": "head |yaw| (deg) from which eye confidence is 0"}
+    )
+    dark_ratio_zero: float = field(
+        default=0.10,
+        metadata={
+            "doc": "eye-region over cheek/nose median brightness at which confidence is 0 "
+            "(rendered IR-opaque sunglasses read 0.10; open real eyes, faces-aflw at |yaw| < "
+            "30: 5th percentile 0.14, median 0.52)"
+        },
+    )
+    dark_ratio_full: float = field(
+        default=0.18,
+        metadata={"doc": "eye-region over cheek/nose brightness from which darkness costs "
+                  "no confidence"},
+    )
+    eyeball_radius_cm: float = field(
+        default=1.2, metadata={"doc": "gaze model: eyeball radius (adult average ~12 mm)"}
+    )
+    eyeball_depth_cm: float = field(
+        default=0.85,
+        metadata={
+            "doc": "gaze model: eyeball centre behind the midpoint of the eye corners, in "
+            "the canonical face mesh (its lid centres sit ~0.35 cm in front of that "
+            "midpoint, i.e. on a 1.2 cm eyeball whose centre is ~0.85 cm behind it)"
+        },
+    )
+    eyeball_height_cm: float = field(
+        default=0.18,
+        metadata={
+            "doc": "gaze model: eyeball centre above the midpoint of the eye corners (the iris "
+            "of an eye looking straight ahead sits above the corner line; fitted on renders: "
+            "`dms eval --eyes --format synth`, pitch bias +10 deg at 0)"
+        },
+    )
+    gaze_min_openness: float = field(
+        default=0.12, metadata={"doc": "eyes less open than this give no gaze (iris hidden)"}
+    )
+
+    def validate(self) -> None:
+        if not 1.0 < self.crop_scale <= 5.0:
+            raise ValueError(f"crop_scale must be in (1, 5], got {self.crop_scale}")
+        if not 0.1 <= self.keypoint_eye_width <= 1.0:
+            raise ValueError(f"keypoint_eye_width must be in [0.1, 1], got "
+                             f"{self.keypoint_eye_width}")
+        if self.min_eye_width_px < 0:
+            raise ValueError("min_eye_width_px must be >= 0")
+        if not 0.0 <= self.max_eye_yaw_deg <= 90.0:
+            raise ValueError(f"max_eye_yaw_deg must be in [0, 90], got {self.max_eye_yaw_deg}")
+        if not 0.0 <= self.confidence_yaw_full_deg < self.confidence_yaw_zero_deg <= 90.0:
+            raise ValueError("need 0 <= confidence_yaw_full_deg < confidence_yaw_zero_deg <= 90")
+        if not 0.0 <= self.dark_ratio_zero < self.dark_ratio_full <= 1.5:
+            raise ValueError("need 0 <= dark_ratio_zero < dark_ratio_full <= 1.5")
+        if not 0.6 < self.eyeball_radius_cm < 2.0 or not 0.0 <= self.eyeball_depth_cm < 2.0:
+            raise ValueError("eyeball_radius_cm must be in (0.6, 2), eyeball_depth_cm in [0, 2)")
+        if not 0.0 <= self.gaze_min_openness < 1.0:
+            raise ValueError("gaze_min_openness must be in [0, 1)")

@@ -1,0 +1,353 @@
+"""Eye openness, eye-in-head gaze and mouth opening, measured in the image every frame.
+
+Inputs: the frame (3-channel BGR; GRAY8 IR frames arrive as gray BGR from
+:func:`dms.capture.as_bgr`), the head pose, and the face's FaceMesh landmarks when the pose
+estimator has them (otherwise the detector's eye keypoints). Output:
+:class:`dms.types.EyeObservation` - raw ratios, not decisions; the engine learns each
+driver's open-eye baseline.
+
+1. **Eye crops.** Each eye is cropped square around its two corners (FaceMesh 33/133 for the
+   driver's right eye, image left; 263/362 for the left eye), turned with the corner line,
+   side ``crop_scale`` x the corner distance (MediaPipe's iris graph: 2.3). The driver's left
+   eye is mirrored, as the iris model was trained on right eyes with the outer corner on the
+   left. Without landmarks (a CNN pose model) the crop is centred on the detector's eye
+   keypoint, its width ``keypoint_eye_width`` x the distance between the eye keypoints.
+2. **Iris model** (``models/iris_landmark.onnx``, MediaPipe, see models/MODELS.md): 71 eye
+   contour/brow points and 5 iris points (centre, then 4 on the limbus) in crop pixels.
+   Contour points 0..8 are the lower lid from the outer to the inner corner, 9..15 the upper
+   lid between them (the order of FaceMesh's 33, 7, 163, 144, 145, 153, 154, 155, 133 and
+   246, 161, 160, 159, 158, 157, 173).
+3. **Openness** = mean lid gap at three places across the eye (upper 160/159/158 against
+   lower 144/145/153) over the corner distance: the classic eye aspect ratio, ~0.3 open and
+   < 0.1 closed. From the iris model's contour (``openness_source = "iris"``) or from
+   FaceMesh's own lid landmarks (``"facemesh"``); the choice is measured in MODELS.md.
+4. **Gaze** (eye-in-head). An eyeball model in the canonical face mesh's frame (cm; x to the
+   subject's left as seen by the camera = image right for a frontal face, y up, z out of the
+   face): the eyeball centre lies ``eyeball_depth_cm`` behind and ``eyeball_height_cm`` above
+   the midpoint of the eye corners, and the iris centre sits on a sphere of radius
+   sqrt(r^2 - iris_r^2) around it
+   (r = ``eyeball_radius_cm``, iris_r = 0.59 cm: MediaPipe's 11.8 mm iris). The corners are
+   projected with the known head rotation under weak perspective (scale and shift fitted to
+   the two observed corners), and the gaze direction g is the one whose projected iris centre
+   lands on the observed one (Gauss-Newton in yaw/pitch). yaw > 0 toward image left (the
+   driver's right), pitch > 0 up, as the head pose. The two eyes' angles are averaged over the
+   eyes that are measured and open.
+5. **Mouth** = mean inner-lip gap (82/87, 13/14, 312/317) over the inner mouth width (78/308),
+   from FaceMesh only (None without landmarks).
+6. **Confidence** = the product of: the face's pose confidence (FaceMesh presence); a head-yaw
+   factor (1 up to ``confidence_yaw_full_deg``, 0 from ``confidence_yaw_zero_deg``); an eye
+   size factor (eyes narrower than ``min_eye_width_px`` are not measured); and a darkness
+   factor: the median brightness of an ellipse over the eye against the median brightness of
+   the cheeks and nose. IR-opaque sunglasses make the eye region far darker than the skin
+   (renders: 0.10), open eyes rarely do (real faces: median 0.52, 5th percentile 0.14, the
+   eye socket's shadow); the factor ramps from 0 at
+   ``dark_ratio_zero`` to 1 at ``dark_ratio_full``. An eye turned away past
+   ``max_eye_yaw_deg`` (the far eye of a turned head) is not measured (None).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dms.errors import ModelError
+from dms.types import EyeObservation, FaceBox, HeadPose
+from dms.vision.facemesh import FaceRoi, roi_transform
+from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+from dms.vision.settings import EyeSettings
+
+NUM_CONTOUR = 71
+NUM_IRIS = 5
+IRIS_RADIUS_CM = 0.59  # MediaPipe's average iris: 11.8 mm across
+DEFAULT_SETTINGS = EyeSettings()
+
+# FaceMesh ids: (outer corner, inner corner, upper lid x3, lower lid x3), driver's right eye
+# (image left) first. Upper 160/159/158 face lower 144/145/153 across the eye.
+RIGHT_EYE = (33, 133, (160, 159, 158), (144, 145, 153))
+LEFT_EYE = (263, 362, (387, 386, 385), (373, 374, 380))
+# The same places in the iris model's contour (see the module doc).
+CONTOUR_CORNERS = (0, 8)
+CONTOUR_UPPER = (11, 12, 13)
+CONTOUR_LOWER = (3, 4, 5)
+MOUTH_PAIRS = ((82, 87), (13, 14), (312, 317))
+MOUTH_CORNERS = (78, 308)
+SKIN_IDS = (50, 280, 4)  # cheeks below the eyes, the nose: outside sunglasses
+
+
+@dataclass(frozen=True, slots=True)
+class EyeReading:
+    """One eye, in image pixels: corners (outer, inner), iris centre, openness, crop size."""
+
+    outer_px: np.ndarray
+    inner_px: np.ndarray
+    iris_px: np.ndarray
+    openness: float
+    width_px: float
+    darkness_ratio: float
+
+
+class IrisLandmarker:
+    """MediaPipe's iris model on an injected onnxruntime session (``InferenceSession``-like).
+
+    The input size is read from the graph (64 for MediaPipe's model, NCHW or NHWC); the
+    outputs are told apart by size (213 = 71 x 3 contour, 15 = 5 x 3 iris).
+    """
+
+    def __init__(self, session: Any, *, name: str = "iris") -> None:
+        self.name = name
+        self._session = session
+        inp = session.get_inputs()[0]
+        self._input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4 or not (shape[1] == 3 or shape[3] == 3):
+            raise ModelError(f"{name}: iris input must be 1x3xSxS or 1xSxSx3, got {shape}")
+        self._nchw = shape[1] == 3
+        h, w = (shape[2], shape[3]) if self._nchw else (shape[1], shape[2])
+        if not isinstance(h, int) or h != w:
+            raise ModelError(f"{name}: iris input must be square with a fixed size: {shape}")
+        self.input_size = int(h)
+        sizes = [
+            int(np.prod([d for d in o.shape if isinstance(d, int)])) for o in session.get_outputs()
+        ]
+        if NUM_CONTOUR * 3 not in sizes or NUM_IRIS * 3 not in sizes:
+            raise ModelError(
+                f"{name}: expected a {NUM_CONTOUR * 3}-value contour output and a "
+                f"{NUM_IRIS * 3}-value iris output, got sizes {sizes}"
+            )
+        self._contour_index = sizes.index(NUM_CONTOUR * 3)
+        self._iris_index = sizes.index(NUM_IRIS * 3)
+
+    @classmethod
+    def from_file(cls, path: str | Path, runtime: RuntimeSettings = CPU_ONLY,
+                  name: str = "iris") -> IrisLandmarker:
+        return cls(create_session(path, runtime), name=name)
+
+    def crop(self, image_bgr: np.ndarray, roi: FaceRoi, mirror: bool
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """The network input (float32 RGB in [0, 1], mirrored when asked) and the
+        image->crop matrix (of the unmirrored crop)."""
+        size = self.input_size
+        A = roi_transform(roi, size)
+        crop = cv2.warpAffine(image_bgr, A, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        if mirror:
+            crop = crop[:, ::-1]
+        x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * (1.0 / 255.0)
+        x = x.transpose(2, 0, 1)[None] if self._nchw else x[None]
+        return np.ascontiguousarray(x), A
+
+    def run(self, image_bgr: np.ndarray, roi: FaceRoi, mirror: bool
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """(contour (71, 2), iris (5, 2)) in image pixels for the eye in ``roi``."""
+        x, A = self.crop(image_bgr, roi, mirror)
+        outs = self._session.run(None, {self._input_name: x})
+        pts = np.concatenate([
+            np.asarray(outs[self._contour_index], np.float64).reshape(NUM_CONTOUR, 3),
+            np.asarray(outs[self._iris_index], np.float64).reshape(NUM_IRIS, 3),
+        ])[:, :2]
+        if mirror:  # edge coordinates: x -> size - x
+            pts[:, 0] = self.input_size - pts[:, 0]
+        lin, t = A[:, :2], A[:, 2]
+        img = np.linalg.solve(lin, (pts - 0.5 - t).T).T
+        return img[:NUM_CONTOUR], img[NUM_CONTOUR:]
+
+
+def eye_roi(a_px: np.ndarray, b_px: np.ndarray, scale: float) -> FaceRoi:
+    """The square eye crop around corners ``a`` -> ``b`` (the crop's x axis points a -> b)."""
+    d = np.asarray(b_px, np.float64) - np.asarray(a_px, np.float64)
+    c = 0.5 * (np.asarray(a_px, np.float64) + np.asarray(b_px, np.float64))
+    side = scale * float(np.hypot(*d))
+    return FaceRoi(float(c[0]), float(c[1]), max(side, 2.0), math.degrees(math.atan2(d[1], d[0])))
+
+
+def aspect_ratio(outer: np.ndarray, inner: np.ndarray, upper: np.ndarray, lower: np.ndarray
+                 ) -> float:
+    """Mean gap between matched upper/lower lid points over the corner distance."""
+    width = float(np.hypot(*(np.asarray(inner) - np.asarray(outer))))
+    gaps = np.hypot(*(np.asarray(upper) - np.asarray(lower)).T)
+    return float(gaps.mean() / max(width, 1e-6))
+
+
+def _ramp(x: float, zero: float, full: float) -> float:
+    """0 at ``zero``, 1 at ``full``, linear between (either direction), clipped."""
+    if full == zero:
+        return 1.0 if x >= full else 0.0
+    return float(min(1.0, max(0.0, (x - zero) / (full - zero))))
+
+
+def _median_in_ellipse(gray: np.ndarray, centre: np.ndarray, axes: tuple[float, float],
+                       angle_deg: float) -> float | None:
+    h, w = gray.shape
+    ax = max(axes)
+    x0, y0 = int(max(0, centre[0] - ax - 1)), int(max(0, centre[1] - ax - 1))
+    x1, y1 = int(min(w, centre[0] + ax + 2)), int(min(h, centre[1] + ax + 2))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    patch = gray[y0:y1, x0:x1]
+    mask = np.zeros(patch.shape, np.uint8)
+    cv2.ellipse(mask, (int(round(centre[0] - x0)), int(round(centre[1] - y0))),
+                (max(1, int(axes[0])), max(1, int(axes[1]))), angle_deg, 0, 360, 255, -1)
+    vals = patch[mask > 0]
+    return float(np.median(vals)) if vals.size else None
+
+
+class EyeMeasurer:
+    """Per-frame eye and mouth measurement (see the module doc). Stateless between frames."""
+
+    def __init__(self, iris: IrisLandmarker, mesh_vertices_cm: np.ndarray,
+                 settings: EyeSettings = DEFAULT_SETTINGS) -> None:
+        self.iris = iris
+        self.settings = settings
+        v = np.asarray(mesh_vertices_cm, np.float64)
+        self._corners_cm = {
+            "right": (v[RIGHT_EYE[0]], v[RIGHT_EYE[1]]),
+            "left": (v[LEFT_EYE[0]], v[LEFT_EYE[1]]),
+        }
+        settings.validate()
+        r, ir = settings.eyeball_radius_cm, IRIS_RADIUS_CM
+        self._iris_arm_cm = math.sqrt(max(r * r - ir * ir, 1e-6))
+
+    @classmethod
+    def from_settings(cls, settings: EyeSettings = DEFAULT_SETTINGS,
+                      runtime: RuntimeSettings = CPU_ONLY) -> EyeMeasurer:
+        from dms.vision.canonical import load_canonical_mesh
+        from dms.vision.registry import resolve_model
+
+        path, entry = resolve_model(settings.model, task="eye_landmarks")
+        name = entry.name if entry is not None else Path(path).stem
+        return cls(IrisLandmarker.from_file(path, runtime, name), load_canonical_mesh().vertices_cm,
+                   settings)
+
+    # ------------------------------------------------------------------ per eye
+    def _eye(self, image: np.ndarray, gray: np.ndarray, outer: np.ndarray, inner: np.ndarray,
+             mirror: bool, lids: tuple[np.ndarray, np.ndarray] | None, skin: float | None
+             ) -> EyeReading | None:
+        s = self.settings
+        # The crop's x axis runs outer -> inner for the right eye (image left, outer corner on
+        # the left); for the left eye inner -> outer, then mirrored so its outer corner is left.
+        a, b = (inner, outer) if mirror else (outer, inner)
+        contour, iris = self.iris.run(image, eye_roi(a, b, s.crop_scale), mirror)
+        c_outer, c_inner = contour[CONTOUR_CORNERS[0]], contour[CONTOUR_CORNERS[1]]
+        width = float(np.hypot(*(c_inner - c_outer)))
+        if width < s.min_eye_width_px:
+            return None
+        if s.openness_source == "facemesh" and lids is not None:
+            openness = aspect_ratio(outer, inner, lids[0], lids[1])
+        else:
+            openness = aspect_ratio(c_outer, c_inner, contour[list(CONTOUR_UPPER)],
+                                    contour[list(CONTOUR_LOWER)])
+        centre = 0.5 * (c_outer + c_inner)
+        d = c_inner - c_outer
+        eye_med = _median_in_ellipse(gray, centre, (0.6 * width, 0.4 * width),
+                                     math.degrees(math.atan2(d[1], d[0])))
+        ratio = 1.0 if eye_med is None or not skin else eye_med / skin
+        return EyeReading(c_outer, c_inner, iris[0], openness, width, float(ratio))
+
+    def _skin_brightness(self, gray: np.ndarray, points: list[np.ndarray], size_px: float
+                         ) -> float | None:
+        vals = [m for p in points
+                if (m := _median_in_ellipse(gray, p, (size_px, size_px), 0.0)) is not None]
+        return float(np.median(vals)) if vals else None
+
+    # ------------------------------------------------------------------ gaze
+    def gaze(self, reading: EyeReading, which: str, R: np.ndarray) -> tuple[float, float]:
+        """Eye-in-head (yaw, pitch) in degrees of one eye (see the module doc, step 4)."""
+        A, B = self._corners_cm[which]
+        M = 0.5 * (A + B)
+        E = M + np.array([0.0, self.settings.eyeball_height_cm, -self.settings.eyeball_depth_cm])
+        flip = np.array([1.0, -1.0])  # camera (x right, y up) -> image (x right, y down)
+
+        def proj(X: np.ndarray) -> np.ndarray:
+            return (R @ X)[:2] * flip
+
+        # weak perspective from the observed corners: img = k * proj(X) + t
+        pa, pb = proj(A), proj(B)
+        obs = reading.outer_px, reading.inner_px
+        dp, do = pb - pa, obs[1] - obs[0]
+        k = float(dp @ do / max(dp @ dp, 1e-9))
+        t = 0.5 * (obs[0] + obs[1]) - k * 0.5 * (pa + pb)
+        target = (reading.iris_px - t) / max(k, 1e-9)
+        rho = self._iris_arm_cm
+        yaw = pitch = 0.0
+        for _ in range(6):
+            g = np.array([-math.sin(yaw) * math.cos(pitch), math.sin(pitch),
+                          math.cos(yaw) * math.cos(pitch)])
+            f = proj(E + rho * g) - target
+            dg_dyaw = np.array([-math.cos(yaw) * math.cos(pitch), 0.0,
+                                -math.sin(yaw) * math.cos(pitch)])
+            dg_dpitch = np.array([math.sin(yaw) * math.sin(pitch), math.cos(pitch),
+                                  -math.cos(yaw) * math.sin(pitch)])
+            J = np.column_stack([proj(rho * dg_dyaw), proj(rho * dg_dpitch)])
+            try:
+                step = np.linalg.lstsq(J, -f, rcond=None)[0]
+            except np.linalg.LinAlgError:
+                break
+            yaw = float(np.clip(yaw + step[0], -1.2, 1.2))
+            pitch = float(np.clip(pitch + step[1], -1.2, 1.2))
+            if float(np.abs(step).max()) < 1e-4:
+                break
+        return math.degrees(yaw), math.degrees(pitch)
+
+    # ------------------------------------------------------------------ the frame
+    def measure(self, image_bgr: np.ndarray, pose: HeadPose, landmarks_px: np.ndarray | None,
+                face: FaceBox | None = None) -> EyeObservation | None:
+        """Eyes and mouth of one face; None when there is nothing to measure them from
+        (no landmarks and no detector eye keypoints)."""
+        s = self.settings
+        gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+        lm = None if landmarks_px is None else np.asarray(landmarks_px, np.float64)[:, :2]
+        mouth: float | None = None
+        if lm is not None:
+            corners = {"right": (lm[RIGHT_EYE[0]], lm[RIGHT_EYE[1]]),
+                       "left": (lm[LEFT_EYE[0]], lm[LEFT_EYE[1]])}
+            lids = {"right": (lm[list(RIGHT_EYE[2])], lm[list(RIGHT_EYE[3])]),
+                    "left": (lm[list(LEFT_EYE[2])], lm[list(LEFT_EYE[3])])}
+            eye_w = float(np.hypot(*(corners["right"][1] - corners["right"][0])))
+            eye_w = max(eye_w, float(np.hypot(*(corners["left"][1] - corners["left"][0]))))
+            skin = self._skin_brightness(gray, [lm[i] for i in SKIN_IDS], 0.25 * eye_w)
+            mouth = aspect_ratio(lm[MOUTH_CORNERS[0]], lm[MOUTH_CORNERS[1]],
+                                 lm[[p[0] for p in MOUTH_PAIRS]], lm[[p[1] for p in MOUTH_PAIRS]])
+        elif face is not None and face.keypoints is not None and len(face.keypoints) >= 3:
+            kp = np.asarray(face.keypoints, np.float64)
+            axis = kp[1] - kp[0]  # image-left eye -> image-right eye
+            half = 0.5 * s.keypoint_eye_width * axis
+            corners = {"right": (kp[0] - half, kp[0] + half), "left": (kp[1] + half, kp[1] - half)}
+            lids = {}
+            skin = self._skin_brightness(gray, [kp[2]], 0.12 * float(np.hypot(*axis)))
+        else:
+            return None
+        readings: dict[str, EyeReading | None] = {}
+        for which, mirror, sign in (("right", False, 1.0), ("left", True, -1.0)):
+            # yaw > 0 turns the nose toward image left: the driver's right eye turns away
+            if sign * pose.yaw_deg > s.max_eye_yaw_deg:
+                readings[which] = None
+                continue
+            outer, inner = corners[which]
+            readings[which] = self._eye(image_bgr, gray, outer, inner, mirror,
+                                        lids.get(which), skin)
+        measured = [r for r in readings.values() if r is not None]
+        conf = pose.confidence * _ramp(abs(pose.yaw_deg), s.confidence_yaw_zero_deg,
+                                       s.confidence_yaw_full_deg)
+        if measured:
+            dark = min(r.darkness_ratio for r in measured)
+            conf *= _ramp(dark, s.dark_ratio_zero, s.dark_ratio_full)
+        else:
+            conf = 0.0
+        gazes = [self.gaze(r, w, pose.rotation) for w, r in readings.items()
+                 if r is not None and r.openness >= s.gaze_min_openness]
+        gyaw = float(np.mean([g[0] for g in gazes])) if gazes else None
+        gpitch = float(np.mean([g[1] for g in gazes])) if gazes else None
+        r_right, r_left = readings["right"], readings["left"]
+        return EyeObservation(
+            openness_right=None if r_right is None else r_right.openness,
+            openness_left=None if r_left is None else r_left.openness,
+            confidence=float(min(1.0, max(0.0, conf))),
+            gaze_yaw_deg=gyaw,
+            gaze_pitch_deg=gpitch,
+            mouth_open=mouth,
+        )
