@@ -278,27 +278,24 @@ class ScenarioBuilder:
         v, d = step.verb, step.duration_s
         target = step.target if step.target in self._zone_names() else (
             step.yaw_deg, step.pitch_deg)
-        if v in ("road", "hand"):
-            self.road(d)
-        elif v in ("lost", "occlude", "block"):
-            self.lost(d)
-        elif v == "glance":
-            self.glance(target, d)
-        elif v == "glance_lost":
-            self.glance_lost(target, d, GLANCE_LOST_BEYOND_DEG)
-        elif v == "away":
-            self.away(d, (step.yaw_deg, step.pitch_deg))
-        elif v == "nod":
-            self.nod(-step.pitch_deg)
-        elif v == "slump":
-            self.slump(d, -step.pitch_deg)
-        elif v in ("blink", "close", "yawn", "look"):
+        moves: dict[str, Callable[[], object]] = {
+            "road": lambda: self.road(d), "hand": lambda: self.road(d),
+            "lost": lambda: self.lost(d), "occlude": lambda: self.lost(d),
+            "block": lambda: self.lost(d),
+            "glance": lambda: self.glance(target, d),
+            "glance_lost": lambda: self.glance_lost(target, d, GLANCE_LOST_BEYOND_DEG),
+            "away": lambda: self.away(d, (step.yaw_deg, step.pitch_deg)),
+            "nod": lambda: self.nod(-step.pitch_deg),
+            "slump": lambda: self.slump(d, -step.pitch_deg),
+            "sunglasses": lambda: self.sunglasses(bool(step.value)),
+            "speed": lambda: self.speed(step.value),
+            "steering": lambda: self.steering(step.value),
+        }
+        if v in ("blink", "close", "yawn", "look"):
             self._add(v, d, target=step.target, yaw_inboard_deg=step.yaw_deg,
                       pitch_deg=step.pitch_deg, eyes=step)
-        elif v == "sunglasses":
-            self.sunglasses(bool(step.value))
-        elif v in ("speed", "steering"):
-            getattr(self, v)(step.value)
+        elif v in moves:
+            moves[v]()
         # light, expect: nothing for a story
 
     def _zone_names(self) -> set[str]:
@@ -309,26 +306,29 @@ class ScenarioBuilder:
     def _relative(self, seg: Segment, u: float) -> tuple[float, float] | None:
         """(yaw_inboard, pitch) at local time ``u`` in a segment; None = face lost."""
         d, turn = seg.duration_s, seg.turn_s
-        if seg.kind == "road":
+        if seg.kind in ("road", "blink", "look"):  # blink, look: only the eyes move
             return 0.0, 0.0
         if seg.kind == "lost":
             return None
         if seg.kind in ("glance", "glance_lost", "away"):
-            k = min(u / turn, 1.0, (d - u) / turn) if turn > 0 else 1.0
-            k = max(k, 0.0)
-            pose = (k * seg.yaw_inboard_deg, k * seg.pitch_deg)
-            if seg.kind == "glance_lost" and abs(pose[0]) > seg.lost_beyond_deg:
-                return None
-            return pose
+            return self._turned(seg, u)
         if seg.kind in ("nod", "slump"):
             k = max(0.0, min(u / turn, 1.0, (d - u) / seg.rise_s))
             return 0.0, k * seg.pitch_deg
-        if seg.kind in ("blink", "look"):  # the eyes move, the head stays at the road
-            return 0.0, 0.0
         if seg.kind in ("close", "yawn"):  # the droop / the tilt back
             assert seg.eyes is not None
             return 0.0, head_pitch_k(seg.eyes, u) * seg.pitch_deg
         raise ValueError(f"unknown segment kind {seg.kind}")
+
+    @staticmethod
+    def _turned(seg: Segment, u: float) -> tuple[float, float] | None:
+        """A glance's ramp out, hold and ramp back; None where a glance_lost loses the face."""
+        d, turn = seg.duration_s, seg.turn_s
+        k = max(min(u / turn, 1.0, (d - u) / turn), 0.0) if turn > 0 else 1.0
+        pose = (k * seg.yaw_inboard_deg, k * seg.pitch_deg)
+        if seg.kind == "glance_lost" and abs(pose[0]) > seg.lost_beyond_deg:
+            return None
+        return pose
 
     def build(self) -> Scenario:
         rng = random.Random(self.seed)
