@@ -81,6 +81,7 @@ class Perception:
         self._since_detect = 0
         self.detections = 0
         self.frames = 0
+        self.eye_errors = 0  # frames whose eye measurement raised (eyes None, pose kept)
 
     def reset(self) -> None:
         self._track_state, self._box, self._since_detect = None, None, 0
@@ -146,7 +147,14 @@ class Perception:
             return None
         landmarks = getattr(getattr(state, "landmarks", None), "points_px", None)
         box = self._box if landmarks is None else face  # the detector's box has keypoints
-        return self.eyes.measure(image, pose, landmarks, box)
+        try:
+            return self.eyes.measure(image, pose, landmarks, box)
+        except Exception as exc:  # noqa: BLE001 - the eyes failing must not lose the head pose
+            self.eye_errors += 1
+            if self.eye_errors == 1 or self.eye_errors % 100 == 0:
+                log.warning("eye measurement failed (%s: %s); %d frames without eyes so far",
+                            type(exc).__name__, exc, self.eye_errors)
+            return None
 
 
 def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:

@@ -43,10 +43,26 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """(detector, pose estimator) from the shared options."""
-    from dms.vision.detect import DetectorSettings, create_detector
-    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+def build_eyes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The eye measurer on the runtime the shared options choose (None with --no-eyes or
+    ``[vision.eyes] enabled = false``)."""
+    from dms.vision.eyes import EyeMeasurer
+    from dms.vision.settings import EyeSettings
+
+    if getattr(args, "no_eyes", False):
+        return None
+    runtime, _, _ = _runtime_and_settings(args)
+    eye_settings = EyeSettings()
+    if getattr(args, "config", None):
+        from dms.config import load_config
+
+        eye_settings = getattr(load_config(args.config).vision, "eyes", eye_settings)
+    return EyeMeasurer.from_settings(eye_settings, runtime) if eye_settings.enabled else None
+
+
+def _runtime_and_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dms.vision.detect import DetectorSettings
+    from dms.vision.headpose import PoseModelSettings
     from dms.vision.runtime import RuntimeSettings
 
     if getattr(args, "config", None):
@@ -61,6 +77,15 @@ def build_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         runtime = replace(runtime, providers=tuple(args.provider))
     if args.threads is not None:
         runtime = replace(runtime, intra_op_threads=args.threads)
+    return runtime, det_settings, pose_settings
+
+
+def build_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(detector, pose estimator) from the shared options."""
+    from dms.vision.detect import create_detector
+    from dms.vision.headpose import create_pose_estimator
+
+    runtime, det_settings, pose_settings = _runtime_and_settings(args)
     if args.detector:
         det_settings = replace(det_settings, model=args.detector)
     if args.pose_model:

@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 
-from dms.cli._common import add_model_args, build_models
+from dms.cli._common import add_model_args, build_eyes, build_models
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=300, help="frames to time (after warm-up)")
     p.add_argument("--warmup", type=int, default=20, help="frames run before timing")
     p.add_argument("--no-tracking", action="store_true", help="detect on every frame")
+    p.add_argument("--no-eyes", action="store_true",
+                   help="no eye measurement (head pose only, as before issue 14)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -64,11 +66,12 @@ def run(args: argparse.Namespace) -> int:
     order = [k % period for k in range(args.frames + args.warmup)]
     frames = [clip[k if k < len(clip) else period - k] for k in order]
     detector, estimator = build_models(args)
-    perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking))
+    perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking),
+                            eyes=build_eyes(args))
     monitor = DriverMonitor(perception, Engine())
     for i in range(args.warmup):
         monitor.step(frames[i], i / 30.0)
-    detect, pose, engine, total, found = [], [], [], [], 0
+    detect, pose, eyes, engine, total, found = [], [], [], [], [], 0
     timed = frames[args.warmup:]
     perception.detections = 0
     for i, img in enumerate(timed):
@@ -78,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         if r.detected:
             detect.append(r.detect_ms)
         pose.append(r.pose_ms)
-        engine.append(max(total[-1] - r.detect_ms - r.pose_ms, 0.0))
+        if perception.eyes is not None:
+            eyes.append(r.eyes_ms)
+        engine.append(max(total[-1] - r.detect_ms - r.pose_ms - r.eyes_ms, 0.0))
         found += r.pose is not None
     tot = _stats(total)
     out = {
@@ -94,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
         "fps_mean": round(1000.0 / float(tot["mean_ms"]), 1),
         "face_found_fraction": round(found / len(timed), 3),
         "detector_runs_per_frame": round(len(detect) / len(timed), 3),
-        "stages": {"detect": _stats(detect), "pose": _stats(pose), "engine": _stats(engine),
-                   "total": tot},
+        "eyes": perception.eyes is not None,
+        "stages": {"detect": _stats(detect), "pose": _stats(pose), "eyes": _stats(eyes),
+                   "engine": _stats(engine), "total": tot},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
     }
@@ -103,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(f"{Path(video).name}: {out['frames']} frames {out['size'][0]}x{out['size'][1]}, "
-          f"detector {out['detector']}, pose {out['pose_model']}, tracking {out['tracking']}")
+          f"detector {out['detector']}, pose {out['pose_model']}, tracking {out['tracking']}, "
+          f"eyes {out['eyes']}")
     for name, s in out["stages"].items():  # type: ignore[union-attr]
         if s.get("calls"):
             print(f"  {name:7s} p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms  "
