@@ -2,9 +2,10 @@
 """The preview's cost on the frame loop (issue 15): the real service loop (``Service.run``:
 embedded models, engine, buzzer thread; MQTT off) at full speed on a rendered clip, with the
 preview off, on with no viewer, and with one and two MJPEG viewers (real HTTP clients, each its
-own process reading the stream as a browser does). Cases are interleaved over ``--rounds`` so
-that other load on the machine spreads over all of them; fps is frames processed in a
-``--window-s`` window after ``--warmup-s``.
+own process reading the stream as a browser does). Cases are interleaved over ``--rounds``, in a
+rotated order, so that other load on the machine spreads over all of them; fps is frames
+processed in a ``--window-s`` window after ``--warmup-s``; process CPU per frame and the
+encoder thread's CPU time say what the preview costs whatever else runs on the machine.
 
     .venv/bin/python scripts/bench_preview.py [--rounds 3] [--window-s 20] [--size 640x480]
 
@@ -84,19 +85,26 @@ def one_run(clip: Path, state: Path, case: str, warmup_s: float, window_s: float
     clients = [subprocess.Popen([sys.executable, "-c", CLIENT, str(port), TOKEN],
                                 stdout=subprocess.PIPE, text=True) for _ in range(viewers)]
     time.sleep(warmup_s)
-    f0, t0 = svc.frames, time.monotonic()
+    hub = svc.preview.hub if svc.preview is not None else None
+    f0, t0, cpu0 = svc.frames, time.monotonic(), time.process_time()
+    enc0 = hub.encode_cpu_s if hub else 0.0
     time.sleep(window_s)
-    f1, t1 = svc.frames, time.monotonic()
+    f1, t1, cpu1 = svc.frames, time.monotonic(), time.process_time()
+    enc1 = hub.encode_cpu_s if hub else 0.0
+    children0 = os.times().children_user + os.times().children_system
     stream_fps = []
     for c in clients:
         c.send_signal(signal.SIGTERM)
         out, _ = c.communicate(timeout=30)
         n, dt, _nbytes = out.split()
         stream_fps.append(int(n) / float(dt))
+    clients_cpu = os.times().children_user + os.times().children_system - children0
     svc.stop.set()
     runner.join(30)
     return {"case": case, "fps": (f1 - f0) / (t1 - t0), "stream_fps": stream_fps,
-            "encoded": svc.preview.hub.frames_encoded if svc.preview else 0}
+            "cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / max(1, f1 - f0),
+            "encoder_cpu_per_s": (enc1 - enc0) / (t1 - t0),
+            "clients_cpu_s": clients_cpu}
 
 
 def main() -> int:
@@ -122,21 +130,30 @@ def main() -> int:
           f"{args.rounds} rounds x {len(CASES)} cases, {args.window_s:g} s windows")
     results: dict[str, list[float]] = {c: [] for c in CASES}
     streams: dict[str, list[float]] = {c: [] for c in CASES}
+    cpu: dict[str, list[float]] = {c: [] for c in CASES}
+    enc: dict[str, list[float]] = {c: [] for c in CASES}
     for r in range(args.rounds):
-        for case in CASES:
+        for case in CASES[r % len(CASES):] + CASES[:r % len(CASES)]:  # no fixed order
             res = one_run(clip, work / "state", case, args.warmup_s, args.window_s)
             results[case].append(res["fps"])
             streams[case].extend(res["stream_fps"])
-            print(f"round {r + 1} {case:>9}: {res['fps']:6.1f} fps; stream fps per viewer "
-                  f"{[round(x, 1) for x in res['stream_fps']]}", flush=True)
+            cpu[case].append(res["cpu_ms_per_frame"])
+            enc[case].append(res["encoder_cpu_per_s"])
+            print(f"round {r + 1} {case:>9}: {res['fps']:6.1f} fps, process CPU "
+                  f"{res['cpu_ms_per_frame']:.1f} ms/frame, encoder {res['encoder_cpu_per_s']:.3f}"
+                  f" CPU-s/s, clients {res['clients_cpu_s']:.2f} CPU-s (whole run); stream fps"
+                  f" per viewer {[round(x, 1) for x in res['stream_fps']]}", flush=True)
     base = statistics.median(results["off"])
-    print("\n| preview | frame loop fps (median) | runs | change vs off | stream fps/viewer |")
-    print("|---|---|---|---|---|")
+    print("\n| preview | frame loop fps (median) | runs | change vs off | process CPU ms/frame "
+          "(median) | encoder CPU-s per s | stream fps/viewer |")
+    print("|---|---|---|---|---|---|---|")
     for case in CASES:
         med = statistics.median(results[case])
         runs = ", ".join(f"{x:.1f}" for x in results[case])
         sfps = f"{statistics.median(streams[case]):.1f}" if streams[case] else "-"
-        print(f"| {case} | {med:.1f} | {runs} | {100 * (med / base - 1):+.1f} % | {sfps} |")
+        print(f"| {case} | {med:.1f} | {runs} | {100 * (med / base - 1):+.1f} % | "
+              f"{statistics.median(cpu[case]):.1f} | {statistics.median(enc[case]):.3f} | "
+              f"{sfps} |")
     return 0
 
 

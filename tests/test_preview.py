@@ -273,6 +273,11 @@ def test_mute_goes_through_the_buzzers_budget(service: Running) -> None:
     assert "command 'mute' rejected" in service.log_text()
 
 
+def test_a_command_body_over_the_bound_is_refused_unread(service: Running) -> None:
+    status, _, body = service.request("POST", "/api/command/mute", b" " * 5000, BEARER)
+    assert status == 413 and "Content-Length must be 0-4096" in json.loads(body)["error"]
+
+
 def outward_address() -> str | None:
     """This machine's address on its default route (None without one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -56,6 +56,7 @@ class FrameHub:
         self._thread: threading.Thread | None = None
         self.frames_encoded = 0
         self.encode_errors = 0
+        self.encode_cpu_s = 0.0  # CPU time the encoder thread spent drawing and encoding
 
     # -- the frame loop's side ------------------------------------------------------------------
     def offer(self, image: np.ndarray, face: FaceBox | None, result: Any) -> None:
@@ -127,6 +128,7 @@ class FrameHub:
             if latest is None or self._viewers == 0:
                 continue
             next_t = self._clock() + period
+            cpu0 = time.thread_time()
             try:
                 jpeg = self.render(*latest, events)
             except Exception:  # noqa: BLE001 - the preview must never stop anything
@@ -135,6 +137,8 @@ class FrameHub:
                     log.exception("preview: a frame could not be drawn (%d so far)",
                                   self.encode_errors)
                 continue
+            finally:
+                self.encode_cpu_s += time.thread_time() - cpu0
             with self._jpeg_cond:
                 self._jpeg, self._jpeg_seq = jpeg, self._jpeg_seq + 1
                 self._jpeg_cond.notify_all()

@@ -168,8 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
@@ -214,17 +213,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream()
         self._send(HTTPStatus.NOT_FOUND, b"404\n", "text/plain")
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.do_GET()
-
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         path = urlsplit(self.path).path
         name = path.removeprefix("/api/command/")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
             self.close_connection = True
             return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                              {"ok": False, "error": f"body over {MAX_BODY_BYTES} bytes"})
+                              {"ok": False, "error": f"Content-Length must be 0-{MAX_BODY_BYTES}"})
         raw = self.rfile.read(length) if length else b""
         if not self.app.token_ok(self._bearer()):
             return self._unauthorised(f"command {name!r}")
