@@ -1,6 +1,7 @@
 """The one configuration file (TOML): every setting of every component, validated at start.
 
-Sections: ``[camera]``, ``[vision]`` (``detector``, ``pose``, ``tracking``, ``runtime``),
+Sections: ``[camera]``, ``[vision]`` (``detector``, ``pose``, ``tracking``, ``runtime``,
+``eyes``),
 ``[engine]``, ``[mqtt]``, ``[buzzer]``, ``[service]``, ``[preview]``. Unknown keys and wrong
 types are errors that name the dotted key; TOML syntax errors name the line. Secrets never live
 in the file: the MQTT password comes from the environment variable named by
@@ -27,6 +28,7 @@ from dms.preview.settings import PreviewSettings
 from dms.settings import load_settings, parse_toml, read_text_file
 from dms.vision.settings import (
     DetectorSettings,
+    EyeSettings,
     PoseModelSettings,
     RuntimeSettings,
     TrackingSettings,
@@ -77,6 +79,7 @@ class VisionSettings:
     pose: PoseModelSettings = field(default_factory=PoseModelSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     runtime: RuntimeSettings = field(default_factory=lambda: RuntimeSettings())
+    eyes: EyeSettings = field(default_factory=EyeSettings)
 
 
 @dataclass(frozen=True, slots=True)

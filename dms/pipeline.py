@@ -228,8 +228,7 @@ class DriverMonitor:
         rt = vision.runtime
         if trt_cache_dir and not rt.trt_engine_cache_dir:
             rt = replace(rt, trt_engine_cache_dir=trt_cache_dir)
-        # [vision.eyes] once dms.config's VisionSettings carries it; the defaults until then
-        eye_settings = getattr(vision, "eyes", EyeSettings())
+        eye_settings = vision.eyes
         eyes = EyeMeasurer.from_settings(eye_settings, rt) if eye_settings.enabled else None
         perception = Perception(create_detector(vision.detector, rt),
                                 create_pose_estimator(vision.pose, rt), vision.tracking,

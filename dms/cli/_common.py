@@ -56,7 +56,7 @@ def build_eyes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if getattr(args, "config", None):
         from dms.config import load_config
 
-        eye_settings = getattr(load_config(args.config).vision, "eyes", eye_settings)
+        eye_settings = load_config(args.config).vision.eyes
     return EyeMeasurer.from_settings(eye_settings, runtime) if eye_settings.enabled else None
 
 

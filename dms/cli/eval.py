@@ -78,7 +78,7 @@ def _eye_measurer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if getattr(args, "config", None):
         from dms.config import load_config
 
-        settings = getattr(load_config(args.config).vision, "eyes", settings)
+        settings = load_config(args.config).vision.eyes
     return EyeMeasurer.from_settings(settings)
 
 

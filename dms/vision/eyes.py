@@ -340,8 +340,8 @@ class EyeMeasurer:
             conf = 0.0
         gazes = [self.gaze(r, w, pose.rotation) for w, r in readings.items()
                  if r is not None and r.openness >= s.gaze_min_openness]
-        gyaw = float(np.mean([g[0] for g in gazes])) if gazes else None
-        gpitch = float(np.mean([g[1] for g in gazes])) if gazes else None
+        gyaw = s.gaze_yaw_gain * float(np.mean([g[0] for g in gazes])) if gazes else None
+        gpitch = s.gaze_pitch_gain * float(np.mean([g[1] for g in gazes])) if gazes else None
         r_right, r_left = readings["right"], readings["left"]
         return EyeObservation(
             openness_right=None if r_right is None else r_right.openness,

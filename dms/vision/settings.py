@@ -232,8 +232,27 @@ class EyeSettings:
     gaze_min_openness: float = field(
         default=0.12, metadata={"doc": "eyes less open than this give no gaze (iris hidden)"}
     )
+    gaze_yaw_gain: float = field(
+        default=1.6,
+        metadata={
+            "doc": "the iris model under-reads eye rotation: measured eye-in-head yaw is "
+            "multiplied by this. Fitted on renders (docs/benchmarks.md, gaze sweep: slope of "
+            "measured over true yaw 0.56 astronaut, 0.66 grace_hopper, +-30 deg); not "
+            "checked on real gaze data (none here)"
+        },
+    )
+    gaze_pitch_gain: float = field(
+        default=1.0,
+        metadata={
+            "doc": "the same for pitch; the iris barely moves under the lid when looking "
+            "down (renders: slope 0.1-0.2), so pitch is left as measured and eyes-only "
+            "glances are caught by their yaw"
+        },
+    )
 
     def validate(self) -> None:
+        if not (0.5 <= self.gaze_yaw_gain <= 3.0 and 0.5 <= self.gaze_pitch_gain <= 3.0):
+            raise ValueError("gaze_yaw_gain and gaze_pitch_gain must be in [0.5, 3]")
         if not 1.0 < self.crop_scale <= 5.0:
             raise ValueError(f"crop_scale must be in (1, 5], got {self.crop_scale}")
         if not 0.1 <= self.keypoint_eye_width <= 1.0:
