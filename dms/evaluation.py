@@ -309,7 +309,7 @@ def read_eye_truth(path: str | Path) -> list[EyeTruthRow]:
 
     p = Path(path)
     rows = list(csv.reader(read_text_file(p, "ground-truth poses", InputError).splitlines()))
-    if not rows or tuple(c.strip() for c in rows[0][:9]) != EYE_TRUTH_COLUMNS:
+    if not rows or tuple(c.strip() for c in rows[0][:len(EYE_TRUTH_COLUMNS)]) != EYE_TRUTH_COLUMNS:
         raise InputError(f"{p}:1: expected the header {','.join(EYE_TRUTH_COLUMNS)} "
                          "(a render with eye ground truth)")
     out = []

@@ -45,12 +45,12 @@ def test_truth_columns_follow_the_script() -> None:
     assert tuple(header) == TRUTH_COLUMNS
     assert header[:5] == ["t", "yaw", "pitch", "roll", "face"]  # the old columns first
     table = {round(float(r[0]), 1): [float(v) for v in r] for r in rows}
-    assert table[0.5][5:] == [1.0, 0.0, 0.0, 0.0]
+    assert table[0.5][5:] == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert table[1.5][5] == 0.0  # eyes shut
     assert table[2.5][6:8] == [-35.0, -5.0]  # the eyes at the left mirror (outboard: yaw < 0)
     assert table[2.5][5] == pytest.approx(1 - 0.012 * 5, abs=1e-3)  # lid a little down
     assert table[4.5][5] == 0.0 and table[4.5][8] == 1.0  # yawn hold: eyes shut, mouth wide
-    assert table[6.5][5:] == [1.0, 0.0, 0.0, 0.0]
+    assert table[6.5][5:] == [1.0, 0.0, 0.0, 0.0, 1.0]  # behind sunglasses
     # a perfect measurement of the same frames
     by_t = {round(f.t_s, 1): f for f in frames}
     shut = truth_eyes(by_t[1.5])

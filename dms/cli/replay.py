@@ -33,7 +33,13 @@ from typing import Any
 from dms.errors import InputError
 
 REQUIRED_COLUMNS = ("t", "yaw", "pitch", "roll")
-OPTIONAL_COLUMNS = ("face", "confidence", "speed_kmh", "steering_deg")
+OPTIONAL_COLUMNS = ("face", "confidence", "speed_kmh", "steering_deg", "eye_open",
+                    "gaze_yaw_deg", "gaze_pitch_deg", "mouth_open", "sunglasses")
+# eye_open 0 (shut) .. 1 (fully open) reads as openness OPEN_EYE_RATIO x eye_open, as a
+# perfect measurement of the synthetic renders would (dms.synth.script.truth_eyes); a file
+# with an eye_open column measured the eyes: an empty cell, or sunglasses 1, is a frame whose
+# eyes could not be measured. A file without it runs the head-only rules.
+OPEN_EYE_RATIO = 0.3
 
 
 def register(subparsers: Any) -> None:
@@ -175,7 +181,28 @@ def _observation(cells: dict[str, str], where: str) -> Any:
         pose = HeadPose(rotation_from_euler(pitch, yaw, roll), pitch, yaw, roll, conf)
     speed = _number(get("speed_kmh"), "speed_kmh", where) if get("speed_kmh") else None
     steer = _number(get("steering_deg"), "steering_deg", where) if get("steering_deg") else None
-    return Observation(t_s=t, pose=pose, speed_kmh=speed, steering_deg=steer)
+    eyes = _eyes(cells, where) if pose is not None and "eye_open" in cells else None
+    return Observation(t_s=t, pose=pose, speed_kmh=speed, steering_deg=steer, eyes=eyes)
+
+
+def _eyes(cells: dict[str, str], where: str) -> Any:
+    """The eye columns of a row (see OPTIONAL_COLUMNS) as an EyeObservation."""
+    from dms.types import EyeObservation
+
+    def opt(name: str) -> float | None:
+        text = cells.get(name, "")
+        return _number(text, name, where) if text else None
+
+    sunglasses = cells.get("sunglasses", "")
+    if sunglasses not in ("", "0", "1"):
+        raise InputError(f"{where}: sunglasses {sunglasses!r} is not 0 or 1")
+    mouth, eye_open = opt("mouth_open"), opt("eye_open")
+    if eye_open is None or sunglasses == "1":
+        return EyeObservation(None, None, 0.0, mouth_open=mouth)
+    if not 0.0 <= eye_open <= 1.0:
+        raise InputError(f"{where}: eye_open {eye_open:g} is outside [0, 1]")
+    o = OPEN_EYE_RATIO * eye_open
+    return EyeObservation(o, o, 1.0, opt("gaze_yaw_deg"), opt("gaze_pitch_deg"), mouth)
 
 
 def json_line(record: Any) -> str:

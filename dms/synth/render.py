@@ -600,7 +600,7 @@ class FaceRenderer:
 # ----------------------------------------------------------------- whole clips
 
 
-SYNTH_VERSION = "2"  # bump when the renderer's output changes: invalidates cached clips
+SYNTH_VERSION = "3"  # bump when the renderer's output changes: invalidates cached clips
 
 
 @dataclass(frozen=True, slots=True)

@@ -393,12 +393,14 @@ class Trajectory:
 
 
 TRUTH_COLUMNS = ("t", "yaw", "pitch", "roll", "face", "eye_open", "gaze_yaw_deg",
-                 "gaze_pitch_deg", "mouth_open")
+                 "gaze_pitch_deg", "mouth_open", "sunglasses")
 
 
 def poses_csv_text(frames: list[FrameTruth]) -> str:
     """Ground truth in the ``dms replay --poses`` format: ``t,yaw,pitch,roll,face`` and then
-    the eyes and mouth: ``eye_open,gaze_yaw_deg,gaze_pitch_deg,mouth_open`` (FrameTruth).
+    the eyes and mouth: ``eye_open,gaze_yaw_deg,gaze_pitch_deg,mouth_open`` (FrameTruth),
+    and ``sunglasses`` (1: the eyes cannot be measured; ``dms replay --poses`` then gives the
+    engine unmeasurable eyes).
 
     Angles are written for every frame (the true head pose); ``face`` says whether a perfect
     detector would see the face (``dms replay`` treats face 0 as no observation). The eyes
@@ -407,7 +409,7 @@ def poses_csv_text(frames: list[FrameTruth]) -> str:
     for f in frames:
         lines.append(f"{f.t_s:.4f},{f.yaw_deg:.3f},{f.pitch_deg:.3f},{f.roll_deg:.3f},"
                      f"{int(f.face)},{f.eye_open:.3f},{f.gaze_yaw_deg:.2f},"
-                     f"{f.gaze_pitch_deg:.2f},{f.mouth_open:.3f}")
+                     f"{f.gaze_pitch_deg:.2f},{f.mouth_open:.3f},{int(f.sunglasses)}")
     return "\n".join(lines) + "\n"
 
 
