@@ -32,6 +32,11 @@ SIGNATURES = {
         [1, 3, 192, 192],
         {"conv2d_20": [1, 1404, 1, 1], "conv2d_30": [1, 1, 1, 1]},
     ),
+    "iris_landmark.onnx": (
+        "input_1",
+        [1, 3, 64, 64],
+        {"output_eyes_contours_and_brows": [1, 213], "output_iris": [1, 15]},
+    ),
 }
 
 
@@ -50,6 +55,7 @@ def test_every_embedded_file_matches_its_manifest_sha256() -> None:
         "face_detection_back.onnx",
         "face_landmark.onnx",
         "canonical_face_mesh.npz",
+        "iris_landmark.onnx",
     }
     for e in entries:
         digest = hashlib.sha256((MODELS / e.file).read_bytes()).hexdigest()
