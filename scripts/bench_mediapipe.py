@@ -7,7 +7,8 @@ whose legacy `solutions` ship their .tflite models):
         opencv-python-headless==4.10.0.84
     /tmp/mp/bin/python scripts/bench_mediapipe.py ~/.cache/dms/bench_640x480.mp4
 
-Times `FaceMesh.process` per frame (its own detector + landmark tracking on the previous
+`--refine` runs the attention mesh with iris landmarks (what dms's eye stage is compared
+with). Times `FaceMesh.process` per frame (its own detector + landmark tracking on the previous
 frame's ROI, the same idea as dms's tracking) and prints p50/p99 and FPS as JSON.
 """
 
@@ -23,7 +24,7 @@ import mediapipe as mp
 import numpy as np
 
 
-def main(path: str, frames: int = 300, warmup: int = 20) -> None:
+def main(path: str, frames: int = 300, warmup: int = 20, refine: bool = False) -> None:
     cap = cv2.VideoCapture(path)
     imgs = []
     while len(imgs) < frames + warmup:
@@ -32,7 +33,7 @@ def main(path: str, frames: int = 300, warmup: int = 20) -> None:
             break
         imgs.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
-                                           refine_landmarks=False)
+                                           refine_landmarks=refine)
     for img in imgs[:warmup]:
         mesh.process(img)
     ms, found = [], 0
@@ -43,7 +44,8 @@ def main(path: str, frames: int = 300, warmup: int = 20) -> None:
         found += res.multi_face_landmarks is not None
     a = np.asarray(ms)
     print(json.dumps({
-        "reference": f"mediapipe {mp.__version__} FaceMesh (own detector + tracking)",
+        "reference": f"mediapipe {mp.__version__} FaceMesh (own detector + tracking"
+                     + (", attention mesh with irises)" if refine else ")"),
         "frames": len(ms), "p50_ms": round(float(np.percentile(a, 50)), 3),
         "p99_ms": round(float(np.percentile(a, 99)), 3),
         "fps_p50": round(1000 / float(np.percentile(a, 50)), 1),
@@ -53,4 +55,6 @@ def main(path: str, frames: int = 300, warmup: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    # --refine: the attention mesh with iris landmarks (refine_landmarks=True), the
+    # comparable reference for dms with its eye stage
+    main(sys.argv[1], refine="--refine" in sys.argv[2:])
