@@ -58,7 +58,13 @@ import numpy as np
 from dms.errors import ModelError
 from dms.types import EyeObservation, FaceBox, HeadPose
 from dms.vision.facemesh import FaceRoi, roi_transform
-from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
+from dms.vision.runtime import (
+    CPU_ONLY,
+    RuntimeSettings,
+    create_session,
+    output_sizes,
+    square_image_input,
+)
 from dms.vision.settings import EyeSettings
 
 NUM_CONTOUR = 71
@@ -101,19 +107,9 @@ class IrisLandmarker:
     def __init__(self, session: Any, *, name: str = "iris") -> None:
         self.name = name
         self._session = session
-        inp = session.get_inputs()[0]
-        self._input_name = inp.name
-        shape = list(inp.shape)
-        if len(shape) != 4 or not (shape[1] == 3 or shape[3] == 3):
-            raise ModelError(f"{name}: iris input must be 1x3xSxS or 1xSxSx3, got {shape}")
-        self._nchw = shape[1] == 3
-        h, w = (shape[2], shape[3]) if self._nchw else (shape[1], shape[2])
-        if not isinstance(h, int) or h != w:
-            raise ModelError(f"{name}: iris input must be square with a fixed size: {shape}")
-        self.input_size = int(h)
-        sizes = [
-            int(np.prod([d for d in o.shape if isinstance(d, int)])) for o in session.get_outputs()
-        ]
+        self._input_name, self._nchw, self.input_size = square_image_input(session, name,
+                                                                           "iris")
+        sizes = output_sizes(session)
         if NUM_CONTOUR * 3 not in sizes or NUM_IRIS * 3 not in sizes:
             raise ModelError(
                 f"{name}: expected a {NUM_CONTOUR * 3}-value contour output and a "

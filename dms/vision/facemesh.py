@@ -35,6 +35,7 @@ import numpy as np
 
 from dms.errors import InputError, ModelError
 from dms.types import FaceBox
+from dms.vision.runtime import output_sizes, square_image_input
 
 NUM_LANDMARKS = 468
 RIGHT_EYE_OUTER = 33  # the subject's right eye, on the viewer's left
@@ -130,19 +131,9 @@ class FaceMeshLandmarker:
     def __init__(self, session: Any, *, name: str = "facemesh") -> None:
         self.name = name
         self._session = session
-        inp = session.get_inputs()[0]
-        self._input_name = inp.name
-        shape = list(inp.shape)
-        if len(shape) != 4 or not (shape[1] == 3 or shape[3] == 3):
-            raise ModelError(f"{name}: FaceMesh input must be 1x3xSxS or 1xSxSx3, got {shape}")
-        self._nchw = shape[1] == 3
-        h, w = (shape[2], shape[3]) if self._nchw else (shape[1], shape[2])
-        if not isinstance(h, int) or h != w:
-            raise ModelError(f"{name}: FaceMesh input must be square with a fixed size: {shape}")
-        self.input_size = int(h)
-        sizes = [
-            int(np.prod([d for d in o.shape if isinstance(d, int)])) for o in session.get_outputs()
-        ]
+        self._input_name, self._nchw, self.input_size = square_image_input(
+            session, name, "FaceMesh")
+        sizes = output_sizes(session)
         if NUM_LANDMARKS * 3 not in sizes or 1 not in sizes:
             raise ModelError(
                 f"{name}: expected a {NUM_LANDMARKS * 3}-value landmark output and a 1-value "

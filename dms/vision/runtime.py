@@ -121,3 +121,25 @@ def create_session(path: str | Path, settings: RuntimeSettings = CPU_ONLY) -> An
         raise ModelError(f"{p}: onnxruntime cannot load it: {first[:300]}") from None
     log.info("%s runs on %s", p.name, session.get_providers()[0])
     return session
+
+
+def square_image_input(session: Any, name: str, what: str) -> tuple[str, bool, int]:
+    """(input name, NCHW?, side) of a model taking one square RGB image (1x3xSxS or
+    1xSxSx3, fixed size); ModelError naming ``what`` (e.g. "FaceMesh") otherwise."""
+    inp = session.get_inputs()[0]
+    shape = list(inp.shape)
+    if len(shape) != 4 or not (shape[1] == 3 or shape[3] == 3):
+        raise ModelError(f"{name}: {what} input must be 1x3xSxS or 1xSxSx3, got {shape}")
+    nchw = shape[1] == 3
+    h, w = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+    if not isinstance(h, int) or h != w:
+        raise ModelError(f"{name}: {what} input must be square with a fixed size: {shape}")
+    return inp.name, nchw, int(h)
+
+
+def output_sizes(session: Any) -> list[int]:
+    """The number of values of each output (its fixed dimensions multiplied)."""
+    import numpy as np
+
+    return [int(np.prod([d for d in o.shape if isinstance(d, int)]))
+            for o in session.get_outputs()]
