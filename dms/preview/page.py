@@ -39,6 +39,7 @@ button { font-size: 14px; padding: 4px 12px; }
     <tr><td>driver state</td><td id="driver_state">-</td></tr>
     <tr><td>active alerts</td><td id="alerts">-</td></tr>
     <tr><td>calibration</td><td id="calibration">-</td></tr>
+    <tr><td>eyes</td><td id="eyes">-</td></tr>
     <tr><td>fps</td><td id="fps">-</td></tr>
     <tr><td>camera</td><td id="camera">-</td></tr>
     <tr><td>MQTT</td><td id="mqtt">-</td></tr>
@@ -79,6 +80,13 @@ async function poll() {
          ? " " + Math.round(100 * (c.progress || 0)) + " %" : "") + " (source: "
          + (c.source || s.neutral_source || "-") + ")" + (s.calibration_command
          ? ", explicit calibration running" : ""));
+    const e = s.eyes || {};
+    text("eyes", e.rules === "eyes"
+         ? (e.closed ? "closed " + e.closed_s + " s" : "open " + Math.round(100 * (e.ratio || 0))
+            + " % of this driver's aperture") + (e.blinks_per_min == null ? ""
+            : ", " + Math.round(e.blinks_per_min) + " blinks/min")
+         : "head-only rules (" + (e.why || "not measured") + ")",
+         e.rules === "eyes" ? (e.closed ? "alert" : "ok") : (e.why === "not_visible" ? "bad" : ""));
     text("fps", String(s.fps));
     text("camera", s.camera + " (" + s.camera_source + ")", s.camera === "ok" ? "ok" : "bad");
     text("mqtt", s.mqtt, s.mqtt === "connected" ? "ok" : (s.mqtt === "off" ? "" : "bad"));
