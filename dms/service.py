@@ -157,9 +157,12 @@ class Service:
         from dms.vision.registry import find_entry
 
         assert self.monitor is not None
+        p = self.monitor.perception
+        models: list[tuple[str, Any]] = [("detector", p.detector), ("pose", p.estimator)]
+        if p.eyes is not None:
+            models.append(("eyes", p.eyes.iris))
         out = []
-        for task, model in (("detector", self.monitor.perception.detector),
-                            ("pose", self.monitor.perception.estimator)):
+        for task, model in models:
             name = str(getattr(model, "name", type(model).__name__))
             try:
                 licence = find_entry(name).licence

@@ -66,6 +66,15 @@ class Running:
     def log_text(self) -> str:
         return "".join(self.stderr)
 
+    def wait_log(self, needle: str, timeout_s: float = 10.0) -> bool:
+        """The service's log (read by a thread) contains ``needle`` within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.log_text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 def write_config(path: Path, state: Path, port: int, extra: str = "") -> Path:
     path.write_text(f'[camera]\nloop = true\n[service]\nstate_dir = "{state}"\n'
@@ -197,7 +206,7 @@ def test_status_has_what_an_installer_needs(service: Running) -> None:
                 "outbox", "model_licences", "preview_viewers", "buzzer"):
         assert key in st, key
     assert st["camera"] == "ok" and st["mqtt"] == "off"
-    assert {m["task"] for m in st["model_licences"]} == {"detector", "pose"}
+    assert {m["task"] for m in st["model_licences"]} == {"detector", "pose", "eyes"}
     assert all("Apache-2.0" in m["licence"] for m in st["model_licences"])
 
 
@@ -269,8 +278,8 @@ def test_mute_goes_through_the_buzzers_budget(service: Running) -> None:
     status, _, body = service.request("POST", "/api/command/mute", b'{"duration_s": 1e6}',
                                       BEARER)
     assert status == 409 and "mute duration_s must be in" in json.loads(body)["error"]
-    assert "preview 127.0.0.1:" in service.log_text()
-    assert "command 'mute' rejected" in service.log_text()
+    assert service.wait_log("preview 127.0.0.1:")
+    assert service.wait_log("command 'mute' rejected")
 
 
 def test_a_command_body_over_the_bound_is_refused_unread(service: Running) -> None:
@@ -400,8 +409,8 @@ def test_the_page_in_chromium(tmp_path: Path, clip: Path) -> None:
             wait.until(lambda b: "explicit calibration running" in
                        b.find_element(By.ID, "calibration").text)
             browser.save_screenshot(str(shots / "4-calibrating.png"))
-            assert "command 'calibrate' accepted" in run.log_text()
-            assert "refused: no valid token" in run.log_text()
+            assert run.wait_log("command 'calibrate' accepted")
+            assert run.wait_log("refused: no valid token")
         finally:
             browser.quit()
     assert run.proc.returncode == 0, run.log_text()
