@@ -223,7 +223,8 @@ class Service:
             "bad_frames": self.monitor.bad_frames,
             "loop_errors": self.loop_errors,
             "outbox": self._outbox_health(),
-            "models": {"detector": perception.detector.name, "pose": perception.estimator.name},
+            "models": {"detector": perception.detector.name, "pose": perception.estimator.name}
+            | ({} if perception.eyes is None else {"eyes": perception.eyes.iris.name}),
             "profile": self.cfg.service.profile,
             "version": __version__,
         }
