@@ -118,3 +118,33 @@ def test_files_are_0640_and_directories_0750_whatever_the_umask(
         os.umask(old)
     mode = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, path.parent, path)}
     assert mode == {state: 0o750, path.parent: 0o750, path: 0o640}
+
+
+def test_the_open_eye_aperture_is_stored_and_used_at_once(tmp_path: Path,
+                                                           result) -> None:  # type: ignore[no-untyped-def]
+    from dms.engine.engine import Engine
+    from dms.types import EyeObservation, HeadPose, Observation
+
+    aperture = result.neutral.eye_openness  # the stories' eyes: a baseline in 0.24-0.34
+    assert aperture is not None and 0.2 < aperture < 0.4
+    path = save_calibration(tmp_path, "alice", result)
+    doc = json.loads(path.read_text())
+    assert doc["eye_openness"] == pytest.approx(aperture, abs=1e-4)
+    stored = load_calibration(tmp_path, "alice")
+    assert stored is not None and stored.neutral.eye_openness == pytest.approx(aperture, abs=1e-4)
+    # a driver calibrated this way is judged against it from the first frame
+    engine = Engine(S, stored.neutral)
+    R = stored.neutral.rotation
+    eyes = EyeObservation(aperture, aperture, 0.9, 0.0, 0.0, 0.0)
+    state = engine.step(Observation(0.0, HeadPose(R, 0, 0, 0, 0.95), eyes=eyes)).state
+    assert state.to_dict()["eyes"]["rules"] == "eyes"
+    assert state.to_dict()["eyes"]["baseline"] == pytest.approx(aperture, abs=1e-3)
+    # files written before the field existed still load (no aperture: learned online)
+    del doc["eye_openness"]
+    path.write_text(json.dumps(doc))
+    old = load_calibration(tmp_path, "alice")
+    assert old is not None and old.neutral.eye_openness is None
+    doc["eye_openness"] = 3.0
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CalibrationStoreError, match="eye_openness 3.0 is not within"):
+        load_calibration(tmp_path, "alice")
