@@ -145,6 +145,14 @@ def published_after(sub: Collector, t0: float) -> Callable[[], bool]:
     return pred
 
 
+def recovery_s(sub: Collector, t0: float, timeout_s: float = 60.0) -> float | None:
+    """Seconds from wall time t0 to the first state/alert message after it (None: none
+    arrived within ``timeout_s``)."""
+    if not wait_for(published_after(sub, t0), timeout_s):
+        return None
+    return sub.first_after(t0) - t0
+
+
 def drain(h: Harness, row: Row, sub: Collector, cfg: Path) -> None:
     """A clean start-and-stop after the row, so whatever the outbox still holds is sent, then
     wait until every raised alert arrived (or 30 s)."""
@@ -170,8 +178,7 @@ def signal_then_restart(h: Harness, name: str, sig: int) -> dict[str, Any]:
         h.stop(proc, sig)
         t0 = time.time()
         proc = h.start(cfg, row)
-        ok = wait_for(published_after(sub, t0), 60)
-        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        row.recovery_s = recovery_s(sub, t0)
         wait_for(lambda: len(row.raised) >= 6, 120)
         h.stop(proc)
         drain(h, row, sub, cfg)
@@ -188,8 +195,7 @@ def broker_restart(h: Harness) -> dict[str, Any]:
         time.sleep(5.0)
         h.broker.start()
         t0 = time.time()
-        ok = wait_for(published_after(sub, t0), 60)
-        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        row.recovery_s = recovery_s(sub, t0)
         wait_for(lambda: len(row.raised) >= 5, 120)
         h.stop(proc)
         drain(h, row, sub, cfg)
@@ -233,8 +239,7 @@ def outbox_fault(h: Harness, name: str, what: str, damage: Callable[[Path], None
             proc = h.start(cfg, row)
         time.sleep(2.0)
         h.broker.start()
-        ok = wait_for(published_after(sub, t0), 60)
-        row.recovery_s = sub.first_after(t0) - t0 if ok else None
+        row.recovery_s = recovery_s(sub, t0)
         wait_for(lambda: len(row.raised) >= n + 4, 120)
         h.stop(proc)
         drain(h, row, sub, cfg)
@@ -300,8 +305,7 @@ def disk_full(h: Harness) -> dict[str, Any]:
             filler.unlink()
             t0 = time.time()
             h.broker.start()
-            ok = wait_for(published_after(sub, t0), 60)
-            row.recovery_s = sub.first_after(t0) - t0 if ok else None
+            row.recovery_s = recovery_s(sub, t0)
             h.stop(proc)
             drain(h, row, sub, cfg)
     finally:

@@ -277,6 +277,22 @@ def _settings(port: int) -> MqttSettings:
                         reconnect_max_s=1, keepalive_s=5)
 
 
+def _restart_and_deliver(tmp_path: Path, settings: MqttSettings, state: Path,
+                         arrived: Any) -> Collector:
+    """Start a broker and a new communicator on ``state``; it must drain its outbox and
+    the alerts satisfy ``arrived`` (messages -> bool) at a subscriber. Returns it (closed)."""
+    with start_broker(tmp_path / "broker", port=settings.port) as brk:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        try:
+            comm = MqttCommunicator(settings, state).start()
+            assert comm.wait_drained(20), comm.stats()
+            comm.stop()
+            assert sub.wait_for(arrived, 15)
+        finally:
+            sub.close()
+    return sub
+
+
 def _pairs_are_unique(alerts: list[dict[str, object]]) -> dict[tuple[str, int], object]:
     """(stream, seq) -> event of every alert received; fails if one pair named two alerts."""
     seen: dict[tuple[str, int], object] = {}
@@ -480,15 +496,7 @@ def test_alerts_the_full_disk_refused_survive_a_restart_through_the_spill(tmp_pa
         comm.stop()
         assert list(spill.glob("*.spill"))  # spilled, not lost
         filler.unlink()
-        with start_broker(tmp_path / "broker", port=settings.port) as brk:
-            sub = Collector(brk.port, "dms/cab1/alert")
-            try:
-                comm = MqttCommunicator(settings, state).start()
-                assert comm.wait_drained(20), comm.stats()
-                comm.stop()
-                assert sub.wait_for(lambda m: len(m) >= 12, 15)
-            finally:
-                sub.close()
+        sub = _restart_and_deliver(tmp_path, settings, state, lambda m: len(m) >= 12)
     got = _pairs_are_unique(sub.payloads("/alert"))
     assert sorted(e["i"] for e in got.values()) == list(range(12))  # type: ignore[index]
     assert not list(spill.glob("*.spill"))  # taken back and stored: nothing left behind
@@ -510,16 +518,8 @@ def test_an_outbox_destroyed_while_stopped_is_rebuilt_from_the_spill(tmp_path: P
     db.write_bytes(b"\x13" * max(db.stat().st_size, 4096))  # destroyed while stopped
     for side in state.glob("outbox.sqlite3-*"):
         side.unlink()
-    with start_broker(tmp_path / "broker", port=settings.port) as brk:
-        sub = Collector(brk.port, "dms/cab1/alert")
-        try:
-            comm = MqttCommunicator(settings, state).start()
-            assert comm.wait_drained(20), comm.stats()
-            comm.stop()
-            assert sub.wait_for(lambda m: len({json.loads(p)["event"].get("i")
-                                               for _, p in m} - {None}) >= 15, 15)
-        finally:
-            sub.close()
+    sub = _restart_and_deliver(tmp_path, settings, state, lambda m: len(
+        {json.loads(p)["event"].get("i") for _, p in m} - {None}) >= 15)
     got = _pairs_are_unique([a for a in sub.payloads("/alert") if "i" in a["event"]])
     assert sorted(e["i"] for e in got.values()) == list(range(15))  # type: ignore[index]
     assert list(state.glob("outbox.sqlite3.damaged-*"))  # the destroyed file set aside

@@ -176,15 +176,16 @@ def _ramp(x: float, zero: float, full: float) -> float:
     return float(min(1.0, max(0.0, (x - zero) / (full - zero))))
 
 
-def _median_in_ellipse(gray: np.ndarray, centre: np.ndarray, axes: tuple[float, float],
+def _median_in_ellipse(image_bgr: np.ndarray, centre: np.ndarray, axes: tuple[float, float],
                        angle_deg: float) -> float | None:
-    h, w = gray.shape
+    h, w = image_bgr.shape[:2]
     ax = max(axes)
     x0, y0 = int(max(0, centre[0] - ax - 1)), int(max(0, centre[1] - ax - 1))
     x1, y1 = int(min(w, centre[0] + ax + 2)), int(min(h, centre[1] + ax + 2))
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
-    patch = gray[y0:y1, x0:x1]
+    # only the patch is converted to gray: a full frame per measurement is wasted work
+    patch = cv2.cvtColor(image_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
     mask = np.zeros(patch.shape, np.uint8)
     cv2.ellipse(mask, (int(round(centre[0] - x0)), int(round(centre[1] - y0))),
                 (max(1, int(axes[0])), max(1, int(axes[1]))), angle_deg, 0, 360, 255, -1)
@@ -220,7 +221,7 @@ class EyeMeasurer:
                    settings)
 
     # ------------------------------------------------------------------ per eye
-    def _eye(self, image: np.ndarray, gray: np.ndarray, outer: np.ndarray, inner: np.ndarray,
+    def _eye(self, image: np.ndarray, outer: np.ndarray, inner: np.ndarray,
              mirror: bool, lids: tuple[np.ndarray, np.ndarray] | None, skin: float | None
              ) -> EyeReading | None:
         s = self.settings
@@ -239,15 +240,15 @@ class EyeMeasurer:
                                     contour[list(CONTOUR_LOWER)])
         centre = 0.5 * (c_outer + c_inner)
         d = c_inner - c_outer
-        eye_med = _median_in_ellipse(gray, centre, (0.6 * width, 0.4 * width),
+        eye_med = _median_in_ellipse(image, centre, (0.6 * width, 0.4 * width),
                                      math.degrees(math.atan2(d[1], d[0])))
         ratio = 1.0 if eye_med is None or not skin else eye_med / skin
         return EyeReading(c_outer, c_inner, iris[0], openness, width, float(ratio))
 
-    def _skin_brightness(self, gray: np.ndarray, points: list[np.ndarray], size_px: float
+    def _skin_brightness(self, image: np.ndarray, points: list[np.ndarray], size_px: float
                          ) -> float | None:
         vals = [m for p in points
-                if (m := _median_in_ellipse(gray, p, (size_px, size_px), 0.0)) is not None]
+                if (m := _median_in_ellipse(image, p, (size_px, size_px), 0.0)) is not None]
         return float(np.median(vals)) if vals else None
 
     # ------------------------------------------------------------------ gaze
@@ -295,7 +296,6 @@ class EyeMeasurer:
         """Eyes and mouth of one face; None when there is nothing to measure them from
         (no landmarks and no detector eye keypoints)."""
         s = self.settings
-        gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
         lm = None if landmarks_px is None else np.asarray(landmarks_px, np.float64)[:, :2]
         mouth: float | None = None
         if lm is not None:
@@ -305,7 +305,7 @@ class EyeMeasurer:
                     "left": (lm[list(LEFT_EYE[2])], lm[list(LEFT_EYE[3])])}
             eye_w = float(np.hypot(*(corners["right"][1] - corners["right"][0])))
             eye_w = max(eye_w, float(np.hypot(*(corners["left"][1] - corners["left"][0]))))
-            skin = self._skin_brightness(gray, [lm[i] for i in SKIN_IDS], 0.25 * eye_w)
+            skin = self._skin_brightness(image_bgr, [lm[i] for i in SKIN_IDS], 0.25 * eye_w)
             mouth = aspect_ratio(lm[MOUTH_CORNERS[0]], lm[MOUTH_CORNERS[1]],
                                  lm[[p[0] for p in MOUTH_PAIRS]], lm[[p[1] for p in MOUTH_PAIRS]])
         elif face is not None and face.keypoints is not None and len(face.keypoints) >= 3:
@@ -314,7 +314,7 @@ class EyeMeasurer:
             half = 0.5 * s.keypoint_eye_width * axis
             corners = {"right": (kp[0] - half, kp[0] + half), "left": (kp[1] + half, kp[1] - half)}
             lids = {}
-            skin = self._skin_brightness(gray, [kp[2]], 0.12 * float(np.hypot(*axis)))
+            skin = self._skin_brightness(image_bgr, [kp[2]], 0.12 * float(np.hypot(*axis)))
         else:
             return None
         readings: dict[str, EyeReading | None] = {}
@@ -324,7 +324,7 @@ class EyeMeasurer:
                 readings[which] = None
                 continue
             outer, inner = corners[which]
-            readings[which] = self._eye(image_bgr, gray, outer, inner, mirror,
+            readings[which] = self._eye(image_bgr, outer, inner, mirror,
                                         lids.get(which), skin)
         measured = [r for r in readings.values() if r is not None]
         conf = pose.confidence * _ramp(abs(pose.yaw_deg), s.confidence_yaw_zero_deg,
