@@ -71,7 +71,7 @@ def _runtime_and_settings(args: argparse.Namespace):  # type: ignore[no-untyped-
         vision = load_config(args.config).vision
         runtime, det_settings, pose_settings = vision.runtime, vision.detector, vision.pose
     else:
-        runtime = RuntimeSettings(providers=("cpu",), intra_op_threads=0)
+        runtime = RuntimeSettings(providers=("cpu",))
         det_settings, pose_settings = DetectorSettings(), PoseModelSettings()
     if args.provider:
         runtime = replace(runtime, providers=tuple(args.provider))

@@ -87,13 +87,22 @@ class OnnxGraph(nn.Module):
         self.steps: list[tuple[str, str, tuple[str, ...]]] = []  # (op, output, inputs)
         self.layers = nn.ModuleDict()
         self.pads: dict[str, tuple[int, ...]] = {}
+        # models/build_embedded.py writes each PRelu(x, s) as four nodes named "<y>:prelu*"
+        # (x*s + Relu(x)*(1-s), for onnxruntime's speed): read them back as one PReLU.
+        prelu_slope = {n.output[0]: (n.input[0], n.input[1]) for n in g.node
+                       if n.op_type == "Mul" and n.name.endswith(":prelu_sx")}
         for node in g.node:
             out = node.output[0]
-            if out not in needed:
+            if out not in needed or node.name.endswith((":prelu_sx", ":prelu_relu",
+                                                        ":prelu_rs")):
                 continue
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             data_inputs = tuple(i for i in node.input if i not in inits)
             op = node.op_type
+            if op == "Add" and node.name.endswith(":prelu"):
+                x_name, slope_name = prelu_slope[f"{out}:prelu_sx"]
+                op, data_inputs = "PRelu", (x_name,)
+                node = onnx.helper.make_node("PRelu", [x_name, slope_name], [out])
             if op == "Conv":
                 w = torch.from_numpy(inits[node.input[1]].copy())
                 b = torch.from_numpy(inits[node.input[2]].copy()) if len(node.input) > 2 else None

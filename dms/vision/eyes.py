@@ -60,6 +60,7 @@ from dms.types import EyeObservation, FaceBox, HeadPose
 from dms.vision.facemesh import FaceRoi, roi_transform
 from dms.vision.runtime import (
     CPU_ONLY,
+    PairRunner,
     RuntimeSettings,
     create_session,
     output_sizes,
@@ -197,9 +198,10 @@ class EyeMeasurer:
     """Per-frame eye and mouth measurement (see the module doc). Stateless between frames."""
 
     def __init__(self, iris: IrisLandmarker, mesh_vertices_cm: np.ndarray,
-                 settings: EyeSettings = DEFAULT_SETTINGS) -> None:
+                 settings: EyeSettings = DEFAULT_SETTINGS, *, parallel: bool = False) -> None:
         self.iris = iris
         self.settings = settings
+        self._pairs = PairRunner(parallel)  # the two eyes at once
         v = np.asarray(mesh_vertices_cm, np.float64)
         self._corners_cm = {
             "right": (v[RIGHT_EYE[0]], v[RIGHT_EYE[1]]),
@@ -218,7 +220,7 @@ class EyeMeasurer:
         path, entry = resolve_model(settings.model, task="eye_landmarks")
         name = entry.name if entry is not None else Path(path).stem
         return cls(IrisLandmarker.from_file(path, runtime, name), load_canonical_mesh().vertices_cm,
-                   settings)
+                   settings, parallel=runtime.parallel_pairs)
 
     # ------------------------------------------------------------------ per eye
     def _eye(self, image: np.ndarray, outer: np.ndarray, inner: np.ndarray,
@@ -317,15 +319,16 @@ class EyeMeasurer:
             skin = self._skin_brightness(image_bgr, [kp[2]], 0.12 * float(np.hypot(*axis)))
         else:
             return None
-        readings: dict[str, EyeReading | None] = {}
-        for which, mirror, sign in (("right", False, 1.0), ("left", True, -1.0)):
+        def read(which: str, mirror: bool, sign: float) -> EyeReading | None:
             # yaw > 0 turns the nose toward image left: the driver's right eye turns away
             if sign * pose.yaw_deg > s.max_eye_yaw_deg:
-                readings[which] = None
-                continue
+                return None
             outer, inner = corners[which]
-            readings[which] = self._eye(image_bgr, outer, inner, mirror,
-                                        lids.get(which), skin)
+            return self._eye(image_bgr, outer, inner, mirror, lids.get(which), skin)
+
+        right, left = self._pairs.both(lambda: read("right", False, 1.0),
+                                       lambda: read("left", True, -1.0))
+        readings: dict[str, EyeReading | None] = {"right": right, "left": left}
         measured = [r for r in readings.values() if r is not None]
         conf = pose.confidence * _ramp(abs(pose.yaw_deg), s.confidence_yaw_zero_deg,
                                        s.confidence_yaw_full_deg)

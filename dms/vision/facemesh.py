@@ -35,7 +35,7 @@ import numpy as np
 
 from dms.errors import InputError, ModelError
 from dms.types import FaceBox
-from dms.vision.runtime import output_sizes, square_image_input
+from dms.vision.runtime import PairRunner, output_sizes, square_image_input
 
 NUM_LANDMARKS = 468
 RIGHT_EYE_OUTER = 33  # the subject's right eye, on the viewer's left
@@ -128,9 +128,10 @@ class FaceMeshLandmarker:
     outputs are told apart by size (1404 = 468 x 3 landmarks, 1 presence logit).
     """
 
-    def __init__(self, session: Any, *, name: str = "facemesh") -> None:
+    def __init__(self, session: Any, *, name: str = "facemesh", parallel: bool = False) -> None:
         self.name = name
         self._session = session
+        self._pairs = PairRunner(parallel)  # the mirrored pass beside the plain one
         self._input_name, self._nchw, self.input_size = square_image_input(
             session, name, "FaceMesh")
         sizes = output_sizes(session)
@@ -172,8 +173,9 @@ class FaceMeshLandmarker:
         augmentation).
         """
         x, A = self.crop(image_bgr, roi)
-        return (self._run(x, A, roi, mirrored=False),
-                self._run(self._mirror(x), A, roi, mirrored=True))
+        x_mirrored = self._mirror(x)
+        return self._pairs.both(lambda: self._run(x, A, roi, mirrored=False),
+                                lambda: self._run(x_mirrored, A, roi, mirrored=True))
 
     def _mirror(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x[..., ::-1] if self._nchw else x[:, :, ::-1])

@@ -111,7 +111,8 @@ class LandmarkHeadPose:
         name: str = "facemesh",
         limits: PoseLimits = DEFAULT_LIMITS,
     ) -> LandmarkHeadPose:
-        landmarker = FaceMeshLandmarker(create_session(model_path, runtime), name=name)
+        landmarker = FaceMeshLandmarker(create_session(model_path, runtime), name=name,
+                                        parallel=runtime.parallel_pairs)
         return cls(landmarker, load_canonical_mesh(mesh_path), settings, name=name,
                    limits=limits)
 
