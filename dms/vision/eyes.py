@@ -29,9 +29,9 @@ driver's open-eye baseline.
    (r = ``eyeball_radius_cm``, iris_r = 0.59 cm: MediaPipe's 11.8 mm iris). The corners are
    projected with the known head rotation under weak perspective (scale and shift fitted to
    the two observed corners), and the gaze direction g is the one whose projected iris centre
-   lands on the observed one (Gauss-Newton in yaw/pitch). yaw > 0 toward image left (the
-   driver's right), pitch > 0 up, as the head pose. The two eyes' angles are averaged over the
-   eyes that are measured and open.
+   lands on the observed one (in closed form: the projection is linear). yaw > 0 toward image
+   left (the driver's right), pitch > 0 up, as the head pose. The two eyes' angles are
+   averaged over the eyes that are measured and open.
 5. **Mouth** = mean inner-lip gap (82/87, 13/14, 312/317) over the inner mouth width (78/308),
    from FaceMesh only (None without landmarks).
 6. **Confidence** = the product of: the face's pose confidence (FaceMesh presence); a head-yaw
@@ -255,41 +255,36 @@ class EyeMeasurer:
 
     # ------------------------------------------------------------------ gaze
     def gaze(self, reading: EyeReading, which: str, R: np.ndarray) -> tuple[float, float]:
-        """Eye-in-head (yaw, pitch) in degrees of one eye (see the module doc, step 4)."""
+        """Eye-in-head (yaw, pitch) in degrees of one eye (see the module doc, step 4).
+
+        Closed form: under weak perspective the projection is linear, so the iris centre
+        fixes the image-plane part of the gaze direction in camera axes, (R g)_x and (R g)_y;
+        the depth part is the root of a unit vector, the one that points out of the face.
+        (It replaced a 6-step Gauss-Newton on the same equations: on the 816 eye readings of
+        every 3rd frame of the demo render the same yaw to 1e-6 deg, and the same pitch but
+        for two readings where Gauss-Newton had stopped short or the iris lay off the
+        modelled eyeball; about a fifth of the time.)
+        """
         A, B = self._corners_cm[which]
-        M = 0.5 * (A + B)
-        E = M + np.array([0.0, self.settings.eyeball_height_cm, -self.settings.eyeball_depth_cm])
-        flip = np.array([1.0, -1.0])  # camera (x right, y up) -> image (x right, y down)
-
-        def proj(X: np.ndarray) -> np.ndarray:
-            return (R @ X)[:2] * flip
-
-        # weak perspective from the observed corners: img = k * proj(X) + t
-        pa, pb = proj(A), proj(B)
+        E = 0.5 * (A + B) + np.array([0.0, self.settings.eyeball_height_cm,
+                                      -self.settings.eyeball_depth_cm])
+        # camera (x right, y up) -> image (x right, y down): proj(X) = P @ X
+        P = R[:2] * np.array([[1.0], [-1.0]])
+        pa, pb = P @ A, P @ B
         obs = reading.outer_px, reading.inner_px
         dp, do = pb - pa, obs[1] - obs[0]
         k = float(dp @ do / max(dp @ dp, 1e-9))
         t = 0.5 * (obs[0] + obs[1]) - k * 0.5 * (pa + pb)
-        target = (reading.iris_px - t) / max(k, 1e-9)
-        rho = self._iris_arm_cm
-        yaw = pitch = 0.0
-        for _ in range(6):
-            g = np.array([-math.sin(yaw) * math.cos(pitch), math.sin(pitch),
-                          math.cos(yaw) * math.cos(pitch)])
-            f = proj(E + rho * g) - target
-            dg_dyaw = np.array([-math.cos(yaw) * math.cos(pitch), 0.0,
-                                -math.sin(yaw) * math.cos(pitch)])
-            dg_dpitch = np.array([math.sin(yaw) * math.sin(pitch), math.cos(pitch),
-                                  -math.cos(yaw) * math.sin(pitch)])
-            J = np.column_stack([proj(rho * dg_dyaw), proj(rho * dg_dpitch)])
-            try:
-                step = np.linalg.lstsq(J, -f, rcond=None)[0]
-            except np.linalg.LinAlgError:
-                break
-            yaw = float(np.clip(yaw + step[0], -1.2, 1.2))
-            pitch = float(np.clip(pitch + step[1], -1.2, 1.2))
-            if float(np.abs(step).max()) < 1e-4:
-                break
+        q = ((reading.iris_px - t) / max(k, 1e-9) - P @ E) / self._iris_arm_cm  # = P @ g
+        hx, hy = float(q[0]), -float(q[1])  # (R g)_x, (R g)_y
+        n = math.hypot(hx, hy)
+        if n > 1.0:  # the iris off the modelled eyeball: the nearest reachable direction
+            hx, hy = hx / n, hy / n
+        hz = math.sqrt(max(0.0, 1.0 - hx * hx - hy * hy))
+        front, back = R.T @ np.array([hx, hy, hz]), R.T @ np.array([hx, hy, -hz])
+        g = front if front[2] >= back[2] else back  # out of the face (head z)
+        yaw = float(np.clip(math.atan2(-g[0], g[2]), -1.2, 1.2))
+        pitch = float(np.clip(math.asin(max(-1.0, min(1.0, float(g[1])))), -1.2, 1.2))
         return math.degrees(yaw), math.degrees(pitch)
 
     # ------------------------------------------------------------------ the frame
