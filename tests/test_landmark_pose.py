@@ -132,3 +132,32 @@ def test_eval_with_gt_boxes_meets_the_target_and_config_switches_the_yaw_correct
                           str(tmp_path / "missing.toml")], capture_output=True, text=True)
     assert bad.returncode != 0 and "missing.toml" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_mirrored_pass_runs_the_attention_mesh_and_only_facemesh_gives_confidence(
+        estimator, astronaut) -> None:
+    """Default flip averaging: FaceMesh on the crop, MediaPipe's attention mesh on its mirror
+    image; the confidence is FaceMesh's presence (the attention mesh's flag is not trusted).
+    ``mirror_model = ""`` runs FaceMesh twice and takes the lower presence, as before."""
+    from dms.vision.detect import create_detector, select_driver
+    from dms.vision.settings import LandmarkPoseSettings
+
+    assert estimator.mirror_landmarker is not None
+    assert estimator.mirror_landmarker.name == "facemesh_attention"
+    box = select_driver(create_detector().detect(astronaut), astronaut.shape)
+    _, pose, track = estimator.start(astronaut, box)
+    assert pose.confidence == track.landmarks.presence > 0.9
+    same = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx",
+                                       settings=LandmarkPoseSettings(mirror_model=""))
+    assert same.mirror_landmarker is None
+    _, pose2, _ = same.start(astronaut, box)
+    # two different mirrored passes: close, not equal
+    assert 0.0 < g.geodesic_deg(pose.rotation, pose2.rotation) < 3.0
+
+
+def test_attention_mesh_is_not_offered_as_a_head_pose_model() -> None:
+    from dms.errors import ModelError
+    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+
+    with pytest.raises(ModelError, match="is a face_landmarks, not a head_pose"):
+        create_pose_estimator(PoseModelSettings(model="facemesh_attention"))

@@ -162,10 +162,12 @@ class FaceMeshLandmarker:
         x, A = self.crop(image_bgr, roi)
         return self._run(x, A, roi, mirrored=False)
 
-    def landmarks_and_mirrored(self, image_bgr: np.ndarray, roi: FaceRoi
+    def landmarks_and_mirrored(self, image_bgr: np.ndarray, roi: FaceRoi,
+                               mirror: FaceMeshLandmarker | None = None,
                                ) -> tuple[FaceLandmarks, FaceLandmarks]:
-        """:meth:`landmarks`, and FaceMesh on the horizontally mirrored crop with its points
-        mapped back into the image, both from one crop of ``roi``.
+        """:meth:`landmarks`, and FaceMesh (``mirror``'s model when given: another mesh of the
+        same topology and input) on the horizontally mirrored crop with its points mapped
+        back into the image, both from one crop of ``roi``.
 
         In the mirrored result point i sits where the mirror partner of landmark i is (the
         subject's left and right swap), so it matches the canonical mesh mirrored in x;
@@ -174,8 +176,12 @@ class FaceMeshLandmarker:
         """
         x, A = self.crop(image_bgr, roi)
         x_mirrored = self._mirror(x)
+        other = mirror or self
+        if other.input_size != self.input_size or other._nchw != self._nchw:
+            raise ModelError(f"{other.name}: its input differs from {self.name}'s; it cannot "
+                             "take the mirrored pass")
         return self._pairs.both(lambda: self._run(x, A, roi, mirrored=False),
-                                lambda: self._run(x_mirrored, A, roi, mirrored=True))
+                                lambda: other._run(x_mirrored, A, roi, mirrored=True))
 
     def _mirror(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x[..., ::-1] if self._nchw else x[:, :, ::-1])

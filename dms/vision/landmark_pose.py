@@ -85,8 +85,10 @@ class LandmarkHeadPose:
         *,
         name: str = "facemesh",
         limits: PoseLimits = DEFAULT_LIMITS,
+        mirror_landmarker: FaceMeshLandmarker | None = None,
     ) -> None:
         self.landmarker = landmarker
+        self.mirror_landmarker = mirror_landmarker  # None: the mirrored pass is landmarker's
         self.mesh = mesh
         self.settings = settings
         self.name = name
@@ -113,8 +115,18 @@ class LandmarkHeadPose:
     ) -> LandmarkHeadPose:
         landmarker = FaceMeshLandmarker(create_session(model_path, runtime), name=name,
                                         parallel=runtime.parallel_pairs)
+        mirror = None
+        if settings.flip_average and settings.mirror_model:
+            from dms.vision.registry import resolve_model
+
+            path, entry = resolve_model(settings.mirror_model, task="face_landmarks",
+                                        also=("head_pose",))
+            if Path(path).resolve() != Path(model_path).resolve():
+                mirror = FaceMeshLandmarker(
+                    create_session(path, runtime),
+                    name=entry.name if entry is not None else Path(path).stem)
         return cls(landmarker, load_canonical_mesh(mesh_path), settings, name=name,
-                   limits=limits)
+                   limits=limits, mirror_landmarker=mirror)
 
     def rotation_from_landmarks(self, points_px: np.ndarray, mirrored: bool = False
                                 ) -> np.ndarray:
@@ -133,7 +145,8 @@ class LandmarkHeadPose:
         if mirrored is not None:
             R_m = self.rotation_from_landmarks(mirrored.points_px, mirrored=True)
             R = geometry.mean_rotation(np.stack([R, R_m]))
-            confidence = min(confidence, mirrored.presence)
+            if self.mirror_landmarker is None:  # another model's face flag is not trusted
+                confidence = min(confidence, mirrored.presence)
         pitch, yaw, roll = geometry.euler_from_rotation(R)
         if self.settings.yaw_gain > 0.0 and abs(yaw) > self.settings.yaw_knee_deg:
             yaw = float(expand_yaw(yaw, self.settings.yaw_knee_deg, self.settings.yaw_gain))
@@ -144,7 +157,8 @@ class LandmarkHeadPose:
                    ) -> tuple[FaceLandmarks, HeadPose]:
         mirrored: FaceLandmarks | None = None
         if self.settings.flip_average:  # both runs share one crop
-            lm, mirrored = self.landmarker.landmarks_and_mirrored(image_bgr, roi)
+            lm, mirrored = self.landmarker.landmarks_and_mirrored(image_bgr, roi,
+                                                                  self.mirror_landmarker)
         else:
             lm = self.landmarker.landmarks(image_bgr, roi)
         return lm, self._pose(lm, mirrored)

@@ -109,15 +109,17 @@ def _is_path_like(spec: str) -> bool:
     return os.sep in spec or spec.endswith(".onnx") or Path(spec).exists()
 
 
-def resolve_model(spec: str, task: str) -> tuple[Path, ModelEntry | None]:
-    """The file for a ``--detector``/``--pose-model`` value: a manifest name or a path."""
+def resolve_model(spec: str, task: str, also: tuple[str, ...] = ()
+                  ) -> tuple[Path, ModelEntry | None]:
+    """The file for a ``--detector``/``--pose-model`` value: a manifest name (of ``task``, or
+    one of the tasks in ``also``) or a path."""
     if _is_path_like(spec):
         p = Path(spec)
         if not p.is_file():
             raise ModelError(f"{spec}: model file not found")
         return p, None
     entry = find_entry(spec)
-    if entry.task != task:
+    if entry.task != task and entry.task not in also:
         raise ModelError(f"model {spec!r} is a {entry.task}, not a {task}")
     found = entry_path(entry)
     if found is None:

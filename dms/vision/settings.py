@@ -66,6 +66,18 @@ class LandmarkPoseSettings:
             "(cancels FaceMesh's left/right asymmetry; one more landmark run per frame)"
         },
     )
+    mirror_model: str = field(
+        default="facemesh_attention",
+        metadata={
+            "doc": "landmark model of the mirrored pass of flip averaging: a manifest name "
+            "(task face_landmarks, or a facemesh head-pose model) or an ONNX path; empty: the "
+            "model of [vision.pose] itself. Default: the mesh of MediaPipe's attention FaceMesh "
+            "(aflw2000-dev: better in every |yaw| bin than two FaceMesh passes, "
+            "docs/benchmarks.md s.11). Its face flag is not used: the confidence is the first "
+            "pass's presence (the attention mesh reads a confident frontal face on the back "
+            "of a rendered head)"
+        },
+    )
     yaw_knee_deg: float = field(
         default=18.0,
         metadata={
