@@ -85,8 +85,9 @@ def test_estimator_applies_the_correction_to_angles_and_rotation(
     px = renderer.landmarks_px(R)[:468]
     box = FaceBox(px[:, 0].min(), px[:, 1].min(), px[:, 0].max(), px[:, 1].max(), 1.0)
     off = landmark_estimator.estimate(img, box)  # the default: no correction
-    on = LandmarkHeadPose(landmark_estimator.landmarker, landmark_estimator.mesh,
-                          FITTED).estimate(img, box)
+    on = LandmarkHeadPose(landmark_estimator.landmarker, landmark_estimator.mesh, FITTED,
+                          mirror_landmarker=landmark_estimator.mirror_landmarker,
+                          ).estimate(img, box)
     assert on.yaw_deg == pytest.approx(expand_yaw(off.yaw_deg, 18.0, 0.46))
     assert (on.pitch_deg, on.roll_deg) == pytest.approx((off.pitch_deg, off.roll_deg))
     assert geometry.euler_from_rotation(on.rotation) == pytest.approx(

@@ -60,7 +60,8 @@ def sweep(
 
     The estimator runs with its yaw correction off, on the box of the projected face."""
     raw = LandmarkHeadPose(estimator.landmarker, estimator.mesh,
-                           replace(estimator.settings, yaw_gain=0.0), name=estimator.name)
+                           replace(estimator.settings, yaw_gain=0.0), name=estimator.name,
+                           mirror_landmarker=estimator.mirror_landmarker)
     n_steps = int(np.floor(max_yaw_deg / step_deg + 1e-9))
     yaws = step_deg * np.arange(-n_steps, n_steps + 1)
     rows = []
