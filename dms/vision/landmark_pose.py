@@ -145,8 +145,9 @@ class LandmarkHeadPose:
         if mirrored is not None:
             R_m = self.rotation_from_landmarks(mirrored.points_px, mirrored=True)
             R = geometry.mean_rotation(np.stack([R, R_m]))
-            if self.mirror_landmarker is None:  # another model's face flag is not trusted
-                confidence = min(confidence, mirrored.presence)
+            # the lower presence: either pass can say the face is doubtful (the attention
+            # mesh's flag alone is not trusted to say there is a face: see MODELS.md)
+            confidence = min(confidence, mirrored.presence)
         pitch, yaw, roll = geometry.euler_from_rotation(R)
         if self.settings.yaw_gain > 0.0 and abs(yaw) > self.settings.yaw_knee_deg:
             yaw = float(expand_yaw(yaw, self.settings.yaw_knee_deg, self.settings.yaw_gain))
