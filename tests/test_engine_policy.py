@@ -337,3 +337,29 @@ def test_policy_ignores_non_increasing_time() -> None:
     assert pol.update(PolicyInput(1.0, False)) == []
     assert pol.update(PolicyInput(0.5, False)) == []
     assert pol.state().t_s == 1.0
+
+
+def test_turning_away_carries_the_last_usable_yaw_on_to_the_loss() -> None:
+    """A fast turn out of view is seen mid-turn on its last frames: the last usable yaw,
+    carried on at its outward speed until the face was lost (for at most
+    turning_lead_max_s), must be turning_min_yaw_deg from neutral."""
+    from dms.engine.policy import RoadZone
+
+    road = RoadZone(S.zones, right_hand_drive=False)
+    assert not road.turning_away(P, 1.0)  # no usable pose yet
+    fast = 3.0 * P.turning_speed_dps
+    road.yaw_deg, road.yaw_out_speed_dps, road.t_s = -(P.turning_min_yaw_deg - 1.0), fast, 10.0
+    assert not road.turning_away(P, 10.0)  # as it was: short of the minimum
+    gap = 1.0 / fast + 1e-6  # long enough at that speed to cover the missing degree
+    assert gap < P.turning_lead_max_s
+    assert road.turning_away(P, 10.0 + gap)
+    # carried on for at most turning_lead_max_s, however long the face took to be lost
+    road.yaw_out_speed_dps = P.turning_speed_dps
+    reach = P.turning_speed_dps * P.turning_lead_max_s
+    road.yaw_deg = P.turning_min_yaw_deg - reach + 0.1
+    assert road.turning_away(P, 10.0 + 5.0)
+    road.yaw_deg = P.turning_min_yaw_deg - reach - 0.1
+    assert not road.turning_away(P, 10.0 + 5.0)
+    # moving outward too slowly: never a turn away, wherever it was
+    road.yaw_deg, road.yaw_out_speed_dps = 60.0, P.turning_speed_dps * 0.9
+    assert not road.turning_away(P, 10.05)

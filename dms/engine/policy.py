@@ -184,7 +184,7 @@ class RoadZone:
     face loss needs to know about the last usable pose (its yaw and how fast it turned)."""
 
     __slots__ = ("zones", "right_hand_drive", "usable", "on_road", "yaw_deg", "pitch_deg",
-                 "roll_deg", "yaw_out_speed_dps", "zone")
+                 "roll_deg", "yaw_out_speed_dps", "zone", "t_s")
 
     def __init__(self, zones: ZoneSettings, right_hand_drive: bool) -> None:
         self.zones = zones
@@ -196,6 +196,7 @@ class RoadZone:
         self.roll_deg: float | None = None
         self.yaw_out_speed_dps = 0.0  # d|yaw|/dt between the last two usable frames
         self.zone: str | None = None
+        self.t_s: float | None = None  # time of the last usable pose
 
     def observe(self, obs: PolicyInput, usable: bool, dt: float,
                 gaze: tuple[float, float] | None = None) -> None:
@@ -211,16 +212,23 @@ class RoadZone:
             self.on_road = not obs.neutral_known or self._inside(obs, look_yaw, look_pitch)
             self.yaw_deg, self.pitch_deg, self.roll_deg = obs.yaw_deg, obs.pitch_deg, obs.roll_deg
             self.zone = self._zone_name(look_yaw, look_pitch) if obs.neutral_known else None
+            self.t_s = obs.t_s
         self.usable = usable
 
     def forget_zone(self) -> None:
         """The face was lost while away: no glance zone to report until it is back."""
         self.zone = None
 
-    def turning_away(self, s: PolicySettings) -> bool:
-        """The last usable yaw was already off-centre and moving outward fast."""
-        return (self.yaw_deg is not None and abs(self.yaw_deg) >= s.turning_min_yaw_deg
-                and self.yaw_out_speed_dps >= s.turning_speed_dps)
+    def turning_away(self, s: PolicySettings, t_s: float) -> bool:
+        """The last usable yaw was moving outward fast, and was off-centre by the time the face
+        was lost at ``t_s`` (carried on at that speed for at most ``turning_lead_max_s``: a
+        fast turn out of view shows its last frames mid-turn)."""
+        if self.yaw_deg is None or self.t_s is None:
+            return False
+        lead_s = min(max(0.0, t_s - self.t_s), s.turning_lead_max_s)
+        return (self.yaw_out_speed_dps >= s.turning_speed_dps
+                and abs(self.yaw_deg) + self.yaw_out_speed_dps * lead_s
+                >= s.turning_min_yaw_deg)
 
     def snapshot(self) -> PoseSnapshot:
         """The pose for event records (nulls when this frame has no usable face)."""
@@ -574,7 +582,7 @@ class DriverPolicy:
         """Classify a face loss: already off the road, turning away (only with a known
         neutral), or hiding from an active distraction alert."""
         return (not self._road.on_road
-                or (obs.neutral_known and self._road.turning_away(self.s))
+                or (obs.neutral_known and self._road.turning_away(self.s, obs.t_s))
                 or EventType.DISTRACTION in self._alerts)
 
     def _observe_nods(self, obs: PolicyInput) -> None:

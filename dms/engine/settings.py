@@ -331,8 +331,14 @@ class PolicySettings:
         "Face lost while the yaw moved away from neutral faster than this = head turning "
         "away; the loss then counts as time away. Tuned here."))
     turning_min_yaw_deg: float = field(default=12.0, metadata=_doc(
-        "...and only if the last yaw was already at least this far from neutral. Tuned "
-        "here."))
+        "...and only if the yaw was at least this far from neutral when the face was lost: "
+        "the last usable yaw carried on at its speed until the loss, for at most "
+        "turning_lead_max_s. Tuned here."))
+    turning_lead_max_s: float = field(default=0.1, metadata=_doc(
+        "Longest time the last usable yaw is carried on at its speed to where the face was "
+        "lost (one frame interval down to 10 fps). A fast "
+        "turn out of view is seen mid-turn on its last frames (dms demo's turn-away: last "
+        "usable frame at about 200 deg/s, lost one 15-fps frame later). Tuned here."))
     not_visible_s: float = field(default=1.0, metadata=_doc(
         "Face lost while frontal for this long raises driver_not_visible. Tuned here."))
     degraded_s: float = field(default=10.0, metadata=_doc(
