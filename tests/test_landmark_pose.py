@@ -134,23 +134,21 @@ def test_eval_with_gt_boxes_meets_the_target_and_config_switches_the_yaw_correct
     assert "Traceback" not in bad.stderr
 
 
-def test_mirrored_pass_can_run_the_attention_mesh(estimator, astronaut) -> None:
-    """``mirror_model = "facemesh_attention"``: FaceMesh on the crop, MediaPipe's attention
-    mesh on its mirror image, the lower presence as confidence. The default runs FaceMesh
-    twice."""
+def test_mirrored_pass_runs_the_attention_mesh(estimator, astronaut) -> None:
+    """Default flip averaging: FaceMesh on the crop, MediaPipe's attention mesh on its mirror
+    image, the lower presence as confidence; ``mirror_model = ""`` runs FaceMesh twice."""
     from dms.vision.detect import create_detector, select_driver
     from dms.vision.settings import LandmarkPoseSettings
 
-    assert estimator.mirror_landmarker is None
-    mixed = LandmarkHeadPose.from_files(
-        models_dir() / "face_landmark.onnx",
-        settings=LandmarkPoseSettings(mirror_model="facemesh_attention"))
-    assert mixed.mirror_landmarker is not None
-    assert mixed.mirror_landmarker.name == "facemesh_attention"
+    assert estimator.mirror_landmarker is not None
+    assert estimator.mirror_landmarker.name == "facemesh_attention"
     box = select_driver(create_detector().detect(astronaut), astronaut.shape)
-    _, pose, track = mixed.start(astronaut, box)
+    _, pose, track = estimator.start(astronaut, box)
     assert 0.9 < pose.confidence <= track.landmarks.presence
-    _, pose2, _ = estimator.start(astronaut, box)
+    twice = LandmarkHeadPose.from_files(models_dir() / "face_landmark.onnx",
+                                        settings=LandmarkPoseSettings(mirror_model=""))
+    assert twice.mirror_landmarker is None
+    _, pose2, _ = twice.start(astronaut, box)
     # two different mirrored passes: close, not equal
     assert 0.0 < g.geodesic_deg(pose.rotation, pose2.rotation) < 3.0
 

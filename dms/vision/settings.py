@@ -67,17 +67,15 @@ class LandmarkPoseSettings:
         },
     )
     mirror_model: str = field(
-        default="",
+        default="facemesh_attention",
         metadata={
             "doc": "landmark model of the mirrored pass of flip averaging: a manifest name "
-            "(task face_landmarks, or a facemesh head-pose model) or an ONNX path; empty (the "
-            "default): the model of [vision.pose] itself. \"facemesh_attention\", the mesh of "
-            "MediaPipe's attention FaceMesh, is better on real faces in every |yaw| bin "
-            "(aflw2000-dev, docs/benchmarks.md s.11) but reads the last frames of a fast turn "
-            "out of view a little smaller, and the demo's turn-away then raises "
-            "driver_not_visible instead of a long glance: off until the engine's "
-            "turning-away rule allows for it. The confidence is the lower of the two passes' "
-            "presence"
+            "(task face_landmarks, or a facemesh head-pose model) or an ONNX path; empty: the "
+            "model of [vision.pose] itself. Default: the mesh of MediaPipe's attention "
+            "FaceMesh, better on real faces in every |yaw| bin than FaceMesh twice "
+            "(aflw2000-dev, docs/benchmarks.md s.11). The confidence is the lower of the two "
+            "passes' presence (the attention mesh alone reads a confident frontal face on the "
+            "back of a rendered head, so it is not offered as a head-pose model)"
         },
     )
     yaw_knee_deg: float = field(
