@@ -159,6 +159,9 @@ class Service:
         assert self.monitor is not None
         p = self.monitor.perception
         models: list[tuple[str, Any]] = [("detector", p.detector), ("pose", p.estimator)]
+        mirror = getattr(p.estimator, "mirror_landmarker", None)
+        if mirror is not None:  # the landmark model of flip averaging's mirrored pass
+            models.append(("pose_mirror", mirror))
         if p.eyes is not None:
             models.append(("eyes", p.eyes.iris))
         out = []

@@ -206,7 +206,8 @@ def test_status_has_what_an_installer_needs(service: Running) -> None:
                 "outbox", "model_licences", "preview_viewers", "buzzer"):
         assert key in st, key
     assert st["camera"] == "ok" and st["mqtt"] == "off"
-    assert {m["task"] for m in st["model_licences"]} == {"detector", "pose", "eyes"}
+    assert {m["task"] for m in st["model_licences"]} == {"detector", "pose", "pose_mirror",
+                                                         "eyes"}
     assert all("Apache-2.0" in m["licence"] for m in st["model_licences"])
 
 
