@@ -343,12 +343,17 @@ def convert(tflite_path: Path, onnx_path: Path, name: str, input_range: tuple, d
     if name in FAST_PRELU:
         prelu_as_relu(model)
         props["rewrite"] = PRELU_NOTE
+    set_props(model, props)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(onnx_path))
+
+
+def set_props(model, props: dict) -> None:
+    """Replace the model's metadata_props with ``props`` (in that order)."""
     del model.metadata_props[:]
     for k, v in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
-    onnx.checker.check_model(model)
-    onnx.save(model, str(onnx_path))
 
 
 def prelu_as_relu(model) -> None:
@@ -465,6 +470,11 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
         inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), nm))
         return nm
 
+    def options(op, cls):  # an operator's builtin options table, read as ``cls``
+        o, tab = cls(), op.BuiltinOptions()
+        o.Init(tab.Bytes, tab.Pos)
+        return o
+
     def same_pads(size, k, s, d=1):
         out = math.ceil(size / s)
         total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -488,10 +498,8 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
             folded[out] = const(ins[0]).astype(np.float32)
             continue
         if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            opts_cls = tflite.Conv2DOptions if kind == "CONV_2D" else tflite.DepthwiseConv2DOptions
-            o = opts_cls()
-            tab = op.BuiltinOptions()
-            o.Init(tab.Bytes, tab.Pos)
+            o = options(op, tflite.Conv2DOptions if kind == "CONV_2D"
+                        else tflite.DepthwiseConv2DOptions)
             w = value(ins[1])
             b = value(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
             h, wd = shapes[ins[0]]
@@ -523,9 +531,7 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
             shapes[out] = ((h + t0 + t1 - (kh - 1) * dh - 1) // sh + 1,
                            (wd + l0 + l1 - (kw - 1) * dw - 1) // sw + 1)
         elif kind == "MAX_POOL_2D":
-            o = tflite.Pool2DOptions()
-            tab = op.BuiltinOptions()
-            o.Init(tab.Bytes, tab.Pos)
+            o = options(op, tflite.Pool2DOptions)
             h, wd = shapes[ins[0]]
             kh, kw, sh, sw = o.FilterHeight(), o.FilterWidth(), o.StrideH(), o.StrideW()
             if o.Padding() == tflite.Padding.SAME:
@@ -548,9 +554,7 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
                 [oname], name=oname))
             shapes[out] = shapes[ins[0]]
         elif kind == "ADD":
-            o = tflite.AddOptions()
-            tab = op.BuiltinOptions()
-            o.Init(tab.Bytes, tab.Pos)
+            o = options(op, tflite.AddOptions)
             if any(value(t) is not None for t in ins):
                 raise SystemExit(f"{oname}: ADD of a constant not supported")
             add_out = oname if not act_names.get(o.FusedActivationFunction()) else oname + ":pre"
@@ -655,9 +659,7 @@ def build_attention_mesh(mp_wheel: Path, work: Path, out: Path, no_verify: bool)
         "outputs": "mesh and face flag only; the eye/iris/lips refinement branches are left out",
         "rewrite": PRELU_NOTE,
     }
-    for k, v in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
+    set_props(model, props)
     onnx.checker.check_model(model)
     dst = out / "face_landmark_attention.onnx"
     onnx.save(model, str(dst))

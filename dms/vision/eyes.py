@@ -314,6 +314,7 @@ class EyeMeasurer:
             skin = self._skin_brightness(image_bgr, [kp[2]], 0.12 * float(np.hypot(*axis)))
         else:
             return None
+
         def read(which: str, mirror: bool, sign: float) -> EyeReading | None:
             # yaw > 0 turns the nose toward image left: the driver's right eye turns away
             if sign * pose.yaw_deg > s.max_eye_yaw_deg:
