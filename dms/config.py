@@ -100,6 +100,12 @@ class ServiceSettings:
         default=3.0,
         metadata={"doc": "on stop, wait this long for the outbox (the rest is sent next run)"},
     )
+    stop_deadline_s: float = field(
+        default=10.0,
+        metadata={"doc": "a stop (signal) that has not finished after this long exits at once "
+                         "with its exit code (the outbox keeps what is unsent); keep it above "
+                         "stop_drain_timeout_s and below systemd's TimeoutStopSec"},
+    )
     calibration_s: float = field(
         default=5.0, metadata={"doc": "length of a calibration started by command"}
     )
@@ -107,6 +113,8 @@ class ServiceSettings:
     def validate(self) -> None:
         if self.state_interval_s <= 0 or self.stop_drain_timeout_s < 0 or self.calibration_s <= 0:
             raise ValueError("intervals must be positive")
+        if self.stop_deadline_s <= self.stop_drain_timeout_s:
+            raise ValueError("stop_deadline_s must be greater than stop_drain_timeout_s")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.profile):
             raise ValueError(f"profile {self.profile!r}: use 1-64 letters, digits, '_', '.' or "
                              "'-', not starting with '.' or '-' (it names a file)")

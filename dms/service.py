@@ -24,6 +24,7 @@ only ever reads the newest frame and state: a fault in it is logged and monitori
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -48,6 +49,18 @@ EXIT_RELOAD = 75  # SIGHUP: stopped cleanly so that systemd restarts with the ne
 __all__ = ["AlertOutputs", "FrameSource", "Service", "SourceStatus", "open_mqtt"]
 
 
+class SignalSafeEvent(threading.Event):
+    """A ``threading.Event`` that a signal handler may ``set``: its condition uses a
+    re-entrant lock. A Python signal handler runs in the main thread between two bytecodes,
+    possibly while that thread is inside ``wait`` holding the event's lock; with the plain
+    lock, ``set`` from the handler would then wait for itself forever (the service would
+    never stop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition(threading.RLock())
+
+
 class Service:
     """``dms run``: see the module doc. ``monitor`` may be injected (tests)."""
 
@@ -69,7 +82,8 @@ class Service:
         self._mqtt_override = mqtt
         self._on_event = on_event
         self.run_id = uuid.uuid4().hex[:8]
-        self.stop = threading.Event()
+        self.stop = SignalSafeEvent()
+        self._signal: int | None = None
         self._sys_n = 0
         self._lost_t: float | None = None
         self._camera = "starting"
@@ -304,13 +318,21 @@ class Service:
                 self.run_id, self._sys_n))
             self.notifier.status("camera restored")
 
-    def run(self, source: FrameSource | None = None, max_frames: int | None = None) -> int:
+    def run(self, source: FrameSource | None = None, max_frames: int | None = None, *,
+            stop_deadline: bool = False) -> int:
+        """Monitor until the source ends, ``max_frames`` or a stop (signal or ``stop``).
+        ``stop_deadline`` (the ``dms run`` process only: it ends the process): a stop that
+        has not finished within ``service.stop_deadline_s`` exits at once with its code."""
         from dms.outputs.notify import Watchdog
 
         self._load()
         source = source or FrameSource(self.cfg.camera)
         watchdog = Watchdog.from_environ(self.notifier)
         self._install_signals()
+        finished = threading.Event()
+        if stop_deadline:
+            threading.Thread(target=self._stop_deadline, args=(finished,), daemon=True,
+                             name="dms-stop-deadline").start()
         last_state = -1e9
         fps_t0, fps_n = time.monotonic(), 0
         ready = False
@@ -342,6 +364,7 @@ class Service:
                     break
         finally:
             self.buzzer.force_off()
+            self._log_signal()
             self.notifier.stopping("stopping")
             if self.preview is not None:
                 self.preview.close()
@@ -353,7 +376,36 @@ class Service:
                 # (if anything) could not be kept
                 log.warning("outbox not drained within %g s on exit",
                             self.cfg.service.stop_drain_timeout_s)
+            finished.set()
         return self._exit_code
+
+    def _stop_deadline(self, finished: threading.Event) -> None:
+        """Once a stop is asked for: if the loop and the clean-up have not finished within
+        ``service.stop_deadline_s``, dump every thread's stack to the log (what hung) and exit
+        the process at once with the stop's exit code. Alerts not yet sent stay in the outbox
+        (SQLite: committed rows survive) and go out with the next process."""
+        import faulthandler
+        import sys
+
+        self.stop.wait()
+        if finished.wait(self.cfg.service.stop_deadline_s):
+            return
+        log.error("stop not finished after %g s (service.stop_deadline_s): exiting now with "
+                  "%d; the stacks of every thread follow", self.cfg.service.stop_deadline_s,
+                  self._exit_code)
+        with contextlib.suppress(Exception):  # no stderr: exit anyway
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        logging.shutdown()
+        os._exit(self._exit_code)
+
+    def _log_signal(self) -> None:
+        """Say which signal stopped the loop (logged here, not in the handler: a handler
+        that logs can interrupt a write to the same stream)."""
+        if self._signal == signal.SIGHUP:
+            log.info("SIGHUP: stopping cleanly to be restarted with the configuration "
+                     "re-read (exit %d)", EXIT_RELOAD)
+        elif self._signal is not None:
+            log.info("signal %d: stopping", self._signal)
 
     def _guarded_process(self, frame: Frame) -> None:
         """``process``, but an error in it is logged and counted, never the end of the loop
@@ -382,14 +434,14 @@ class Service:
             return
 
         def handler(signum: int, _frame: Any) -> None:
-            self.buzzer.force_off()  # at once, before the loop notices
-            if signum == signal.SIGHUP:
-                self._exit_code = EXIT_RELOAD
-                log.info("SIGHUP: stopping cleanly to be restarted with the configuration "
-                         "re-read (exit %d)", EXIT_RELOAD)
-            else:
-                log.info("signal %d: stopping", signum)
+            # Only what is safe to do between any two bytecodes of the main thread: no
+            # logging (see _log_signal), a re-entrant event (SignalSafeEvent).
+            if self._signal is None:
+                self._signal = signum
+                if signum == signal.SIGHUP:
+                    self._exit_code = EXIT_RELOAD
             self.stop.set()
+            self.buzzer.force_off()  # at once, before the loop notices (bounded wait)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

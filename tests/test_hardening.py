@@ -163,12 +163,14 @@ def test_sighup_stops_cleanly_for_a_restart_and_a_missing_camera_does_not_stop_t
                    'reconnect_max_s = 1.0\n[mqtt]\ndevice_id = "nocam"\n')
     with start_broker(tmp_path / "broker") as b:
         sub = Collector(b.port, "dms/nocam/#")
-        proc = subprocess.Popen(dms("run", "--config", str(cfg), "--mqtt",
-                                    f"127.0.0.1:{b.port}"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        log_path = tmp_path / "stderr.log"
+        with open(log_path, "wb") as log_file:  # a file, not a pipe: never fills, always readable
+            proc = subprocess.Popen(dms("run", "--config", str(cfg), "--mqtt",
+                                        f"127.0.0.1:{b.port}"),
+                                    stdout=subprocess.DEVNULL, stderr=log_file)
         try:
             assert sub.wait_for(lambda m: any(t.endswith("/alert") for t, _ in m), 60), \
-                proc.stderr.read1().decode() if proc.poll() is not None else "still running"
+                log_path.read_text()
             alert = sub.payloads("/alert")[0]["event"]
             assert (alert["type"], alert["reason"], alert["phase"]) == (
                 "system_degraded", "camera_lost", "raised")
@@ -178,12 +180,86 @@ def test_sighup_stops_cleanly_for_a_restart_and_a_missing_camera_does_not_stop_t
             state = sub.payloads("/state")[-1]["state"]
             assert state["camera"] == "lost"
             proc.send_signal(signal.SIGHUP)
-            rc = proc.wait(timeout=30)
+            try:
+                rc = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("no exit 30 s after SIGHUP; its log:\n" + log_path.read_text())
         finally:
             proc.kill()
         assert sub.wait_for(lambda m: ("dms/nocam/status", b"offline") in m, 15)
         sub.close()
-    err = proc.stderr.read().decode()
+    err = log_path.read_text()
     assert rc == EXIT_RELOAD, err
     assert "SIGHUP" in err and "Traceback" not in err
+    assert "stop not finished" not in err  # it stopped by itself, not at the deadline
     assert json.loads(json.dumps(alert))["event_id"]
+
+
+_SET_FROM_A_HANDLER = '''
+import os, signal, sys, threading
+from dms.service import SignalSafeEvent
+ev = SignalSafeEvent() if sys.argv[1] == "safe" else threading.Event()
+signal.signal(signal.SIGUSR1, lambda *_: ev.set())
+with ev._cond:  # the main thread inside wait()/set(), holding the event's lock
+    os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs at the next bytecode
+    held = True
+print("set" if ev.is_set() else "not set", flush=True)
+'''
+
+
+@pytest.mark.parametrize("kind", ["safe", "plain"])
+def test_a_signal_handler_can_set_the_stop_event_while_the_loop_holds_its_lock(kind: str) -> None:
+    """The service's stop event is set from its signal handler. A signal that lands while the
+    main thread holds the event's lock (inside ``stop.wait``) must still stop it; with a plain
+    ``threading.Event`` the handler waits for itself forever (checked here too, so the test
+    shows what it guards against)."""
+    cmd = [sys.executable, "-c", _SET_FROM_A_HANDLER, kind]
+    if kind == "safe":
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert (p.returncode, p.stdout.strip()) == (0, "set"), p.stderr
+    else:
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+
+
+_HANGING_STOP = '''
+import os, signal, sys, threading, time
+from dms.config import parse_config
+from dms.service import Service
+
+class HangingNotifier:  # a clean-up step that never returns (whatever it may be)
+    enabled = False
+    def ready(self, status=None): return True
+    def status(self, text): return True
+    def watchdog(self): return True
+    def close(self): pass
+    def stopping(self, status=None):
+        time.sleep(600)
+
+cfg = parse_config(sys.argv[1])
+threading.Timer(float(sys.argv[2]), os.kill, (os.getpid(), signal.SIGHUP)).start()
+svc = Service(cfg, notifier=HangingNotifier())
+sys.exit(svc.run(stop_deadline=True))
+'''
+
+
+def test_a_stop_that_hangs_exits_at_the_deadline_with_its_code_and_the_stacks(
+        tmp_path: Path) -> None:
+    """Whatever hangs after a signal (here the clean-up), the process exits with the stop's
+    code once ``service.stop_deadline_s`` has passed, and logs every thread's stack."""
+    from dms.config import parse_config
+    from dms.service import EXIT_RELOAD
+
+    text = (f'[service]\nstate_dir = "{tmp_path}"\nstop_drain_timeout_s = 0.5\n'
+            'stop_deadline_s = 2.0\n[camera]\nsource = "/dev/video97"\n'
+            '[mqtt]\nenabled = false\n')
+    deadline = parse_config(text).service.stop_deadline_s
+    signal_after_s = 3.0
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", _HANGING_STOP, text, str(signal_after_s)],
+                       capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert p.returncode == EXIT_RELOAD, p.stderr
+    assert f"stop not finished after {deadline:g} s" in p.stderr
+    assert "in stopping" in p.stderr  # the hung frame is named in the stack dump
+    assert took >= signal_after_s + deadline

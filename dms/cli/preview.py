@@ -60,4 +60,4 @@ def run(args: argparse.Namespace) -> int:
     if source_kind(cfg.camera.source) == "file":
         open_capture(cfg.camera.source).release()
     return Service(cfg, environ=environ, preview_required=True,
-                   store_calibration=False).run()
+                   store_calibration=False).run(stop_deadline=True)

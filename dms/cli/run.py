@@ -36,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
 
     if source_kind(cfg.camera.source) == "file":
         open_capture(cfg.camera.source).release()
-    return Service(cfg, mqtt=args.mqtt, on_event=on_event).run(max_frames=args.max_frames)
+    return Service(cfg, mqtt=args.mqtt, on_event=on_event).run(max_frames=args.max_frames,
+                                                               stop_deadline=True)
