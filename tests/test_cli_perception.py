@@ -66,8 +66,11 @@ def test_pose_json_with_scrfd_and_a_cnn_model(tmp_path, scrfd_models, aflw_dir):
     model = head_pose_onnx(tmp_path / "hp.onnx", {"rotation_matrix": M},
                            reshape_3x3="rotation_matrix")
     images = [str(aflw_dir / "image00002.jpg"), str(aflw_dir / "image00008.jpg")]
+    # the graph answers the same whatever the crop: read once ([vision.pose.cnn]) ...
+    one_pass = tmp_path / "one_pass.toml"
+    one_pass.write_text("[vision.pose.cnn]\nflip_average = false\n")
     p = dms("pose", "--json", "--detector", str(scrfd_models["scrfd_500m_bnkps"]),
-            "--pose-model", str(model), *images)
+            "--pose-model", str(model), "--config", str(one_pass), *images)
     assert p.returncode == 0, p.stderr
     recs = [json.loads(line) for line in p.stdout.splitlines()]
     assert {r["image"] for r in recs} == set(images)
@@ -75,6 +78,13 @@ def test_pose_json_with_scrfd_and_a_cnn_model(tmp_path, scrfd_models, aflw_dir):
         assert r["detector"] == "scrfd_500m_bnkps" and r["pose_model"] == "hp"
         assert len(r["box"]) == 4 and 0 < r["score"] <= 1
         assert (r["pitch"], r["yaw"], r["roll"]) == pytest.approx((-5.0, 20.0, 3.0), abs=0.01)
+        assert r["confidence"] == 1.0
+    # ... by default it also reads the mirrored crop, which it reads as the same head turned
+    # the same way: 40 deg of disagreement, reported unsure
+    p = dms("pose", "--json", "--detector", str(scrfd_models["scrfd_500m_bnkps"]),
+            "--pose-model", str(model), *images)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line)["confidence"] for line in p.stdout.splitlines()] == [0.0, 0.0]
 
 
 def test_bench_reports_stages_and_fps_on_the_embedded_default(tmp_path):

@@ -112,18 +112,39 @@ def test_mirror_negates_yaw_and_roll_and_keeps_pitch(student, astronaut):
 
 
 def test_export_matches_pytorch_and_loads_in_the_runtime(student, tmp_path, face_and_teacher):
+    from dms.geometry import aflw_matrix_from_euler, geodesic_deg, mean_rotation
     from dms.train.export import check_crops, check_onnx, export_onnx
-    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+    from dms.vision.headpose import (
+        PoseModelSettings,
+        create_pose_estimator,
+        flip_confidence,
+        mirrored_matrix,
+    )
+    from dms.vision.settings import CnnPoseSettings
 
     path = export_onnx(student, tmp_path / "s.onnx", 192)
     check = check_onnx(path, student, check_crops(192, 4))
     assert check.faces == 4 and check.max_angle_diff_deg < 1e-2
-    est = create_pose_estimator(PoseModelSettings(model=str(path)))
+    one_pass = PoseModelSettings(model=str(path), cnn=CnnPoseSettings(flip_average=False))
+    est = create_pose_estimator(one_pass)
     image, box, _ = face_and_teacher
     pose = est.estimate(image, FaceBox(*box, 1.0))
     assert np.allclose([pose.pitch_deg, pose.yaw_deg, pose.roll_deg],
                        _angles(student, image, box), atol=1e-2)
     assert pose.confidence == 1.0
+    # the default also reads the mirror image: the mean of PyTorch's read of the crop and of
+    # the mirrored photo (yaw and roll mirrored back), confidence from their disagreement
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    M = aflw_matrix_from_euler(*_angles(student, image, box))
+    M_m = mirrored_matrix(aflw_matrix_from_euler(
+        *_angles(student, np.ascontiguousarray(image[:, ::-1]), (w - x1, y0, w - x0, y1))))
+    both = create_pose_estimator(PoseModelSettings(model=str(path))).estimate(
+        image, FaceBox(*box, 1.0))
+    want = euler_from_aflw_matrix(mean_rotation(np.stack([M, M_m])))
+    assert np.allclose([both.pitch_deg, both.yaw_deg, both.roll_deg], want, atol=0.1)
+    assert both.confidence == pytest.approx(flip_confidence(geodesic_deg(M, M_m),
+                                                            CnnPoseSettings()), abs=0.02)
 
 
 def test_facemesh_backbone_needs_a_multiple_of_64(tmp_path):

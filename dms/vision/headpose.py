@@ -17,6 +17,11 @@ Backends:
     (``euler:yaw,pitch,roll``), or from the output name if it spells the order;
   - three outputs of B bins each (Hopenet style: 66 bins of 3 deg from -99): soft-argmax.
 
+  With ``[vision.pose.cnn] flip_average`` (the default) the model also reads the mirrored
+  crop; the two rotations are averaged and their disagreement is the confidence, which also
+  falls with |yaw| past the model's range (:class:`dms.vision.settings.CnnPoseSettings`): such
+  a network has no confidence output, and past its range it answers confidently wrong.
+
 * :class:`dms.vision.landmark_pose.LandmarkHeadPose`: FaceMesh landmarks + weighted
   Procrustes to the canonical face mesh (the embedded default).
 """
@@ -35,8 +40,8 @@ from dms.errors import ModelError
 from dms.types import FaceBox, HeadPose
 from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
 from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence
-from dms.vision.runtime import CPU_ONLY, RuntimeSettings, create_session
-from dms.vision.settings import PoseModelSettings
+from dms.vision.runtime import CPU_ONLY, PairRunner, RuntimeSettings, create_session
+from dms.vision.settings import CnnPoseSettings, PoseModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,30 @@ def detect_output_format(session: Any, override: str = "") -> str:
                      "6D (N,6), 9 values, 3 Euler angles or 3 bin vectors")
 
 
+DEFAULT_CNN = CnnPoseSettings()
+_MIRROR = np.diag([-1.0, 1.0, 1.0])  # F M F: the AFLW matrix of the mirror image
+
+
+def mirrored_matrix(M: np.ndarray) -> np.ndarray:
+    """The AFLW matrix of the horizontally mirrored face: yaw and roll negated, pitch kept
+    (an involution: applying it twice gives ``M`` back)."""
+    return _MIRROR @ np.asarray(M, np.float64) @ _MIRROR
+
+
+def _falling(x: float, full: float, zero: float) -> float:
+    return float(min(1.0, max(0.0, (zero - x) / (zero - full))))
+
+
+def flip_confidence(disagreement_deg: float, settings: CnnPoseSettings) -> float:
+    """1 up to ``flip_agree_deg`` of disagreement, 0 from ``flip_zero_deg``, linear between."""
+    return _falling(disagreement_deg, settings.flip_agree_deg, settings.flip_zero_deg)
+
+
+def range_confidence(yaw_deg: float, settings: CnnPoseSettings) -> float:
+    """1 up to ``range_full_yaw_deg`` of |yaw|, 0 from ``range_zero_yaw_deg``, linear between."""
+    return _falling(abs(yaw_deg), settings.range_full_yaw_deg, settings.range_zero_yaw_deg)
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -125,9 +154,13 @@ class CnnHeadPose:
         bin_width_deg: float = 3.0,
         bin_start_deg: float = -99.0,
         limits: PoseLimits = DEFAULT_LIMITS,
+        settings: CnnPoseSettings = DEFAULT_CNN,
+        parallel: bool = False,
     ) -> None:
         self.session = session
         self.limits = limits
+        self.settings = settings
+        self._pairs = PairRunner(parallel)  # the mirrored crop beside the plain one
         self.name = name
         inp = session.get_inputs()[0]
         self.input_name = inp.name
@@ -152,12 +185,38 @@ class CnnHeadPose:
         crop, _ = face_crop(image_bgr, face.as_list(), self.size, self.margins)
         return to_nchw_imagenet(crop)
 
+    def _run(self, blob: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(self.output_names, {self.input_name: blob}))
+
     def estimate(self, image_bgr: np.ndarray, face: FaceBox) -> HeadPose:
         blob = self.preprocess(image_bgr, face)
-        outs = self.session.run(self.output_names, {self.input_name: blob})
-        return self.decode(outs)
+        if not self.settings.flip_average:
+            return self.decode(self._run(blob))
+        # the crop is centred on the face, so its mirror image is the mirrored face
+        mirrored = np.ascontiguousarray(blob[..., ::-1])
+        outs, outs_m = self._pairs.both(lambda: self._run(blob), lambda: self._run(mirrored))
+        return self.decode_pair(outs, outs_m)
+
+    def decode_pair(self, outs: list[np.ndarray], outs_mirrored: list[np.ndarray]) -> HeadPose:
+        """The pose from the outputs on a crop and on its mirror image: the mean of the two
+        rotations, confidence from their disagreement (see the module doc)."""
+        M = self.matrix(outs)
+        M_m = mirrored_matrix(self.matrix(outs_mirrored))
+        confidence = flip_confidence(geometry.geodesic_deg(M, M_m), self.settings)
+        return self._limited(geometry.mean_rotation(np.stack([M, M_m])), confidence)
 
     def decode(self, outs: list[np.ndarray]) -> HeadPose:
+        """The pose from the outputs on one crop (confidence from the yaw range and the
+        plausibility limits only)."""
+        return self._limited(self.matrix(outs), 1.0)
+
+    def _limited(self, M: np.ndarray, confidence: float) -> HeadPose:
+        pose = pose_from_aflw_matrix(M, 1.0)
+        confidence *= range_confidence(pose.yaw_deg, self.settings)
+        return limit_confidence(pose_from_aflw_matrix(M, confidence), self.limits)
+
+    def matrix(self, outs: list[np.ndarray]) -> np.ndarray:
+        """The AFLW rotation matrix M the model's outputs encode."""
         kind = self.format.split(":")[0]
         first = np.asarray(outs[0], dtype=np.float64)
         if kind == "rotation_matrix":
@@ -178,7 +237,7 @@ class CnnHeadPose:
                     vals.append(float(p @ centres))
             angles = dict(zip(self.order, (float(v) for v in vals), strict=True))
             M = geometry.aflw_matrix_from_euler(angles["pitch"], angles["yaw"], angles["roll"])
-        return limit_confidence(pose_from_aflw_matrix(M, 1.0), self.limits)
+        return np.asarray(M, np.float64)
 
 
 def create_pose_estimator(
@@ -199,4 +258,5 @@ def create_pose_estimator(
     session = create_session(path, runtime)
     output = settings.output or (entry.output if entry is not None else "")
     name = entry.name if entry is not None else Path(path).stem
-    return CnnHeadPose(session, name=name, output_format=output, limits=settings.limits)
+    return CnnHeadPose(session, name=name, output_format=output, limits=settings.limits,
+                       settings=settings.cnn, parallel=runtime.parallel_pairs)

@@ -15,8 +15,9 @@ from dms.vision.runtime import RuntimeSettings
 
 DriverChoice = Literal["largest", "central", "largest_central"]
 
-__all__ = ["DetectorSettings", "DriverChoice", "EyeSettings", "LandmarkPoseSettings", "PoseLimits",
-           "PoseModelSettings", "RuntimeSettings", "TrackingSettings"]
+__all__ = ["CnnPoseSettings", "DetectorSettings", "DriverChoice", "EyeSettings",
+           "LandmarkPoseSettings", "PoseLimits", "PoseModelSettings", "RuntimeSettings",
+           "TrackingSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,60 @@ class LandmarkPoseSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CnnPoseSettings:
+    """The ``[vision.pose.cnn]`` table: a CNN head-pose ONNX (6D / rotation matrix / Euler /
+    bins), not the embedded landmark path.
+
+    A network with one rotation output has no confidence of its own: past its range it still
+    answers, confidently wrong. Flip consistency gives it one: the model also reads the
+    mirrored crop, whose pose mirrored back (yaw and roll negated) must be the same head. The
+    two are averaged (test-time flip augmentation) and their disagreement sets the confidence
+    (1 up to ``flip_agree_deg``, 0 from ``flip_zero_deg``, linear between). Defaults chosen on
+    renders and held-out training faces, never on the evaluation set (docs/training.md).
+    """
+
+    flip_average: bool = field(
+        default=True,
+        metadata={"doc": "also run the model on the mirrored crop: average the two rotations "
+                         "and take the confidence from how well they agree (one more run a "
+                         "frame; off: confidence 1 but for the plausibility limits)"},
+    )
+    flip_agree_deg: float = field(
+        default=10.0,
+        metadata={"doc": "confidence 1 while the crop and its mirror image agree within this "
+                         "many degrees (geodesic angle between the two rotations)"},
+    )
+    flip_zero_deg: float = field(
+        default=25.0,
+        metadata={"doc": "confidence 0 from this disagreement on: a pose the model cannot "
+                         "read the same way twice (past its range, not a face) is reported "
+                         "unsure, not as motion"},
+    )
+
+    range_full_yaw_deg: float = field(
+        default=65.0,
+        metadata={"doc": "confidence 1 up to this |yaw| (deg): the range where the model's "
+                         "pitch and roll hold; beyond it they can be wild while the yaw is "
+                         "right (renders: 5 frames at |yaw| 80-90 with pitch or roll off by "
+                         "> 25 deg, read the same way on both crops)"},
+    )
+    range_zero_yaw_deg: float = field(
+        default=75.0,
+        metadata={"doc": "confidence 0 from this |yaw| on (linear between): a turn past the "
+                         "model's range is reported unsure, which the engine treats as "
+                         "looking away, not as motion"},
+    )
+
+    def validate(self) -> None:
+        if not 0.0 < self.range_full_yaw_deg < self.range_zero_yaw_deg <= 180.0:
+            raise ValueError("cnn: need 0 < range_full_yaw_deg < range_zero_yaw_deg <= 180, "
+                             f"got {self.range_full_yaw_deg} and {self.range_zero_yaw_deg}")
+        if not 0.0 <= self.flip_agree_deg < self.flip_zero_deg <= 180.0:
+            raise ValueError("cnn: need 0 <= flip_agree_deg < flip_zero_deg <= 180, got "
+                             f"{self.flip_agree_deg} and {self.flip_zero_deg}")
+
+
+@dataclass(frozen=True, slots=True)
 class PoseModelSettings:
     """The ``[vision.pose]`` table."""
 
@@ -130,6 +185,10 @@ class PoseModelSettings:
     landmarks: LandmarkPoseSettings = field(
         default_factory=LandmarkPoseSettings,
         metadata={"doc": "the embedded landmark estimator ([vision.pose.landmarks])"},
+    )
+    cnn: CnnPoseSettings = field(
+        default_factory=CnnPoseSettings,
+        metadata={"doc": "a CNN head-pose ONNX: flip consistency ([vision.pose.cnn])"},
     )
     limits: PoseLimits = field(
         default_factory=PoseLimits,
