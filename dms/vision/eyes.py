@@ -58,6 +58,7 @@ import numpy as np
 from dms.errors import ModelError
 from dms.types import EyeObservation, FaceBox, HeadPose
 from dms.vision.facemesh import FaceRoi, roi_transform
+from dms.vision.plausible import ramp
 from dms.vision.runtime import (
     CPU_ONLY,
     PairRunner,
@@ -168,13 +169,6 @@ def aspect_ratio(outer: np.ndarray, inner: np.ndarray, upper: np.ndarray, lower:
     width = float(np.hypot(*(np.asarray(inner) - np.asarray(outer))))
     gaps = np.hypot(*(np.asarray(upper) - np.asarray(lower)).T)
     return float(gaps.mean() / max(width, 1e-6))
-
-
-def _ramp(x: float, zero: float, full: float) -> float:
-    """0 at ``zero``, 1 at ``full``, linear between (either direction), clipped."""
-    if full == zero:
-        return 1.0 if x >= full else 0.0
-    return float(min(1.0, max(0.0, (x - zero) / (full - zero))))
 
 
 def _median_in_ellipse(image_bgr: np.ndarray, centre: np.ndarray, axes: tuple[float, float],
@@ -326,11 +320,11 @@ class EyeMeasurer:
                                        lambda: read("left", True, -1.0))
         readings: dict[str, EyeReading | None] = {"right": right, "left": left}
         measured = [r for r in readings.values() if r is not None]
-        conf = pose.confidence * _ramp(abs(pose.yaw_deg), s.confidence_yaw_zero_deg,
+        conf = pose.confidence * ramp(abs(pose.yaw_deg), s.confidence_yaw_zero_deg,
                                        s.confidence_yaw_full_deg)
         if measured:
             dark = min(r.darkness_ratio for r in measured)
-            conf *= _ramp(dark, s.dark_ratio_zero, s.dark_ratio_full)
+            conf *= ramp(dark, s.dark_ratio_zero, s.dark_ratio_full)
         else:
             conf = 0.0
         gazes = [self.gaze(r, w, pose.rotation) for w, r in readings.items()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +40,7 @@ from dms import geometry
 from dms.errors import ModelError
 from dms.types import FaceBox, HeadPose
 from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
-from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence
+from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence, ramp
 from dms.vision.runtime import CPU_ONLY, PairRunner, RuntimeSettings, create_session
 from dms.vision.settings import CnnPoseSettings, PoseModelSettings
 
@@ -122,18 +123,14 @@ def mirrored_matrix(M: np.ndarray) -> np.ndarray:
     return _MIRROR @ np.asarray(M, np.float64) @ _MIRROR
 
 
-def _falling(x: float, full: float, zero: float) -> float:
-    return float(min(1.0, max(0.0, (zero - x) / (zero - full))))
-
-
 def flip_confidence(disagreement_deg: float, settings: CnnPoseSettings) -> float:
     """1 up to ``flip_agree_deg`` of disagreement, 0 from ``flip_zero_deg``, linear between."""
-    return _falling(disagreement_deg, settings.flip_agree_deg, settings.flip_zero_deg)
+    return ramp(disagreement_deg, settings.flip_zero_deg, settings.flip_agree_deg)
 
 
 def range_confidence(yaw_deg: float, settings: CnnPoseSettings) -> float:
     """1 up to ``range_full_yaw_deg`` of |yaw|, 0 from ``range_zero_yaw_deg``, linear between."""
-    return _falling(abs(yaw_deg), settings.range_full_yaw_deg, settings.range_zero_yaw_deg)
+    return ramp(abs(yaw_deg), settings.range_zero_yaw_deg, settings.range_full_yaw_deg)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -211,9 +208,10 @@ class CnnHeadPose:
         return self._limited(self.matrix(outs), 1.0)
 
     def _limited(self, M: np.ndarray, confidence: float) -> HeadPose:
-        pose = pose_from_aflw_matrix(M, 1.0)
-        confidence *= range_confidence(pose.yaw_deg, self.settings)
-        return limit_confidence(pose_from_aflw_matrix(M, confidence), self.limits)
+        pose = pose_from_aflw_matrix(M, confidence)
+        pose = replace(pose, confidence=confidence * range_confidence(pose.yaw_deg,
+                                                                      self.settings))
+        return limit_confidence(pose, self.limits)
 
     def matrix(self, outs: list[np.ndarray]) -> np.ndarray:
         """The AFLW rotation matrix M the model's outputs encode."""

@@ -48,6 +48,14 @@ DEFAULT_LIMITS = PoseLimits()
 NO_LIMITS = PoseLimits(0.0, 0.0)
 
 
+def ramp(x: float, zero: float, full: float) -> float:
+    """0 at ``zero``, 1 at ``full``, linear between (either direction), clipped: how the
+    confidence factors fade (eyes, CNN flip consistency and yaw range)."""
+    if full == zero:
+        return 1.0 if x >= full else 0.0
+    return float(min(1.0, max(0.0, (x - zero) / (full - zero))))
+
+
 def limit_confidence(pose: HeadPose, limits: PoseLimits) -> HeadPose:
     """``pose`` unchanged when plausible, else the same angles with confidence 0."""
     return pose if limits.plausible(pose) else replace(pose, confidence=0.0)

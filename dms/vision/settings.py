@@ -122,15 +122,19 @@ class CnnPoseSettings:
     answers, confidently wrong. Flip consistency gives it one: the model also reads the
     mirrored crop, whose pose mirrored back (yaw and roll negated) must be the same head. The
     two are averaged (test-time flip augmentation) and their disagreement sets the confidence
-    (1 up to ``flip_agree_deg``, 0 from ``flip_zero_deg``, linear between). Defaults chosen on
-    renders and held-out training faces, never on the evaluation set (docs/training.md).
+    (1 up to ``flip_agree_deg``, 0 from ``flip_zero_deg``, linear between). Near profile both
+    crops can be read the same wrong way, so the confidence also falls with |yaw| past the
+    model's range (``range_full_yaw_deg`` -> ``range_zero_yaw_deg``), in either mode. Defaults
+    chosen on renders and held-out training faces, never on the evaluation set
+    (docs/training.md, "Second round").
     """
 
     flip_average: bool = field(
         default=True,
         metadata={"doc": "also run the model on the mirrored crop: average the two rotations "
                          "and take the confidence from how well they agree (one more run a "
-                         "frame; off: confidence 1 but for the plausibility limits)"},
+                         "frame; off: confidence from the yaw range and the plausibility "
+                         "limits only)"},
     )
     flip_agree_deg: float = field(
         default=10.0,
@@ -143,7 +147,6 @@ class CnnPoseSettings:
                          "read the same way twice (past its range, not a face) is reported "
                          "unsure, not as motion"},
     )
-
     range_full_yaw_deg: float = field(
         default=65.0,
         metadata={"doc": "confidence 1 up to this |yaw| (deg): the range where the model's "
