@@ -39,8 +39,16 @@ class ExportCheck:
     max_angle_diff_deg: float  # largest pitch / yaw / roll difference
 
 
+def _first(out: Any) -> Any:
+    """The rotation output of a model that may return more (``rotation_matrix`` first)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def export_onnx(model: Any, out: str | Path, size_px: int, opset: int = OPSET) -> Path:
-    """Write ``model`` (a :class:`dms.train.heads.PoseNet`) as ONNX with the runtime contract."""
+    """Write ``model`` (a :class:`dms.train.heads.PoseNet`, or any module whose first output is
+    the rotation) as ONNX with the runtime contract. A model may name further outputs
+    (``output_names``) and its crop rule (``crop_rule``, a key of
+    :data:`dms.vision.crop.CROP_RULES`), which the metadata records for the runtime."""
     import onnx
     import torch
 
@@ -55,17 +63,20 @@ def export_onnx(model: Any, out: str | Path, size_px: int, opset: int = OPSET) -
             (dummy,),
             str(out),
             input_names=["input"],
-            output_names=["rotation_matrix"],
+            output_names=list(getattr(model, "output_names", ("rotation_matrix",))),
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,  # the TorchScript exporter needs no onnxscript and gives static shapes
         )
     m = onnx.load(str(out))
+    crop = getattr(model, "crop_rule", "margins")
     props = {
         "dms_task": "head_pose",
         "dms_backbone": getattr(model, "backbone_name", ""),
-        "dms_input": f"1x3x{size_px}x{size_px} RGB ImageNet mean/std, dms.vision.crop test crop",
+        "dms_input": f"1x3x{size_px}x{size_px} RGB ImageNet mean/std, dms.vision.crop "
+                     f"{'test' if crop == 'margins' else crop} crop",
         "dms_output": "rotation_matrix Nx3x3 = M = Rz(roll) Ry(yaw) Rx(pitch)",
+        "dms_crop": crop,
     }
     for k, v in props.items():
         entry = m.metadata_props.add()
@@ -76,19 +87,21 @@ def export_onnx(model: Any, out: str | Path, size_px: int, opset: int = OPSET) -
     return out
 
 
-def check_crops(size_px: int, count: int = 8) -> np.ndarray:
+def check_crops(size_px: int, count: int = 8, crop_rule: str = "margins") -> np.ndarray:
     """Real face crops for checks: the astronaut photo (public domain), rendered at several
-    head poses by :class:`dms.train.datasets.SyntheticHeads` plus the photo itself."""
+    head poses by :class:`dms.train.datasets.SyntheticHeads` plus the photo itself, cut by the
+    crop rule ``crop_rule`` (:data:`dms.vision.crop.CROP_RULES`)."""
     from dms.train.datasets import SyntheticHeads, astronaut_texture, load_image
-    from dms.vision.crop import face_crop, to_nchw_imagenet
+    from dms.vision.crop import CROP_RULES, face_crop, to_nchw_imagenet
 
+    rule = CROP_RULES[crop_rule]
     img, box = astronaut_texture()
-    crops = [to_nchw_imagenet(face_crop(img, box, size_px)[0])]
+    crops = [to_nchw_imagenet(face_crop(img, box, size_px, rule)[0])]
     synth = SyntheticHeads(seed=123)
     for i in range(count - 1):
         rec = synth.render(i)
         image = load_image(rec.image)  # already an array: returned as is
-        crops.append(to_nchw_imagenet(face_crop(image, rec.box, size_px)[0]))
+        crops.append(to_nchw_imagenet(face_crop(image, rec.box, size_px, rule)[0]))
     return np.concatenate(crops)
 
 
@@ -104,13 +117,14 @@ def check_onnx(
     if inp.name != "input" or sess.get_outputs()[0].name != "rotation_matrix":
         raise ModelError(f"{path}: input/output names do not follow the runtime contract")
     size = int(inp.shape[2])
-    x = check_crops(size) if inputs is None else np.asarray(inputs, np.float32)
+    rule = getattr(model, "crop_rule", "margins")
+    x = check_crops(size, crop_rule=rule) if inputs is None else np.asarray(inputs, np.float32)
     max_m, max_a = 0.0, 0.0
     model = model.eval().cpu()
     for i in range(len(x)):
         (m_onnx,) = sess.run(["rotation_matrix"], {"input": x[i : i + 1]})
         with torch.no_grad():
-            m_torch = model(torch.from_numpy(x[i : i + 1])).numpy()
+            m_torch = _first(model(torch.from_numpy(x[i : i + 1]))).numpy()
         max_m = max(max_m, float(np.abs(m_onnx - m_torch).max()))
         a = np.array(euler_from_aflw_matrix(m_onnx[0])) - np.array(
             euler_from_aflw_matrix(m_torch[0])
@@ -140,6 +154,44 @@ def to_fp16(src: str | Path, out: str | Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(m, str(out))
+    return Path(out)
+
+
+def store_fp16(src: str | Path, out: str | Path, min_elements: int = 16,
+               keep_fp32: Sequence[str] = ()) -> Path:
+    """The same graph with float16 **storage** and float32 compute: each float32 weight of at
+    least ``min_elements`` values is stored as float16 and widened by a ``Cast`` node, which
+    onnxruntime folds into a float32 constant when it loads the model. Half the file, the
+    speed of float32 on CPUs (a float16 graph from :func:`to_fp16` is slower there), and
+    the output within float16 rounding of the weights. Weights whose name contains one of
+    ``keep_fp32`` (say, a small output layer), or whose values float16 cannot hold, stay float32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    casts = []
+    keep = []
+    for init in g.initializer:
+        arr = numpy_helper.to_array(init)
+        if (init.data_type != TensorProto.FLOAT or arr.size < min_elements
+                or any(k in init.name for k in keep_fp32)
+                or float(np.abs(arr).max(initial=0.0)) > 6.0e4):
+            keep.append(init)
+            continue
+        half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_fp16")
+        keep.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=init.name + "_widen"))
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "dms_storage", "float16 weights, float32 compute"
+    onnx.checker.check_model(m)
     onnx.save(m, str(out))
     return Path(out)
 

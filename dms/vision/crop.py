@@ -13,6 +13,11 @@ The crop, from a face box (x1, y1, x2, y2) of width w and height h:
 
 Defaults follow the usual head-pose test-time crop (REFERENCE section 1: 0.4 w each side,
 0.4 h on top, 0.12 h at the bottom). Training draws the side margins at random in [0.2, 0.4].
+
+A network trained on another crop keeps its own: :class:`ScaledCrop` is 3DDFA_V2's rule (a
+square of 1.58 x the mean box side, its centre 0.14 of that side below the box centre, zero
+outside the image), used by ``tddfa_mb05`` and the students trained from it. An ONNX names its
+rule in the metadata prop ``dms_crop`` (:data:`CROP_RULES`; absent = ``margins``).
 """
 
 from __future__ import annotations
@@ -39,12 +44,30 @@ class CropMargins:
 TEST_MARGINS = CropMargins()
 
 
+@dataclass(frozen=True, slots=True)
+class ScaledCrop:
+    """A square of ``scale`` x the mean of the box's width and height, centred on the box centre
+    moved down by ``down`` x that mean; pixels outside the image are zero (3DDFA_V2's crop)."""
+
+    scale: float = 1.58
+    down: float = 0.14
+
+
+TDDFA_RULE = ScaledCrop()
+CropRule = CropMargins | ScaledCrop
+CROP_RULES: dict[str, CropRule] = {"margins": TEST_MARGINS, "tddfa": TDDFA_RULE}
+
+
 def crop_square(
-    box: tuple[float, float, float, float] | list[float], margins: CropMargins = TEST_MARGINS
+    box: tuple[float, float, float, float] | list[float], margins: CropRule = TEST_MARGINS
 ) -> tuple[float, float, float]:
     """Centre x, centre y and side of the square crop region for a box (steps 1 and 2)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
+    if isinstance(margins, ScaledCrop):
+        mean_side = 0.5 * (w + h)
+        return 0.5 * (x1 + x2), 0.5 * (y1 + y2) + margins.down * mean_side, (
+            margins.scale * mean_side)
     ex1, ex2 = x1 - margins.left * w, x2 + margins.right * w
     ey1, ey2 = y1 - margins.top * h, y2 + margins.bottom * h
     side = max(ex2 - ex1, ey2 - ey1)
@@ -54,7 +77,7 @@ def crop_square(
 def crop_transform(
     box: tuple[float, float, float, float] | list[float],
     size: int,
-    margins: CropMargins = TEST_MARGINS,
+    margins: CropRule = TEST_MARGINS,
 ) -> np.ndarray:
     """The 2x3 affine matrix mapping image pixels to crop pixels."""
     cx, cy, side = crop_square(box, margins)
@@ -69,16 +92,16 @@ def face_crop(
     image: np.ndarray,
     box: tuple[float, float, float, float] | list[float],
     size: int,
-    margins: CropMargins = TEST_MARGINS,
+    margins: CropRule = TEST_MARGINS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``image`` (H x W x C, any dtype OpenCV warps) around ``box``.
+    """Crop ``image`` (H x W x C, any dtype OpenCV warps) around ``box`` by the rule
+    ``margins``.
 
     Returns the ``size`` x ``size`` crop and the 2x3 image->crop affine matrix.
     """
     A = crop_transform(box, size, margins)
-    crop = cv2.warpAffine(
-        image, A, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    border = cv2.BORDER_CONSTANT if isinstance(margins, ScaledCrop) else cv2.BORDER_REPLICATE
+    crop = cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
     return crop, A
 
 

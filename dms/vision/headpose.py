@@ -39,7 +39,7 @@ import numpy as np
 from dms import geometry
 from dms.errors import ModelError
 from dms.types import FaceBox, HeadPose
-from dms.vision.crop import TEST_MARGINS, CropMargins, face_crop, to_nchw_imagenet
+from dms.vision.crop import CROP_RULES, CropRule, face_crop, to_nchw_imagenet
 from dms.vision.plausible import DEFAULT_LIMITS, PoseLimits, limit_confidence, ramp
 from dms.vision.runtime import CPU_ONLY, PairRunner, RuntimeSettings, create_session
 from dms.vision.settings import CnnPoseSettings, PoseModelSettings
@@ -138,8 +138,23 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def crop_rule_of(session: Any, name: str = "model") -> CropRule:
+    """The crop rule an ONNX names in its ``dms_crop`` metadata prop (the test margins when it
+    names none, as public models do)."""
+    try:
+        props = dict(session.get_modelmeta().custom_metadata_map)
+    except AttributeError:  # a session double without metadata
+        props = {}
+    key = props.get("dms_crop", "margins")
+    if key not in CROP_RULES:
+        raise ModelError(f"{name}: unknown crop rule dms_crop={key!r} "
+                         f"(known: {', '.join(sorted(CROP_RULES))})")
+    return CROP_RULES[key]
+
+
 class CnnHeadPose:
-    """Head pose from a CNN on a square face crop (session injected)."""
+    """Head pose from a CNN on a square face crop (session injected). The crop rule is the
+    model's own (:func:`crop_rule_of`) unless ``margins`` names one."""
 
     def __init__(
         self,
@@ -147,7 +162,7 @@ class CnnHeadPose:
         *,
         name: str = "cnn",
         output_format: str = "",
-        margins: CropMargins = TEST_MARGINS,
+        margins: CropRule | None = None,
         bin_width_deg: float = 3.0,
         bin_start_deg: float = -99.0,
         limits: PoseLimits = DEFAULT_LIMITS,
@@ -173,8 +188,10 @@ class CnnHeadPose:
         if kind not in ("rotation_matrix", "6d", "matrix9", "euler", "bins"):
             raise ModelError(f"{name}: unknown output format {self.format!r}")
         self.order = _parse_order(self.format.split(":", 1)[1]) if ":" in self.format else None
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.margins = margins
+        outputs = [o.name for o in session.get_outputs()]
+        # a rotation is one output; further ones (a landmark head, say) are not read here
+        self.output_names = outputs if kind in ("euler", "bins") else outputs[:1]
+        self.margins = margins if margins is not None else crop_rule_of(session, name)
         self.bin_width_deg = bin_width_deg
         self.bin_start_deg = bin_start_deg
 
