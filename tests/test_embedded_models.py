@@ -63,6 +63,7 @@ def test_every_embedded_file_matches_its_manifest_sha256() -> None:
         "iris_landmark.onnx",
         "face_landmark_attention.onnx",
         "head_pose_student_fm192.onnx",
+        "head_pose_tddfa_mb05.onnx",
     }
     for e in entries:
         digest = hashlib.sha256((MODELS / e.file).read_bytes()).hexdigest()

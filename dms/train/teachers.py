@@ -32,6 +32,7 @@ from dms.errors import ModelError
 from dms.geometry import geodesic_deg, mean_rotation, mirror_rotation, weighted_procrustes
 from dms.train.datasets import Box, FaceRecord, load_image
 from dms.vision.crop import TEST_MARGINS, face_crop, to_nchw_imagenet
+from dms.vision.headpose import crop_rule_of
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def _mirror_box(box: Box, width: int) -> Box:
 
 
 class OnnxRotationTeacher:
-    """A head-pose ONNX with the runtime contract; the input size is read from the graph."""
+    """A head-pose ONNX with the runtime contract; the input size and the crop rule
+    (``dms_crop``, e.g. 3DDFA's for ``tddfa_mb05``) are read from the graph."""
 
     def __init__(self, path: str | Path, session: Any = None) -> None:
         import onnxruntime as ort
@@ -78,11 +80,12 @@ class OnnxRotationTeacher:
                 f"got {inp.name!r} -> {outs}"
             )
         self.size_px = int(inp.shape[2])
+        self.rule = crop_rule_of(self.session, self.name)
 
     def predict(self, images: Sequence[np.ndarray], boxes: Sequence[Box]) -> TeacherOutput:
         Ms = []
         for img, box in zip(images, boxes, strict=True):
-            crop, _ = face_crop(img, box, self.size_px, TEST_MARGINS)
+            crop, _ = face_crop(img, box, self.size_px, self.rule)
             (M,) = self.session.run(["rotation_matrix"], {"input": to_nchw_imagenet(crop)})
             Ms.append(np.asarray(M, np.float64).reshape(3, 3))
         return TeacherOutput(np.stack(Ms), np.ones(len(Ms)))
@@ -115,6 +118,30 @@ class TorchTeacher:
             x = torch.from_numpy(np.concatenate(crops)).to(self.device)
             M = self.model(x).cpu().numpy().astype(np.float64)  # type: ignore[operator]
         return TeacherOutput(M, np.ones(len(M)))
+
+
+class EstimatorTeacher:
+    """A runtime head-pose estimator (``dms.vision.headpose.HeadPoseEstimator``: the landmark
+    path, a CNN with its flip averaging) as a teacher: its rotation and confidence."""
+
+    def __init__(self, estimator: Any, name: str = "") -> None:
+        self.estimator = estimator
+        self.name = name or str(getattr(estimator, "name", "estimator"))
+
+    def predict(self, images: Sequence[np.ndarray], boxes: Sequence[Box]) -> TeacherOutput:
+        from dms.types import FaceBox
+
+        Ms, conf = [], []
+        for img, box in zip(images, boxes, strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            pose = self.estimator.estimate(img, FaceBox(x1, y1, x2, y2, score=1.0))
+            if pose is None:
+                Ms.append(np.eye(3))
+                conf.append(0.0)
+                continue
+            Ms.append(np.asarray(pose.rotation, np.float64).T)
+            conf.append(float(np.clip(pose.confidence, 0.0, 1.0)))
+        return TeacherOutput(np.stack(Ms), np.asarray(conf))
 
 
 LandmarkFn = Callable[[np.ndarray, Box], "tuple[np.ndarray, float] | None"]
