@@ -30,6 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--device", help="override device (cpu, cuda)")
     r.set_defaults(func=run_train)
 
+    s = sub.add_parser("student", help="run (or resume) a third-round student recipe "
+                       "(ensemble labels, 3DDFA crop; dms.train.student)")
+    s.add_argument("--config", required=True, type=Path, help="student recipe (TOML)")
+    s.add_argument("--out", help="override out_dir")
+    s.add_argument("--steps", type=int, help="override steps")
+    s.add_argument("--export", type=Path, metavar="CHECKPOINT",
+                   help="only export this checkpoint (step_N.pt / model.pt) next to it")
+    s.set_defaults(func=run_student)
+
     e = sub.add_parser("export", help="export a checkpoint to ONNX and check it")
     e.add_argument("checkpoint", type=Path, help="model.pt or last.pt")
     e.add_argument("--out", required=True, type=Path, help="ONNX file to write")
@@ -65,6 +74,25 @@ def run_train(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     result = train(load_config(args.config, overrides))
     print(json.dumps({"eval": result["eval"], "export": result.get("export")}, indent=2))
+    return 0
+
+
+def run_student(args: argparse.Namespace) -> int:
+    from dms.train.student import export_student, load_config, load_student, train_student
+
+    if args.export:
+        model, cfg = load_student(args.export)
+        out = args.export.with_suffix(".onnx")
+        print(json.dumps(export_student(model, out, cfg), indent=2))
+        return 0
+    overrides: dict[str, object] = {}
+    if args.out:
+        overrides["out_dir"] = args.out
+    if args.steps:
+        overrides["steps"] = args.steps
+    result = train_student(load_config(args.config, overrides))
+    print(json.dumps({"evaluations": result["evaluations"][-1:], "export": result["export"]},
+                     indent=2))
     return 0
 
 
