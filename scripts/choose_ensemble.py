@@ -77,7 +77,8 @@ def main() -> int:
             "landmark path": summary(errors(B, gt), gt)}
     best = (float("inf"), 0.0)
     for w in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
-        ens = [mean_rotation(np.stack([x, y]), np.array([1.0 - w, w])) for x, y in zip(A, B, strict=True)]
+        share = np.array([1.0 - w, w])
+        ens = [mean_rotation(np.stack([x, y]), share) for x, y in zip(A, B, strict=True)]
         s = summary(errors(ens, gt), gt)
         rows[f"mean, landmark share {w:.2f}"] = s
         best = min(best, (s["all"], w))
