@@ -64,6 +64,7 @@ def test_every_embedded_file_matches_its_manifest_sha256() -> None:
         "face_landmark_attention.onnx",
         "head_pose_student_fm192.onnx",
         "head_pose_tddfa_mb05.onnx",
+        "head_pose_student_tddfa.onnx",
     }
     for e in entries:
         digest = hashlib.sha256((MODELS / e.file).read_bytes()).hexdigest()

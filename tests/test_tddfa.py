@@ -82,7 +82,7 @@ def test_the_crop_rule_is_read_from_the_graph_and_an_unknown_one_is_refused():
 # --------------------------------------------------------------------------- the shipped model
 
 
-@pytest.mark.parametrize("name", ["tddfa_mb05"])
+@pytest.mark.parametrize("name", ["tddfa_mb05", "student_tddfa"])
 def test_shipped_cnn_loads_offline_by_name_with_its_licence_and_passes_the_mirror_test(
         name, astronaut, astronaut_box):
     from dms.vision.registry import resolve_model
