@@ -3,8 +3,8 @@
 
 Used by ``dms replay VIDEO`` and ``dms demo``. Events go to ``outputs`` (the same
 :class:`dms.outputs.routing.AlertOutputs` that ``dms run`` uses) as they happen; optionally an
-annotated copy of the video is written (H.264 when this OpenCV build can, else MPEG-4 Part 2,
-said in the log), marked by a sidecar ``<video>.dms.json`` so that replaying the annotated
+annotated copy of the video is written (H.264 MP4 through imageio-ffmpeg's ffmpeg:
+:mod:`dms.videofile`), marked by a sidecar ``<video>.dms.json`` so that replaying the annotated
 copy (whose overlays would disturb the face detector) is refused with a pointer to the clean
 clip.
 """
@@ -35,7 +35,7 @@ class VideoReplay:
     frames: int = 0
     faces: int = 0
     calibrated_at_s: float | None = None  # when the neutral became known (None: never)
-    video_codec: str | None = None  # fourcc of the annotated video written
+    video_codec: str | None = None  # of the annotated video written: h264 (or mp4v)
 
 
 def annotated_source(video: str | Path) -> str | None:
@@ -57,24 +57,6 @@ def refuse_annotated(video: str | Path) -> None:
             f"change the result); replay the clean clip instead: {source or 'the original'}")
 
 
-def open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, str]:
-    """A VideoWriter for ``path``: H.264 (plays in browsers) when this OpenCV build has an
-    encoder for it, else MPEG-4 Part 2 (logged). Returns (writer, fourcc)."""
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for fourcc in ("avc1", "H264", "mp4v"):
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
-        if writer.isOpened():
-            if fourcc == "mp4v":
-                log.warning("%s: this OpenCV build has no H.264 encoder; wrote MPEG-4 Part 2, "
-                            "which browsers do not play (ffmpeg -i %s -c:v libx264 out.mp4 "
-                            "converts it)", path, path)
-            return writer, fourcc
-        writer.release()
-    raise InputError(f"{path}: cannot write video here")
-
-
 def replay_video(
     video: str | Path,
     settings: Any,
@@ -93,6 +75,7 @@ def replay_video(
     from dms.capture import video_fps, video_frames
     from dms.config import VisionSettings
     from dms.pipeline import DriverMonitor
+    from dms.videofile import VideoFileWriter
     from dms.viz import VideoAnnotator
 
     refuse_annotated(video)
@@ -127,14 +110,15 @@ def replay_video(
             if out_video is not None:
                 img = annotator.frame(frame.image, fr.face, result)
                 if writer is None:
-                    writer, res.video_codec = open_writer(out_video, video_fps(str(video)),
-                                                          img.shape[1::-1])
+                    writer = VideoFileWriter(out_video, video_fps(str(video)),
+                                             img.shape[1::-1])
+                    res.video_codec = writer.codec
                 writer.write(img)
             if on_frame is not None:
                 on_frame(res.frames)
     finally:
         if writer is not None:
-            writer.release()
+            writer.close()
     if out_video is not None and writer is not None:
         Path(str(out_video) + ANNOTATED_MARK).write_text(
             json.dumps({"annotated_by": "dms", "source": str(video)}) + "\n", encoding="utf-8")
