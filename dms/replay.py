@@ -87,7 +87,7 @@ def replay_video(
     monitor = DriverMonitor.from_settings(vision, settings)
     res = VideoReplay()
     writer = None
-    annotator = VideoAnnotator()
+    annotator = VideoAnnotator(settings, panel=True)
     try:
         for frame in video_frames(str(video)):
             step = monitor.step(frame.image, frame.t_s)
@@ -108,7 +108,7 @@ def replay_video(
             if eyes is not None:
                 res.eye_samples.append((frame.t_s, eyes.ratio, eyes.closed))
             if out_video is not None:
-                img = annotator.frame(frame.image, fr.face, result)
+                img = annotator.frame(frame.image, fr.face, result, raw_pose=fr.pose)
                 if writer is None:
                     writer = VideoFileWriter(out_video, video_fps(str(video)),
                                              img.shape[1::-1])
