@@ -31,6 +31,7 @@ ANNOTATED_MARK = ".dms.json"  # sidecar suffix of an annotated video
 class VideoReplay:
     samples: list[Sample] = field(default_factory=list)  # (t, rel yaw, pitch, roll)
     eye_samples: list[EyeSample] = field(default_factory=list)  # (t, open ratio, closed)
+    traces: list[Any] = field(default_factory=list)  # dms.viz.FrameTrace per frame
     events: list[Any] = field(default_factory=list)
     frames: int = 0
     faces: int = 0
@@ -76,7 +77,7 @@ def replay_video(
     from dms.config import VisionSettings
     from dms.pipeline import DriverMonitor
     from dms.videofile import VideoFileWriter
-    from dms.viz import VideoAnnotator
+    from dms.viz import FrameTrace, VideoAnnotator
 
     refuse_annotated(video)
     vision = vision or VisionSettings()
@@ -107,6 +108,7 @@ def replay_video(
             eyes = result.state.policy.eyes
             if eyes is not None:
                 res.eye_samples.append((frame.t_s, eyes.ratio, eyes.closed))
+            res.traces.append(FrameTrace.of(fr.face, result))
             if out_video is not None:
                 img = annotator.frame(frame.image, fr.face, result, raw_pose=fr.pose)
                 if writer is None:

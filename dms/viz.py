@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 Sample = tuple[float, float | None, float | None, float | None]  # t, yaw, pitch, roll
 EyeSample = tuple[float, float | None, bool]  # t, openness / driver's baseline, closed
 
+# one lane per alert family in the plot, most urgent first; colours shared with the video
+FAMILIES = (EventType.UNRESPONSIVE, EventType.SLUMP, EventType.DROWSINESS,
+            EventType.DISTRACTION, EventType.DRIVER_NOT_VISIBLE, EventType.EYES_NOT_VISIBLE,
+            EventType.SYSTEM_DEGRADED)
 _COLOURS = {
     EventType.DISTRACTION: "tab:orange",
     EventType.DROWSINESS: "tab:purple",
@@ -69,6 +74,31 @@ def unusable_why(raw_pose: HeadPose | None, settings: EngineSettings) -> str:
         return (f"pose confidence {raw_pose.confidence:.2f} < "
                 f"{settings.policy.min_confidence:.2f}")
     return "pose rejected as implausible"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTrace:
+    """What the plot needs of one frame beyond the head angles: whether the engine had a face
+    (``face``: FACE_USED / FACE_UNUSABLE / NO_FACE), why the eyes were not judged (``eyes``:
+    :attr:`EyeStatus.why`, None = judged) and where the driver looked, head plus the eyes'
+    gaze offset, when the eyes were judged open (the angles the road zone test reads)."""
+
+    t_s: float
+    face: str
+    eyes: str | None
+    look_yaw_deg: float | None = None
+    look_pitch_deg: float | None = None
+
+    @classmethod
+    def of(cls, face_box: FaceBox | None, result: Any) -> FrameTrace:
+        rel, eyes = result.relative, result.state.policy.eyes
+        why = "not_measured" if eyes is None else eyes.why
+        look_yaw = look_pitch = None
+        if (rel is not None and eyes is not None and why is None and not eyes.closed
+                and eyes.gaze_yaw_deg is not None and eyes.gaze_pitch_deg is not None):
+            look_yaw = rel.yaw_deg + eyes.gaze_yaw_deg
+            look_pitch = rel.pitch_deg + eyes.gaze_pitch_deg
+        return cls(float(result.t_s), face_seen(face_box, result), why, look_yaw, look_pitch)
 
 
 # ----------------------------------------------------------------- words for the overlay
@@ -494,14 +524,21 @@ def alert_spans(events: Iterable[Event], end_t_s: float) -> list[tuple[Event, fl
     return sorted(spans, key=lambda s: s[1])
 
 
+Expected = tuple[str, float, float]  # alert type, window start, window end (the script's)
+
+
 def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: ZoneSettings,
                   path: str | Path, calibrated_at_s: float | None = None,
-                  eye_samples: Sequence[EyeSample] = ()) -> Path:
-    """PNG of yaw/pitch/roll (relative to neutral) over time, with the road zone limits and
-    every alert shaded from raise to clear; the time before the neutral pose was known
-    (``calibrated_at_s``; None = never known) is hatched "calibrating". With ``eye_samples``
-    (any judged), a fourth panel shows the eye openness relative to the driver's open
-    aperture, closed spans shaded. Returns the path."""
+                  eye_samples: Sequence[EyeSample] = (), *,
+                  traces: Sequence[FrameTrace] = (),
+                  expected: Sequence[Expected] = ()) -> Path:
+    """PNG of the head's yaw/pitch/roll relative to neutral over time with the road zone,
+    where the driver looked (head + eyes' gaze, from ``traces``), the frames without a usable
+    face in two distinct kinds (none found / found but not usable), the eye openness with
+    closed and not-visible spans (``eye_samples``), and under them one lane per alert family
+    (a Gantt strip: each level from raise to clear, the script's ``expected`` windows
+    outlined). The time before the neutral pose was known (``calibrated_at_s``; None = never
+    known) is hatched "calibrating". Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -513,75 +550,152 @@ def plot_timeline(samples: Sequence[Sample], events: Sequence[Event], zones: Zon
               for i, name in ((1, "yaw"), (2, "pitch"), (3, "roll"))}
     end = float(t[-1]) if len(t) else max((e.t_s for e in events), default=1.0)
     with_eyes = any(r is not None for _, r, _ in eye_samples)
-    fig, axes = plt.subplots(4 if with_eyes else 3, 1, sharex=True,
-                             figsize=(12, 9 if with_eyes else 7), constrained_layout=True)
-    if with_eyes:
-        _plot_eyes(axes[3], eye_samples)
+    ratios = [3.0, 3.0, 1.6] + ([2.0] if with_eyes else []) + [0.32 * len(FAMILIES) + 0.4]
+    fig, axes = plt.subplots(len(ratios), 1, sharex=True, figsize=(13, 3.0 * sum(ratios) / 2.6),
+                             constrained_layout=True, gridspec_kw={"height_ratios": ratios})
+    traces_t = np.array([f.t_s for f in traces], dtype=float)
+    unusable = np.array([f.face == FACE_UNUSABLE for f in traces], dtype=bool)
+    none_found = (np.array([f.face == NO_FACE for f in traces], dtype=bool) if traces
+                  else np.isnan(series["yaw"]))
+    none_t = traces_t if traces else t
     limits = {"yaw": (-zones.yaw_outboard_deg, zones.yaw_inboard_deg),
               "pitch": (-zones.pitch_down_deg, zones.pitch_up_deg), "roll": None}
-    spans = alert_spans(events, end)
+    looks = {"yaw": np.array([np.nan if f.look_yaw_deg is None else f.look_yaw_deg
+                              for f in traces], dtype=float),
+             "pitch": np.array([np.nan if f.look_pitch_deg is None else f.look_pitch_deg
+                                for f in traces], dtype=float)}
     for ax, name in zip(axes[:3], ("yaw", "pitch", "roll"), strict=True):
-        ax.plot(t, series[name], lw=0.8, color="tab:blue")
         lim = limits[name]
         if lim is not None:
             ax.axhspan(lim[0], lim[1], color="tab:green", alpha=0.08, lw=0)
             for y in lim:
                 ax.axhline(y, color="tab:green", lw=0.6, ls="--")
-        no_face = np.isnan(series[name])
-        if no_face.any() and len(t):
-            ax.fill_between(t, 0, 1, where=no_face, transform=ax.get_xaxis_transform(),
-                            color="gray", alpha=0.15, lw=0, step="mid")
-        for e, a, b in spans:
-            ax.axvspan(a, b, color=_COLOURS.get(e.type, "tab:red"), alpha=0.15 + 0.1 * e.level,
-                       lw=0)
-        if len(t):
-            cal_end = end if calibrated_at_s is None else calibrated_at_s
-            ax.axvspan(float(t[0]), cal_end, facecolor="none", edgecolor="tab:olive",
-                       hatch="//", lw=0, alpha=0.5)
+        _shade(ax, none_t, none_found, color="0.55", alpha=0.35)
+        _shade(ax, traces_t, unusable, facecolor="none", edgecolor="0.35", hatch="xx",
+               alpha=0.6)
+        if name in looks and traces and np.isfinite(looks[name]).any():
+            ax.plot(traces_t, looks[name], lw=0.8, color="tab:orange", alpha=0.9)
+        ax.plot(t, series[name], lw=0.9, color="tab:blue")
+        _calibrating(ax, t, end, calibrated_at_s)
         ax.set_ylabel(f"{name} (deg)")
         ax.grid(alpha=0.3)
-    for e, a, _ in spans:
-        label = (f"{e.type.value}:{e.reason.value} L{e.level}" if e.phase is Phase.RAISED
-                 else f"L{e.level}")
-        axes[0].annotate(label, (a, 1.0),
-                         xycoords=("data", "axes fraction"), fontsize=7, rotation=30,
-                         va="bottom")
+    if with_eyes:
+        _plot_eyes(axes[3], eye_samples, traces)
+    _plot_lanes(axes[-1], events, end, expected)
+    axes[1].text(0.01, 0.02, "relative to the neutral pose; yaw: + = driver's right; pitch: "
+                 "- = head down", transform=axes[1].transAxes, fontsize=7)
     if len(t):
-        cal_end = end if calibrated_at_s is None else calibrated_at_s
         axes[0].annotate("calibrating" if calibrated_at_s is not None
                          else "calibrating (never settled)", (float(t[0]), 0.02),
                          xycoords=("data", "axes fraction"), fontsize=7, color="tab:olive")
-        axes[0].axvline(cal_end, color="tab:olive", lw=0.8)
-    axes[1].text(0.01, 0.02, "angles relative to the neutral pose; yaw: + = driver's right; "
-                 "pitch: - = head down; green = road zone, grey = no face, hatched = "
-                 "calibrating (neutral not yet known: no alert armed)",
-                 transform=axes[1].transAxes, fontsize=7)
-    from matplotlib.patches import Patch
-
-    handles = [Patch(color=_COLOURS[t], alpha=0.35, label=t.value) for t in _COLOURS
-               if any(e.type is t for e, _, _ in spans)]
-    handles += [Patch(facecolor="none", edgecolor="tab:olive", hatch="//", label="calibrating"),
-                Patch(color="tab:green", alpha=0.15, label="road zone"),
-                Patch(color="gray", alpha=0.2, label="no face")]
-    axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7,
-                   title="shading (darker = higher level L1-L3)", title_fontsize=7)
+    _legends(axes, bool(traces), with_eyes, bool(expected))
     axes[-1].set_xlabel("t (s)")
     _save(fig, path)
     return path
 
 
-def _plot_eyes(ax: Any, eye_samples: Sequence[EyeSample]) -> None:
+def _shade(ax: Any, t: np.ndarray, where: np.ndarray, **style: Any) -> None:
+    if len(t) and where.any():
+        ax.fill_between(t, 0, 1, where=where, transform=ax.get_xaxis_transform(), lw=0,
+                        step="mid", **style)
+
+
+def _calibrating(ax: Any, t: np.ndarray, end: float, calibrated_at_s: float | None) -> None:
+    if not len(t):
+        return
+    cal_end = end if calibrated_at_s is None else calibrated_at_s
+    ax.axvspan(float(t[0]), cal_end, facecolor="none", edgecolor="tab:olive", hatch="//",
+               lw=0, alpha=0.5)
+    ax.axvline(cal_end, color="tab:olive", lw=0.8)
+
+
+def _plot_eyes(ax: Any, eye_samples: Sequence[EyeSample], traces: Sequence[FrameTrace]) -> None:
     te = np.array([s[0] for s in eye_samples], dtype=float)
     ratio = np.array([np.nan if s[1] is None else s[1] for s in eye_samples], dtype=float)
     closed = np.array([s[2] for s in eye_samples], dtype=bool)
+    _shade(ax, te, closed, color="tab:purple", alpha=0.3)
+    if traces:
+        tt = np.array([f.t_s for f in traces], dtype=float)
+        _shade(ax, tt, np.array([f.eyes == "not_visible" for f in traces], dtype=bool),
+               facecolor="none", edgecolor="tab:brown", hatch="..", alpha=0.7)
     ax.plot(te, ratio, lw=0.8, color="tab:cyan")
-    ax.fill_between(te, 0, 1, where=closed, transform=ax.get_xaxis_transform(),
-                    color="tab:purple", alpha=0.25, lw=0, step="mid")
     ax.set_ylim(0, 1.5)
-    ax.set_ylabel("eyes open\n(x own baseline)")
-    ax.text(0.01, 0.02, "purple = eyes closed; gaps = eyes not judged (head turned, "
-            "occluded, learning)", transform=ax.transAxes, fontsize=7)
+    ax.set_ylabel("eyes open\n(x own usual)")
+    ax.text(0.01, 0.02, "gaps: eyes not judged (head away from the road, no face, learning "
+            "the driver's open eyes)", transform=ax.transAxes, fontsize=7)
     ax.grid(alpha=0.3)
+
+
+def alert_lanes(events: Iterable[Event], end_t_s: float
+                ) -> dict[EventType, list[tuple[Event, float, float]]]:
+    """The Gantt strip's lanes: per alert family, its (record, start, end) spans in time
+    order. One alert per type is active at a time, so no two spans of a lane overlap and no
+    family's bar hides another's."""
+    lanes: dict[EventType, list[tuple[Event, float, float]]] = {f: [] for f in FAMILIES}
+    for span in alert_spans(events, end_t_s):
+        lanes.setdefault(span[0].type, []).append(span)
+    return lanes
+
+
+def _plot_lanes(ax: Any, events: Sequence[Event], end: float,
+                expected: Sequence[Expected]) -> None:
+    """One lane per alert family: each level a bar from its record to the alert's next one
+    (darker = higher level), the reason written where it was raised; the script's expected
+    windows outlined."""
+    families = list(alert_lanes(events, end))
+    row = {f: len(families) - 1 - i for i, f in enumerate(families)}
+    for family, spans in alert_lanes(events, end).items():
+        for e, a, b in spans:
+            ax.barh(row[family], max(b - a, end / 400), left=a, height=0.62,
+                    color=_COLOURS.get(family, "tab:red"), alpha=0.35 + 0.2 * e.level, lw=0)
+            if e.phase is Phase.RAISED:
+                ax.text(a, row[family] + 0.36, f"{e.reason.value} L{e.level}", fontsize=6.5,
+                        va="bottom")
+    for type_, lo, hi in expected:
+        ax.add_patch(_outline(lo, row[EventType(type_)], hi - lo))
+    ax.set_yticks(range(len(families)), [f.value for f in reversed(families)], fontsize=7)
+    ax.set_ylim(-0.6, len(families) - 0.1)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _outline(x: float, y: float, width: float) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y - 0.42), width, 0.84, facecolor="none", edgecolor="black", lw=0.9,
+                     ls="--")
+
+
+def _legends(axes: Any, traces: bool, with_eyes: bool, expected: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [Line2D([], [], color="tab:blue", lw=1.2, label="head")]
+    if traces:
+        handles.append(Line2D([], [], color="tab:orange", lw=1.2,
+                              label="looking: head + eyes' gaze\n(when the eyes are judged)"))
+    handles += [Patch(color="tab:green", alpha=0.2, label="road zone"),
+                Patch(color="0.55", alpha=0.35, label="no face found")]
+    if traces:
+        handles.append(Patch(facecolor="none", edgecolor="0.35", hatch="xx",
+                             label="face found, pose not usable"))
+    handles.append(Patch(facecolor="none", edgecolor="tab:olive", hatch="//",
+                         label="calibrating (no alert armed)"))
+    axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    if with_eyes:
+        eye_handles: list[Any] = [Line2D([], [], color="tab:cyan", lw=1.2, label="openness"),
+                       Patch(color="tab:purple", alpha=0.3, label="eyes closed")]
+        if traces:
+            eye_handles.append(Patch(facecolor="none", edgecolor="tab:brown", hatch="..",
+                                     label="eyes not visible\n(sunglasses, covered)"))
+        axes[3].legend(handles=eye_handles, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                       fontsize=7)
+    lane_handles: list[Any] = [Patch(color="0.4", alpha=a, label=f"L{lv}")
+                    for lv, a in ((1, 0.55), (2, 0.75), (3, 0.95))]
+    if expected:
+        lane_handles.append(Patch(facecolor="none", edgecolor="black", ls="--",
+                                  label="scripted window"))
+    axes[-1].legend(handles=lane_handles, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                    fontsize=7, title="alerts (raise to clear)", title_fontsize=7)
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -76,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         drained = outputs.close(3.0)
-    plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png",
-                         res.calibrated_at_s, res.eye_samples)
     (args.out / "events.jsonl").write_text(
         "".join(json.dumps(e.to_dict()) + "\n" for e in res.events))
     expected_doc = json.loads(Path(clip.expected_events).read_text())
     (args.out / "expected.json").write_text(json.dumps(expected_doc, indent=2) + "\n")
     expected = expected_doc["events"]
+    plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png",
+                         res.calibrated_at_s, res.eye_samples, traces=res.traces,
+                         expected=[(e["type"], e["t_s"] - e["tolerance_s"],
+                                    e["t_s"] + e["tolerance_s"]) for e in expected])
     raised = [e for e in res.events if e.phase.value == "raised"]
     found = 0
     for exp in expected:
