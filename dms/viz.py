@@ -268,8 +268,18 @@ class _Column:
             cv2.putText(self.img, line, (self.x, self.y - 4), _FONT, scale, colour, thick,
                         cv2.LINE_AA)
 
+    def lines(self, texts: Iterable[str], scale: float) -> None:
+        for text in texts:
+            self.text(text, scale)
+
     def height_of(self, text: str, scale: float) -> int:
         return len(self.wrap(text, scale, "  ")) * (int(34 * scale) + 4)
+
+
+def _darken(img: np.ndarray, y0: int, y1: int, x1: int) -> None:
+    """A backdrop for text drawn on the camera image, in place."""
+    roi = img[max(0, y0):min(y1, img.shape[0]), :x1]
+    roi[:] = (roi * 0.45).astype(np.uint8)
 
 
 def _colour_copy(frame: np.ndarray) -> np.ndarray:
@@ -384,8 +394,8 @@ class VideoAnnotator:
         img = _colour_copy(frame_bgr)
         seen = face_seen(face_box, result)
         why_unused = unusable_why(raw_pose, self.settings) if seen == FACE_UNUSABLE else ""
-        _draw_head(img, face_box, result.pose, seen == FACE_USED, why_unused)
         if self.panel:
+            _draw_head(img, face_box, result.pose, seen == FACE_USED, why_unused)
             h, w = img.shape[:2]
             out_w, out_h = self.size_for((w, h))
             out = np.zeros((out_h, out_w, 3), np.uint8)
@@ -394,7 +404,8 @@ class VideoAnnotator:
             self._draw_text(out, w + 10, self.PANEL_W - 20, result, seen, why_unused)
             return out
         self._draw_text(img, 8, min(img.shape[1] - 16, 380), result, seen, why_unused,
-                        backdrop=True)
+                        overlay=True)
+        _draw_head(img, face_box, result.pose, seen == FACE_USED, why_unused)  # over the text
         return img
 
     def _remember(self, events: Iterable[Event], t: float) -> None:
@@ -434,18 +445,28 @@ class VideoAnnotator:
                 + ([cal] if cal else []) + self._lower_lines(result, seen, why_unused))
 
     def _draw_text(self, img: np.ndarray, x: int, width: int, result: Any, seen: str,
-                   why_unused: str, backdrop: bool = False) -> None:
+                   why_unused: str, overlay: bool = False) -> None:
+        """The text column at ``x``: clock, state, alert rows, then the lower lines (under
+        the rows in the panel; at the bottom of the image, each part on a darkened backdrop,
+        when ``overlay``)."""
+        lines = self._lower_lines(result, seen, why_unused)
+        if not overlay:
+            col = self._draw_top(img, x, width, result)
+            col.y += 4
+            col.lines(lines, 0.42)
+            return
+        depth = self._draw_top(img.copy(), x, width, result).y  # measured, then drawn
+        _darken(img, 0, depth + 6, x + width + 8)
+        self._draw_top(img, x, width, result)
+        low = sum(_Column(img, x, 0, width).height_of(line, 0.42) for line in lines) + 8
+        _darken(img, img.shape[0] - low, img.shape[0], x + width + 8)
+        _Column(img, x, img.shape[0] - low, width).lines(lines, 0.42)
+
+    def _draw_top(self, img: np.ndarray, x: int, width: int, result: Any) -> _Column:
+        """Clock, driver state, calibration and the alert rows; returns the column below."""
         import cv2
 
-        state, p = result.state, result.state.policy
-        lines = self._lower_lines(result, seen, why_unused)
-        rows = self.rows(result)
-        if backdrop:  # the preview: darken the column under the text
-            col = _Column(img, x, 0, width)
-            depth = 70 + sum(24 + col.height_of(w, 0.42) for _, w, _ in rows)
-            depth += sum(col.height_of(line, 0.42) for line in lines)
-            roi = img[:min(depth, img.shape[0]), :x + width + 8]
-            roi[:] = (roi * 0.45).astype(np.uint8)
+        state = result.state
         col = _Column(img, x, 2, width)
         col.text(f"t {float(result.t_s):.2f} s", 0.8, (255, 255, 255), 2)
         col.text(f"driver: {state.driver_state}", 0.5, (255, 255, 255), 1)
@@ -453,6 +474,7 @@ class VideoAnnotator:
         if cal:
             col.text(cal, 0.42, cal_colour)
         col.y += 6
+        rows = self.rows(result)
         if not rows:
             col.text("no active alert", 0.5, (160, 160, 160))
         for title, why, colour in rows:
@@ -462,12 +484,9 @@ class VideoAnnotator:
             if why:
                 inner.text(why, 0.42, (235, 235, 235))
             cv2.rectangle(img, (x, top + 3), (x + 5, inner.y + 2), colour, -1)
-            if p.active_alerts or colour == CLEARED_BGR:
-                cv2.line(img, (x, inner.y + 4), (x + width, inner.y + 4), (70, 70, 70), 1)
+            cv2.line(img, (x, inner.y + 4), (x + width, inner.y + 4), (70, 70, 70), 1)
             col.y = inner.y + 8
-        col.y += 4
-        for line in lines:
-            col.text(line, 0.42, (255, 255, 255))
+        return col
 
     def _lower_lines(self, result: Any, seen: str, why_unused: str) -> list[str]:
         p, rel = result.state.policy, result.relative
