@@ -3,8 +3,8 @@
 
 Used by ``dms replay VIDEO`` and ``dms demo``. Events go to ``outputs`` (the same
 :class:`dms.outputs.routing.AlertOutputs` that ``dms run`` uses) as they happen; optionally an
-annotated copy of the video is written (H.264 when this OpenCV build can, else MPEG-4 Part 2,
-said in the log), marked by a sidecar ``<video>.dms.json`` so that replaying the annotated
+annotated copy of the video is written (H.264 MP4 through imageio-ffmpeg's ffmpeg:
+:mod:`dms.videofile`), marked by a sidecar ``<video>.dms.json`` so that replaying the annotated
 copy (whose overlays would disturb the face detector) is refused with a pointer to the clean
 clip.
 """
@@ -31,11 +31,12 @@ ANNOTATED_MARK = ".dms.json"  # sidecar suffix of an annotated video
 class VideoReplay:
     samples: list[Sample] = field(default_factory=list)  # (t, rel yaw, pitch, roll)
     eye_samples: list[EyeSample] = field(default_factory=list)  # (t, open ratio, closed)
+    traces: list[Any] = field(default_factory=list)  # dms.viz.FrameTrace per frame
     events: list[Any] = field(default_factory=list)
     frames: int = 0
     faces: int = 0
     calibrated_at_s: float | None = None  # when the neutral became known (None: never)
-    video_codec: str | None = None  # fourcc of the annotated video written
+    video_codec: str | None = None  # of the annotated video written: h264 (or mp4v)
 
 
 def annotated_source(video: str | Path) -> str | None:
@@ -57,24 +58,6 @@ def refuse_annotated(video: str | Path) -> None:
             f"change the result); replay the clean clip instead: {source or 'the original'}")
 
 
-def open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, str]:
-    """A VideoWriter for ``path``: H.264 (plays in browsers) when this OpenCV build has an
-    encoder for it, else MPEG-4 Part 2 (logged). Returns (writer, fourcc)."""
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for fourcc in ("avc1", "H264", "mp4v"):
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
-        if writer.isOpened():
-            if fourcc == "mp4v":
-                log.warning("%s: this OpenCV build has no H.264 encoder; wrote MPEG-4 Part 2, "
-                            "which browsers do not play (ffmpeg -i %s -c:v libx264 out.mp4 "
-                            "converts it)", path, path)
-            return writer, fourcc
-        writer.release()
-    raise InputError(f"{path}: cannot write video here")
-
-
 def replay_video(
     video: str | Path,
     settings: Any,
@@ -93,7 +76,8 @@ def replay_video(
     from dms.capture import video_fps, video_frames
     from dms.config import VisionSettings
     from dms.pipeline import DriverMonitor
-    from dms.viz import VideoAnnotator
+    from dms.videofile import VideoFileWriter
+    from dms.viz import FrameTrace, VideoAnnotator
 
     refuse_annotated(video)
     vision = vision or VisionSettings()
@@ -104,7 +88,7 @@ def replay_video(
     monitor = DriverMonitor.from_settings(vision, settings)
     res = VideoReplay()
     writer = None
-    annotator = VideoAnnotator()
+    annotator = VideoAnnotator(settings, panel=True)
     try:
         for frame in video_frames(str(video)):
             step = monitor.step(frame.image, frame.t_s)
@@ -124,17 +108,19 @@ def replay_video(
             eyes = result.state.policy.eyes
             if eyes is not None:
                 res.eye_samples.append((frame.t_s, eyes.ratio, eyes.closed))
+            res.traces.append(FrameTrace.of(fr.face, result))
             if out_video is not None:
-                img = annotator.frame(frame.image, fr.face, result)
+                img = annotator.frame(frame.image, fr.face, result, raw_pose=fr.pose)
                 if writer is None:
-                    writer, res.video_codec = open_writer(out_video, video_fps(str(video)),
-                                                          img.shape[1::-1])
+                    writer = VideoFileWriter(out_video, video_fps(str(video)),
+                                             img.shape[1::-1])
+                    res.video_codec = writer.codec
                 writer.write(img)
             if on_frame is not None:
                 on_frame(res.frames)
     finally:
         if writer is not None:
-            writer.release()
+            writer.close()
     if out_video is not None and writer is not None:
         Path(str(out_video) + ANNOTATED_MARK).write_text(
             json.dumps({"annotated_by": "dms", "source": str(video)}) + "\n", encoding="utf-8")

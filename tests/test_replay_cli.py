@@ -177,12 +177,14 @@ def test_scenarios_bench_small(tmp_path: Path) -> None:
     assert S.policy.long_glance_s <= out["latency_median_s"] <= out["latency_max_s"]
 
 
-def test_annotate_frame_draws_pose_state_and_banner() -> None:
+def test_the_preview_overlay_keeps_the_frame_size_and_lists_the_alert() -> None:
+    """Without the side panel (the preview's live view) the text goes on the frame itself:
+    same size, the input untouched, the alert row in its level's colour."""
     import numpy as np
 
     from dms.engine import Engine
     from dms.types import FaceBox
-    from dms.viz import annotate_frame
+    from dms.viz import LEVEL_BGR, VideoAnnotator
 
     # the neutral is learned first (online_settle_s), then the glance alerts
     sc = ScenarioBuilder(S, rate_hz=20).road(S.calibration.online_settle_s + 2).glance(
@@ -190,10 +192,14 @@ def test_annotate_frame_draws_pose_state_and_banner() -> None:
     eng = Engine(S)
     results = [eng.step(o) for o in sc.observations]
     hit = next(r for r in results if r.events)
-    frame = np.zeros((240, 320, 3), np.uint8)
-    box = FaceBox(100, 60, 200, 180, 0.9)
-    out = annotate_frame(frame, box, hit.pose, hit.state, hit.events)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    box = FaceBox(300, 160, 420, 300, 0.9)
+    ann = VideoAnnotator(S)
+    out = ann.frame(frame, box, hit)
     assert out.shape == frame.shape and frame.max() == 0  # input untouched
-    assert out[34:64].mean() > 50  # the alert banner
-    quiet = annotate_frame(frame, None, None, results[0].state, ())
-    assert quiet[34:64].max() == 0 and quiet.max() > 0  # state text, no banner
+    assert [t.split(",")[0] for t, _, _ in ann.rows(hit)] == ["L1 DISTRACTION: long_glance"]
+    amber = np.all(out == np.array(LEVEL_BGR[1], np.uint8), axis=-1)
+    assert amber.sum() > 50  # the row's level bar
+    quiet = VideoAnnotator(S).frame(frame, None, results[0])
+    assert not np.all(quiet == np.array(LEVEL_BGR[1], np.uint8), axis=-1).any()
+    assert quiet.max() > 0  # the clock and the state

@@ -108,7 +108,10 @@ def test_video_replay_writes_annotated_video_and_plot(tmp_path):
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n + 60
     ok, first = cap.read()
-    assert ok and first.shape == (480, 640, 3)
+    assert ok and first.shape == (480, 640 + 400, 3)  # the camera image and the text panel
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode().lower()
+    assert fourcc in ("avc1", "h264")  # H.264: browsers play it
+    assert "OpenCV:" not in p.stderr and "[ERROR" not in p.stderr  # no codec noise
     png = cv2.imread(str(plot))
     assert png is not None and png.shape[0] > 200 and png.shape[1] > 400
     assert f"dms replay: {n + 60} frames" in p.stderr  # the human summary, on stderr

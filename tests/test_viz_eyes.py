@@ -25,12 +25,13 @@ def _run(openness: list[float | None]) -> list:
 
 def test_eye_line_follows_the_rules() -> None:
     results = _run([0.3] * 150 + [0.03] * 45)
-    assert eye_line(results[30].state.policy.eyes).startswith("eyes: head-only (learning")
-    assert eye_line(results[149].state.policy.eyes).startswith("eyes: open 10")
+    assert eye_line(results[30].state.policy.eyes).startswith(
+        "eyes: learning this driver's open eyes")
+    assert eye_line(results[149].state.policy.eyes).startswith("eyes: open (lids 1.0")
     assert eye_line(results[-1].state.policy.eyes).startswith("eyes: CLOSED 1.")
     hidden = _run([0.3] * 150 + [None] * 30)
-    assert eye_line(hidden[-1].state.policy.eyes) == "eyes: head-only (eyes not visible " \
-        "(occluded?))"
+    assert eye_line(hidden[-1].state.policy.eyes) == "eyes: not visible (sunglasses? " \
+        "covered?): head rules only"
 
 
 def test_gray8_frames_are_annotated_in_colour(tmp_path) -> None:

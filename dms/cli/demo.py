@@ -1,10 +1,11 @@
 """``dms demo``: the whole product on a scripted synthetic drive, offline, in one command.
 
-Renders (or reuses a cached) 72 s drive of a public-domain face glancing at the mirrors and
-the infotainment screen, nodding and slumping; runs the full pipeline on it (embedded models
--> engine -> outputs), prints alerts as they happen, and writes an annotated video and a
-timeline plot. With ``--mqtt HOST:PORT`` the alerts also go to that broker through the
-durable outbox, exactly as ``dms run`` sends them.
+Renders (or reuses a cached) 88 s drive of a public-domain face glancing at the mirrors and
+the infotainment screen, closing its eyes, nodding and slumping; runs the full pipeline on it
+(embedded models -> engine -> outputs), prints alerts as they happen, and writes an annotated
+video (H.264 MP4) and a timeline plot; both steps show a progress bar on stderr. With
+``--mqtt HOST:PORT`` the alerts also go to that broker through the durable outbox, exactly as
+``dms run`` sends them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class _Bar:
+    """A tqdm bar on stderr that appears on the first ``update(done, total)`` (nothing for a
+    cached render) and is left at its total when the block ends."""
+
+    def __init__(self, desc: str, what: str) -> None:
+        self.desc, self.what = desc, what
+        self._bar: Any = None
+
+    def update(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            print(f"dms demo: rendering {self.what} ({total} frames, once)", file=sys.stderr)
+            self._bar = tqdm(total=total, desc=self.desc, unit="frame", file=sys.stderr,
+                             leave=True)
+        self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _line(rec: dict[str, Any]) -> str:
     return (f"  t={rec['t_s']:6.2f}s  {rec['phase']:9s} L{rec['level']}  "
             f"{rec['type']}/{rec['reason']}")
@@ -46,13 +72,18 @@ def run(args: argparse.Namespace) -> int:
     from dms.viz import plot_timeline
 
     print(f"dms demo: scenario {args.scenario!r} (rendered once, then cached)", file=sys.stderr)
-    clip = render_scenario(args.scenario, photo=args.photo, ir=True if args.ir else None)
+    with _Bar("render", "the synthetic drive") as render_bar:
+        clip = render_scenario(args.scenario, photo=args.photo, ir=True if args.ir else None,
+                               progress=render_bar.update)
+    if clip.cached:
+        print(f"dms demo: using the cached render in {clip.out_dir}", file=sys.stderr)
     settings = EngineSettings()
     comm = None
     if args.mqtt:
         cfg = load_config(None)
         comm = open_mqtt(cfg, state_dir(cfg), args.mqtt)
-    bar = tqdm(total=clip.frames, desc="demo", unit="frame", file=sys.stderr, leave=False)
+    bar = tqdm(total=clip.frames, desc="demo: pipeline + video", unit="frame", file=sys.stderr,
+               leave=True)
 
     def on_event(rec: dict[str, Any]) -> None:
         text = json.dumps(rec) if args.json else _line(rec)
@@ -76,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         drained = outputs.close(3.0)
-    plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png",
-                         res.calibrated_at_s, res.eye_samples)
     (args.out / "events.jsonl").write_text(
         "".join(json.dumps(e.to_dict()) + "\n" for e in res.events))
     expected_doc = json.loads(Path(clip.expected_events).read_text())
     (args.out / "expected.json").write_text(json.dumps(expected_doc, indent=2) + "\n")
     expected = expected_doc["events"]
+    plot = plot_timeline(res.samples, res.events, settings.zones, args.out / "timeline.png",
+                         res.calibrated_at_s, res.eye_samples, traces=res.traces,
+                         expected=[(e["type"], e["t_s"] - e["tolerance_s"],
+                                    e["t_s"] + e["tolerance_s"]) for e in expected])
     raised = [e for e in res.events if e.phase.value == "raised"]
     found = 0
     for exp in expected:

@@ -279,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         drain_s = cfg.service.stop_drain_timeout_s if cfg is not None else 3.0
     calibration: dict[str, float] = {}
     eye_samples: list[Any] = []
+    traces: list[Any] = []  # per frame of a video: face kind, eyes, where the driver looked
     try:
         if args.poses is not None:
             if args.out_video is not None:
@@ -288,8 +289,8 @@ def run(args: argparse.Namespace) -> int:
                                      keep_samples=bool(args.plot), outputs=outputs,
                                      calibration=calibration)
         else:
-            samples, events, eye_samples = _replay_video(args, cfg, settings, outputs,
-                                                         calibration)
+            samples, events, eye_samples, traces = _replay_video(args, cfg, settings,
+                                                                 outputs, calibration)
     finally:
         drained = outputs.close(drain_s)
         if comm is not None and not drained:
@@ -299,13 +300,14 @@ def run(args: argparse.Namespace) -> int:
         from dms.viz import plot_timeline
 
         plot_timeline(samples, events, settings.zones, args.plot, calibration.get("at_s"),
-                      eye_samples)
+                      eye_samples, traces=traces)
     return 0
 
 
 def _replay_video(args: argparse.Namespace, cfg: Any, settings: Any, outputs: Any,
-                  calibration: dict[str, float]) -> tuple[list[Any], list[Any], list[Any]]:
-    """(pose samples, events, eye samples) of a video replay."""
+                  calibration: dict[str, float]
+                  ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """(pose samples, events, eye samples, frame traces) of a video replay."""
     from tqdm import tqdm
 
     from dms.capture import video_frame_count
@@ -334,4 +336,4 @@ def _replay_video(args: argparse.Namespace, cfg: Any, settings: Any, outputs: An
         print(f"dms replay: {rv.frames} frames, face in {rv.faces / max(rv.frames, 1):.0%}; "
               f"neutral learned {cal}; {len(raised)} alerts raised"
               + (f" ({kinds})" if kinds else ""), file=sys.stderr)
-    return rv.samples, rv.events, rv.eye_samples
+    return rv.samples, rv.events, rv.eye_samples, rv.traces

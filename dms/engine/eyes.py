@@ -301,6 +301,12 @@ class EyeStatus:
     yawning: bool
     yawns_in_window: int
     baseline_progress: float
+    # read-only timers for explaining the eye alerts (the video and preview overlays); not
+    # part of the state topic
+    open_s: float = 0.0  # judged open continuously (microsleep, unresponsive: eyes_clear_s)
+    visible_s: float = 0.0  # judged continuously (eyes_not_visible: visible_clear_s)
+    microsleep: bool = False  # a microsleep still holds drowsiness (until open eyes_clear_s)
+    perclos_high: bool = False  # PERCLOS holds drowsiness (until below perclos_clear)
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None, n: int = 3) -> float | None:
@@ -396,17 +402,24 @@ class EyeRules:
 
     def status(self, t: float | None) -> EyeStatus:
         c, now = self.closure, (self._t if t is None else t)
-        blinks = None
-        if now is not None and self.baseline.seconds >= self.s.blink_window_s:
-            blinks = c.blinks_in_window(now) * 60.0 / self.s.blink_window_s
         off = self.gaze.offset()
         return EyeStatus(
             "eyes" if self.judged else "head_only", self.why, self.openness,
             self.baseline.value(), self.ratio, c.closed,
-            0.0 if now is None else c.closed_s(now), blinks, self.perclos.value(),
-            None if off is None else off[0], None if off is None else off[1],
-            self.yawns.yawning, 0 if now is None else self.yawns.in_window(now),
-            self.baseline.progress)
+            0.0 if now is None else c.closed_s(now), self._blinks_per_min(now),
+            self.perclos.value(), None if off is None else off[0],
+            None if off is None else off[1], self.yawns.yawning,
+            0 if now is None else self.yawns.in_window(now), self.baseline.progress,
+            open_s=0.0 if now is None else c.open_s(now), visible_s=self._visible_s(now),
+            microsleep=c.microsleep_t is not None, perclos_high=self.perclos.high)
+
+    def _blinks_per_min(self, now: float | None) -> float | None:
+        if now is None or self.baseline.seconds < self.s.blink_window_s:
+            return None
+        return self.closure.blinks_in_window(now) * 60.0 / self.s.blink_window_s
+
+    def _visible_s(self, now: float | None) -> float:
+        return 0.0 if now is None or self.visible_since is None else now - self.visible_since
 
     # ---- steps
 

@@ -121,6 +121,12 @@ class PolicyState:
     nods_in_window: int
     active_alerts: tuple[ActiveAlert, ...]
     eyes: EyeStatus | None = None
+    # read-only timers for explaining why an alert is still active (the video and preview
+    # overlays); not part of the state topic
+    on_road_s: float = 0.0  # on the road, face visible, continuously (distraction clears)
+    head_up_s: float = 0.0  # head back up after a drop (slump clears at clear_on_road_s)
+    face_visible_s: float = 0.0  # usable face continuously (not visible / degraded clear)
+    last_nod_t_s: float | None = None  # newest nod in the window (nodding: + nod_window_s)
 
     @property
     def max_level(self) -> int:
@@ -542,10 +548,15 @@ class DriverPolicy:
 
     def state(self) -> PolicyState:
         alerts = self._alerts.active()
-        glance_s = 0.0 if self._t is None else self._glances.glance_s(self._t)
-        return PolicyState(self._t, self._driver_state(alerts), self._road.usable,
-                           self._road.on_road, self._glances.away, glance_s, self._road.zone,
-                           len(self._nods.nods), alerts, self._eyes.status(self._t))
+        t = self._t
+        return PolicyState(
+            t, self._driver_state(alerts), self._road.usable, self._road.on_road,
+            self._glances.away, 0.0 if t is None else self._glances.glance_s(t),
+            self._road.zone, len(self._nods.nods), alerts, self._eyes.status(t),
+            on_road_s=0.0 if t is None else self._glances.on_road_s(t),
+            head_up_s=0.0 if t is None else self._nods.head_up_s(t, self._road.usable),
+            face_visible_s=0.0 if t is None else self._loss.visible_s(t),
+            last_nod_t_s=self._nods.nods[-1] if self._nods.nods else None)
 
     # ------------------------------------------------------------- steps 1-5: the trackers
 

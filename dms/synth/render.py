@@ -41,7 +41,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -667,6 +667,7 @@ def render_scenario(
     seed: int | None = None,
     use_cache: bool = True,
     cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RenderResult:
     """Render a scenario (shipped name, TOML path or inline script) to
     ``out_dir/video.mp4``, ``poses.csv`` and ``expected_events.json``.
@@ -674,6 +675,7 @@ def render_scenario(
     Options left None come from the scenario's ``[render]`` table. With ``out_dir`` None the
     clip goes to ``cache_dir or default_cache_dir()`` / ``NAME-KEY``. When ``use_cache`` and
     ``out_dir/render.json`` records the same key, the files are reused without rendering.
+    ``progress(done, total)`` is called after each rendered frame (not for a cached clip).
     """
     scenario = load_scenario(name_or_path)
     options = _options(scenario, photo, fps, size, ir, seed)
@@ -711,9 +713,11 @@ def render_scenario(
     t0 = time.perf_counter()
     try:
         prev = None
-        for truth in truths:
+        for i, truth in enumerate(truths):
             writer.write(renderer.render(truth, prev))
             prev = truth
+            if progress is not None:
+                progress(i + 1, len(truths))
     finally:
         writer.release()
     elapsed = time.perf_counter() - t0
