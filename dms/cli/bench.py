@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     for i in range(args.warmup):
         monitor.step(frames[i], i / 30.0)
     detect, pose, eyes, engine, total, found = [], [], [], [], [], 0
+    landmarks: list[float] = []  # the one landmark pass in front of a CNN (part of "pose")
+    one_pass = hasattr(perception.estimator, "landmark_ms")
     timed = frames[args.warmup:]
     perception.detections = 0
     for i, img in enumerate(timed):
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         if r.detected:
             detect.append(r.detect_ms)
         pose.append(r.pose_ms)
+        if one_pass:
+            landmarks.append(float(perception.estimator.landmark_ms))
         if perception.eyes is not None:
             eyes.append(r.eyes_ms)
         engine.append(max(total[-1] - r.detect_ms - r.pose_ms - r.eyes_ms, 0.0))
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         "face_found_fraction": round(found / len(timed), 3),
         "detector_runs_per_frame": round(len(detect) / len(timed), 3),
         "eyes": perception.eyes is not None,
-        "stages": {"detect": _stats(detect), "pose": _stats(pose), "eyes": _stats(eyes),
+        "stages": {"detect": _stats(detect), "pose": _stats(pose),
+                   "landmarks": _stats(landmarks), "eyes": _stats(eyes),
                    "engine": _stats(engine), "total": tot},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
