@@ -63,10 +63,12 @@ class MeshTrackedPose:
 
     :meth:`start` (after a detection) runs the landmark model on the ROI from the detector
     box, :meth:`track` on the ROI from the previous frame's landmarks; either way the CNN then
-    reads the face in :func:`aflw_box` of this frame's mesh. The confidence is the CNN's
-    times nothing else; a tracked frame whose face presence falls below ``min_presence``
-    returns None (the face left the ROI: the caller detects again). The state handed back is
-    a :class:`dms.vision.landmark_pose.FaceMeshTrack`, whose landmarks the eyes read.
+    reads the face in :func:`aflw_box` of this frame's mesh. The pose and its confidence are
+    the CNN's. Tracking goes on while the mesh's face presence is at least ``min_presence``
+    (the CNN's confidence falls at large yaw, where the mesh still follows the face); a
+    tracked frame below it returns None (the face left the ROI: the caller detects again).
+    The state handed back is a :class:`dms.vision.landmark_pose.FaceMeshTrack`, whose
+    landmarks the eyes read.
     """
 
     def __init__(self, landmarker: FaceMeshLandmarker, pose: HeadPoseEstimator,
@@ -152,6 +154,8 @@ class Perception:
         self.tracking = tracking
         self.driver_choice = driver_choice
         self.eyes = EyeMeasurer.from_settings(EyeSettings()) if eyes == "default" else eyes
+        if self.eyes is not None and not gives_refined_eyes(estimator):
+            self.eyes.iris  # noqa: B018 - load the iris model now, not on the first frame
         self._tracker: Any = estimator if hasattr(estimator, "track") else None
         self._track_state: Any = None
         self._box: FaceBox | None = None
@@ -220,10 +224,9 @@ class Perception:
 
     def _follows(self, pose: HeadPose, state: Any) -> bool:
         """Whether the next frame may track from this one: the tracker's confidence, or with
-        a CNN behind the landmark pass the face presence (the CNN's own confidence falls at
-        large yaw, where the mesh still follows the face)."""
+        a CNN behind the landmark pass the mesh's face presence (see MeshTrackedPose)."""
         if isinstance(self._tracker, MeshTrackedPose):
-            return float(state.landmarks.presence) >= self.tracking.track_min_confidence
+            return float(state.landmarks.presence) >= self._tracker.min_presence
         return pose.confidence >= self.tracking.track_min_confidence
 
     def _measure_eyes(self, image: np.ndarray, face: FaceBox | None, pose: HeadPose | None,
@@ -243,6 +246,19 @@ class Perception:
                 log.warning("eye measurement failed (%s: %s); %d frames without eyes so far",
                             type(exc).__name__, exc, self.eye_errors)
             return None
+
+
+def gives_refined_eyes(estimator: Any) -> bool:
+    """Whether every frame's landmarks from ``estimator`` carry the attention mesh's refined
+    eyes (then the eye stage never needs the iris model)."""
+    if isinstance(estimator, MeshTrackedPose):
+        return estimator.landmarker.refined
+    landmarker = getattr(estimator, "landmarker", None)
+    if landmarker is None:
+        return False
+    mirror = getattr(estimator, "mirror_landmarker", None)
+    flip = bool(getattr(getattr(estimator, "settings", None), "flip_average", False))
+    return bool(landmarker.refined or (flip and mirror is not None and mirror.refined))
 
 
 def with_landmark_pass(estimator: HeadPoseEstimator, tracking: TrackingSettings,

@@ -316,3 +316,27 @@ def test_eye_readings_from_the_refined_outputs_on_a_render(closing_render) -> No
     assert len(opened) >= 10 and len(shut) >= 5
     assert max(shut) < 0.5 * min(opened)
     assert min(opened) > 0.2 and float(np.median(shut)) < 0.12
+
+
+def test_iris_model_is_loaded_only_where_the_landmarks_lack_refined_eyes() -> None:
+    """The landmark head pose reads the refined eyes of its mirrored attention pass; with
+    FaceMesh on both passes it has none, and the iris model is loaded up front (not on the
+    first frame, in the frame loop)."""
+    from dataclasses import replace
+
+    from dms.pipeline import Perception, gives_refined_eyes
+    from dms.vision.blazeface import BlazeFaceDetector
+    from dms.vision.eyes import EyeMeasurer
+    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+
+    det = BlazeFaceDetector(model_session("face_detection_back.onnx"))
+    default = create_pose_estimator(PoseModelSettings())
+    assert gives_refined_eyes(default)
+    p = Perception(det, default, eyes=EyeMeasurer.from_settings())
+    assert p.eyes is not None and not p.eyes.iris_loaded
+    settings = PoseModelSettings()
+    twice = create_pose_estimator(replace(settings, landmarks=replace(
+        settings.landmarks, mirror_model="")))
+    assert not gives_refined_eyes(twice)
+    p = Perception(det, twice, eyes=EyeMeasurer.from_settings())
+    assert p.eyes is not None and p.eyes.iris_loaded

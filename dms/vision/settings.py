@@ -232,8 +232,10 @@ class TrackingSettings:
     )
     landmark_min_presence: float = field(
         default=0.5,
-        metadata={"doc": "with landmark_model: face presence below this on a tracked frame "
-                  "means the face left the ROI; the detector runs on that frame"},
+        metadata={"doc": "with landmark_model: the mesh's face presence from which the next "
+                  "frame tracks from this one (instead of track_min_confidence, the CNN's "
+                  "confidence); below it on a tracked frame the face left the ROI and the "
+                  "detector runs on that frame"},
     )
 
     def validate(self) -> None:
