@@ -62,4 +62,6 @@ def main(path: str, frames: int = 300, warmup: int = 20, refine: bool = False) -
 if __name__ == "__main__":
     # --refine: the attention mesh with iris landmarks (refine_landmarks=True), the
     # comparable reference for dms with its eye stage
-    main(sys.argv[1], refine="--refine" in sys.argv[2:])
+    # --frames N: frames to time (default 300, as `dms bench`)
+    n = int(sys.argv[sys.argv.index("--frames") + 1]) if "--frames" in sys.argv else 300
+    main(sys.argv[1], frames=n, refine="--refine" in sys.argv[2:])
