@@ -167,6 +167,24 @@ class Perception:
     def reset(self) -> None:
         self._track_state, self._box, self._since_detect = None, None, 0
 
+    def models_in_use(self) -> list[tuple[str, str]]:
+        """(task, model name) of each model that runs a frame: the detector, the pose model,
+        the landmark pass in front of a CNN or the landmark pose's mirrored pass, and the
+        iris model only where it is loaded (with the attention mesh's refined eyes it is
+        not). For status pages that list each model with its licence."""
+        out = [("detector", str(getattr(self.detector, "name", type(self.detector).__name__)))]
+        est = self.estimator
+        if isinstance(est, MeshTrackedPose):
+            out += [("pose", est.pose.name), ("landmarks", est.landmarker.name)]
+        else:
+            out.append(("pose", est.name))
+            mirror = getattr(est, "mirror_landmarker", None)
+            if mirror is not None:
+                out.append(("pose_mirror", mirror.name))
+        if self.eyes is not None and self.eyes.iris_loaded:
+            out.append(("eyes", self.eyes.iris.name))
+        return out
+
     def _detect(self, image: np.ndarray) -> FaceBox | None:
         self.detections += 1
         self._since_detect = 0

@@ -340,3 +340,19 @@ def test_iris_model_is_loaded_only_where_the_landmarks_lack_refined_eyes() -> No
     assert not gives_refined_eyes(twice)
     p = Perception(det, twice, eyes=EyeMeasurer.from_settings())
     assert p.eyes is not None and p.eyes.iris_loaded
+
+
+def test_models_in_use_name_the_landmark_pass_and_not_an_unloaded_iris_model() -> None:
+    from dms.pipeline import Perception
+    from dms.vision.blazeface import BlazeFaceDetector
+    from dms.vision.eyes import EyeMeasurer
+    from dms.vision.headpose import CnnHeadPose, PoseModelSettings, create_pose_estimator
+
+    det = BlazeFaceDetector(model_session("face_detection_back.onnx"))
+    cnn = CnnHeadPose(model_session("head_pose_student_fm192.onnx"), name="student_fm192")
+    p = Perception(det, cnn, eyes=EyeMeasurer.from_settings())
+    assert dict(p.models_in_use()) == {"detector": det.name, "pose": "student_fm192",
+                                       "landmarks": "facemesh_attention"}
+    p = Perception(det, create_pose_estimator(PoseModelSettings()), eyes=None)
+    assert dict(p.models_in_use()) == {"detector": det.name, "pose": "facemesh",
+                                       "pose_mirror": "facemesh_attention"}
