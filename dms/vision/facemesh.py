@@ -22,6 +22,15 @@ face-landmark graph:
 Re-running the landmark model on the ROI from its own landmarks converges in one or two steps,
 which is what lets the pipeline track a face without running the detector every frame.
 Coordinates are image pixels, OpenCV convention (pixel centres at integers).
+
+MediaPipe's attention mesh (``models/face_landmark_attention.onnx``) also returns refined
+eyes, irises and lips from the same run: per eye 71 contour points in the iris model's order
+(0..8 the lower lid from the outer to the inner corner, 9..15 the upper lid, then the brow;
+the subject's right eye follows mesh ids 33, 7, 163, ..., the left 263, 249, 390, ...), per
+iris 5 points (centre first), and 80 lip points. :class:`FaceLandmarks` carries them when the
+model has them (``eyes_px``, ``irises_px``, ``lips_px``), so one landmark run a frame gives the
+tracking ROI, the eye measurements (:mod:`dms.vision.eyes`) and the box a CNN head-pose model
+crops from (:func:`aflw_box`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,32 @@ NUM_LANDMARKS = 468
 RIGHT_EYE_OUTER = 33  # the subject's right eye, on the viewer's left
 LEFT_EYE_OUTER = 263
 ROI_SCALE = 1.5
+# The attention mesh's refinement outputs (names written by models/build_embedded.py, from
+# MediaPipe's graph): "left" is the eye on the crop's left, i.e. the subject's right eye.
+REFINED_OUTPUTS = {"eye_image_left": ("output_left_eye", 71),
+                   "eye_image_right": ("output_right_eye", 71),
+                   "iris_image_left": ("output_left_iris", 5),
+                   "iris_image_right": ("output_right_iris", 5),
+                   "lips": ("output_lips", 80)}
+
+# The 68 iBUG / AFLW2000 ``pt2d`` landmarks as FaceMesh ids (the subject's right is the
+# image left, as in the 68-point scheme: point 0 is the jaw end on the image left). Derived
+# from the anatomy of both schemes on MediaPipe's canonical mesh, not fitted to any labelled
+# face: the jaw follows the mesh's face oval from its eye-level side point (127) down to the
+# chin (152) and up the other side (356), in equal steps; the brows are the mesh's upper brow
+# edge; the eyes and lips the mesh's corner and lid/lip points at the same places.
+# tests/test_aflw_box.py checks the order and that the map is its own mirror image.
+IBUG68_MESH_IDS = (
+    127, 234, 93, 132, 58, 172, 136, 149, 152, 378, 365, 397, 288, 361, 323, 454, 356,  # jaw
+    70, 63, 105, 66, 107,  # brow on the image left, outer -> inner
+    336, 296, 334, 293, 300,  # brow on the image right, inner -> outer
+    168, 197, 5, 4,  # nose bridge, top -> tip
+    98, 97, 2, 326, 327,  # nostrils' lower edge, image left -> right
+    33, 160, 158, 133, 153, 144,  # eye on the image left: outer, upper x2, inner, lower x2
+    362, 385, 387, 263, 373, 380,  # eye on the image right: inner, upper x2, outer, lower x2
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer lips from the left corner
+    78, 82, 13, 312, 308, 317, 14, 87,  # inner lips from the left corner
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +102,37 @@ class FaceLandmarks:
 
     ``points_px`` (468, 3) float32: x, y in image pixels, z relative depth in the same pixel
     scale (smaller is nearer the camera). ``presence`` is the model's face probability [0, 1].
+
+    From the attention mesh only (None from FaceMesh), x, y in image pixels: ``eyes_px``
+    (2, 71, 2) the refined eye contours, the subject's right eye (image left) first, in the
+    iris model's contour order; ``irises_px`` (2, 5, 2) the irises, same eye order, centre
+    first; ``lips_px`` (80, 2).
     """
 
     points_px: np.ndarray
     presence: float
     roi: FaceRoi
+    eyes_px: np.ndarray | None = None
+    irises_px: np.ndarray | None = None
+    lips_px: np.ndarray | None = None
+
+    @property
+    def refined(self) -> bool:
+        """Whether the refined eyes and irises are there (the attention mesh)."""
+        return self.eyes_px is not None and self.irises_px is not None
+
+
+def aflw_box(points_px: np.ndarray, score: float = 1.0) -> FaceBox:
+    """The face box of the AFLW2000 convention from FaceMesh landmarks (468 x 2 or 3, image
+    pixels): the extent of the mesh points that stand for the 68 iBUG ``pt2d`` landmarks
+    (:data:`IBUG68_MESH_IDS`), the box ``dms eval --boxes gt`` gives the CNN head-pose models
+    and the box they are evaluated with. The one place the pipeline turns a mesh into a CNN
+    crop box."""
+    pts = np.asarray(points_px, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] < NUM_LANDMARKS or pts.shape[1] < 2:
+        raise InputError(f"aflw_box: expected {NUM_LANDMARKS} x 2 or more landmarks, got "
+                         f"{pts.shape}")
+    return FaceBox.around(pts[list(IBUG68_MESH_IDS), :2], score)
 
 
 def roi_transform(roi: FaceRoi, size: int) -> np.ndarray:
@@ -141,6 +202,17 @@ class FaceMeshLandmarker:
                 f"presence output, got sizes {sizes}"
             )
         self._lm_index, self._flag_index = sizes.index(NUM_LANDMARKS * 3), sizes.index(1)
+        names = [o.name for o in session.get_outputs()]
+        found = {key: names.index(nm) for key, (nm, n) in REFINED_OUTPUTS.items()
+                 if nm in names and sizes[names.index(nm)] == 2 * n}
+        # the refined eyes/irises/lips when the model has all of them (the attention mesh)
+        self._refined_index = found if len(found) == len(REFINED_OUTPUTS) else None
+        self.runs = 0  # session runs so far (the pipeline's one-pass-a-frame test reads it)
+
+    @property
+    def refined(self) -> bool:
+        """Whether this model also gives refined eyes, irises and lips."""
+        return self._refined_index is not None
 
     def crop(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[np.ndarray, np.ndarray]:
         """The network input for ``roi`` (float32 RGB in [0, 1]) and the image->crop matrix."""
@@ -188,17 +260,31 @@ class FaceMeshLandmarker:
 
     def _run(self, x: np.ndarray, A: np.ndarray, roi: FaceRoi, mirrored: bool) -> FaceLandmarks:
         outs = self._session.run(None, {self._input_name: x})
+        self.runs += 1
         raw = np.asarray(outs[self._lm_index], dtype=np.float64).reshape(NUM_LANDMARKS, 3)
         logit = float(np.asarray(outs[self._flag_index]).reshape(-1)[0])
         presence = 1.0 / (1.0 + math.exp(-max(-100.0, min(100.0, logit))))
-        if mirrored:  # back from the mirrored crop (edge coordinates: x -> size - x)
-            raw[:, 0] = self.input_size - raw[:, 0]
-        # Crop edge coordinates -> crop pixel centres -> image pixel centres.
         lin, t = A[:, :2], A[:, 2]
-        xy = np.linalg.solve(lin, (raw[:, :2] - 0.5 - t).T).T
+
+        def to_image(crop_xy: np.ndarray) -> np.ndarray:
+            # crop edge coordinates (mirrored: x -> size - x) -> crop pixel centres -> image
+            xy = np.array(crop_xy, dtype=np.float64)
+            if mirrored:
+                xy[:, 0] = self.input_size - xy[:, 0]
+            return np.linalg.solve(lin, (xy - 0.5 - t).T).T
+
         z = raw[:, 2] * (roi.side_px / self.input_size)
-        points = np.column_stack([xy, z]).astype(np.float32)
-        return FaceLandmarks(points, presence, roi)
+        points = np.column_stack([to_image(raw[:, :2]), z]).astype(np.float32)
+        if self._refined_index is None:
+            return FaceLandmarks(points, presence, roi)
+        ref = {key: to_image(np.asarray(outs[i], np.float64).reshape(-1, 2)).astype(np.float32)
+               for key, i in self._refined_index.items()}
+        # on the mirrored crop the eye on the crop's left is the subject's left eye
+        first, second = ("image_right", "image_left") if mirrored else ("image_left",
+                                                                          "image_right")
+        eyes = np.stack([ref["eye_" + first], ref["eye_" + second]])
+        irises = np.stack([ref["iris_" + first], ref["iris_" + second]])
+        return FaceLandmarks(points, presence, roi, eyes, irises, ref["lips"])
 
     def track(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[FaceLandmarks, FaceRoi]:
         """Landmarks for ``roi`` and the ROI to use on the next frame."""

@@ -25,7 +25,7 @@ accurate than a raw detector box. Confidence is FaceMesh's face-presence probabi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +160,11 @@ class LandmarkHeadPose:
         if self.settings.flip_average:  # both runs share one crop
             lm, mirrored = self.landmarker.landmarks_and_mirrored(image_bgr, roi,
                                                                   self.mirror_landmarker)
+            if not lm.refined and mirrored.refined:
+                # the attention mesh's refined eyes from the mirrored pass (mapped back, the
+                # subject's right eye first): the eye stage reads them instead of running the
+                # iris model twice
+                lm = replace(lm, eyes_px=mirrored.eyes_px, irises_px=mirrored.irises_px)
         else:
             lm = self.landmarker.landmarks(image_bgr, roi)
         return lm, self._pose(lm, mirrored)

@@ -219,10 +219,30 @@ class TrackingSettings:
         default=0.5,
         metadata={"doc": "below this tracker confidence the next frame runs the detector"},
     )
+    landmark_model: str = field(
+        default="facemesh_attention",
+        metadata={
+            "doc": "with a CNN head-pose model: the one landmark model run a frame (manifest "
+            "name or ONNX path), which tracks the face (the ROI from the previous frame's "
+            "landmarks, as MediaPipe does), gives the CNN its face box (the extent of the 68 "
+            "AFLW points, dms.vision.facemesh.aflw_box) and, with the attention mesh, the "
+            "eyes. Empty: the CNN re-uses the detector's box for box_reuse_frames frames and "
+            "the eyes come from the iris model at the detector's eye keypoints"
+        },
+    )
+    landmark_min_presence: float = field(
+        default=0.5,
+        metadata={"doc": "with landmark_model: the mesh's face presence from which the next "
+                  "frame tracks from this one (instead of track_min_confidence, the CNN's "
+                  "confidence); below it on a tracked frame the face left the ROI and the "
+                  "detector runs on that frame"},
+    )
 
     def validate(self) -> None:
         if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
             raise ValueError("redetect_interval_frames must be >= 1, box_reuse_frames >= 0")
+        if not 0.0 <= self.landmark_min_presence <= 1.0:
+            raise ValueError("landmark_min_presence must be in [0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +255,17 @@ class EyeSettings:
     )
     model: str = field(
         default="iris",
-        metadata={"doc": "manifest name (see `dms models list`) or path of the iris ONNX"},
+        metadata={"doc": "manifest name (see `dms models list`) or path of the iris ONNX (run "
+                  "only where the eyes are not read from the landmark pass: see source)"},
+    )
+    source: Literal["mesh", "iris"] = field(
+        default="mesh",
+        metadata={
+            "doc": "eye contour and iris: 'mesh' = the attention mesh's refined eyes and irises "
+            "from the frame's one landmark pass when it has them (no more model runs; the iris "
+            "model only for frames without them), 'iris' = the iris model on a crop of each "
+            "eye (two more runs a frame). Measured side by side in docs/benchmarks.md s.13"
+        },
     )
     openness_source: Literal["iris", "facemesh"] = field(
         default="iris",
