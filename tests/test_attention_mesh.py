@@ -14,7 +14,7 @@ import pytest
 from dms.types import FaceBox
 from dms.vision.canonical import load_canonical_mesh
 from dms.vision.facemesh import (
-    IBUG68_MESH_IDS,
+    AFLW21_FACEMESH_IDS,
     NUM_LANDMARKS,
     FaceMeshLandmarker,
     aflw_box,
@@ -113,22 +113,19 @@ def test_mirrored_pass_maps_the_refined_eyes_back(attention, astronaut, detector
     assert np.abs(mirrored.irises_px[:, 0] - plain.irises_px[:, 0]).max() < 0.05 * width
 
 
-# ----------------------------------------------------------------- the 68-point map
+# ----------------------------------------------------------------- the AFLW 21-point map
 
-# iBUG 68-point mirror partners (the subject's right <-> left), and the points on the midline
-MIRROR_PAIRS = ([(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)]
-                + [(31, 35), (32, 34), (36, 45), (37, 44), (38, 43), (39, 42), (40, 47),
-                   (41, 46), (48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64),
-                   (61, 63), (65, 67)])
-MIDLINE = (8, 27, 28, 29, 30, 33, 51, 57, 62, 66)
+# AFLW's 21 points (image-left first): mirror partners and the points on the midline
+MIRROR_PAIRS = [(0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9), (12, 16), (13, 15),
+                (17, 19)]
+MIDLINE = (14, 18, 20)
 
 
-def test_ibug68_map_is_its_own_mirror_image() -> None:
-    """Derived from anatomy, so it must respect the face's symmetry: on MediaPipe's canonical
-    mesh (x = the subject's left, cm) each pair of mirror partners is one point and its
-    mirror image, and the midline points have x = 0."""
-    ids = np.asarray(IBUG68_MESH_IDS)
-    assert ids.shape == (68,) and len(set(ids.tolist())) == 68
+def test_aflw21_map_is_its_own_mirror_image() -> None:
+    """On MediaPipe's canonical mesh (x = the subject's left, cm) each pair of mirror partners
+    is one point and its mirror image, and the midline points have x = 0."""
+    ids = np.asarray(AFLW21_FACEMESH_IDS)
+    assert ids.shape == (21,) and len(set(ids.tolist())) == 21
     assert ids.min() >= 0 and ids.max() < NUM_LANDMARKS
     v = load_canonical_mesh().vertices_cm
     for a, b in MIRROR_PAIRS:
@@ -137,28 +134,17 @@ def test_ibug68_map_is_its_own_mirror_image() -> None:
     np.testing.assert_allclose(v[ids[list(MIDLINE)], 0], 0.0, atol=0.05)
 
 
-def test_ibug68_map_follows_the_68_point_layout() -> None:
-    """The points sit where the 68-point scheme puts them, on the canonical face seen from
-    the front (image x = -mesh x's mirror: the subject's right on the image left; image y
-    down = -mesh y)."""
-    ids = np.asarray(IBUG68_MESH_IDS)
+def test_aflw_box_is_the_extent_of_the_21_points_with_the_ear_lobes_pushed_out() -> None:
+    """On the canonical face seen from the front (image x = mesh x mirrored, y down): the box
+    is bounded by the ear lobes left and right (pushed out beyond the cheek points), the brows
+    above and the chin below."""
+    ids = np.asarray(AFLW21_FACEMESH_IDS)
     v = load_canonical_mesh().vertices_cm
-    x, y = v[ids, 0], -v[ids, 1]  # image left = the subject's right = mesh x < 0
-    # the jaw runs from the image left over the chin to the image right, the chin lowest
-    assert np.all(np.diff(x[0:17]) > 0)
-    assert int(np.argmax(y[0:17])) == 8
-    # brows: above the eyes, each from the image left to the right
-    assert np.all(np.diff(x[17:22]) > 0) and np.all(np.diff(x[22:27]) > 0)
-    assert y[17:27].max() < y[36:48].min()
-    # nose bridge down to the tip; nostrils below the tip's top; mouth below the nose
-    assert np.all(np.diff(y[27:31]) > 0)
-    assert y[48:68].min() > y[31:36].max() - 0.5
-    # eye corners: 36 outer / 39 inner on the image left, 42 inner / 45 outer on the right
-    assert x[36] < x[39] < x[42] < x[45]
-    # the box: the jaw's ends and the chin bound it left, right and below, the brows above
+    x, y = v[ids, 0], -v[ids, 1]
     box = aflw_box(_scatter(ids, x, y))
-    assert box.x1 == pytest.approx(x[0]) and box.x2 == pytest.approx(x[16])
-    assert box.y2 == pytest.approx(y[8]) and box.y1 == pytest.approx(y[17:27].min())
+    assert box.x1 < x[12] and box.x2 > x[16]  # the lobes, pushed outwards
+    assert box.y2 == pytest.approx(y[20])  # the chin
+    assert box.y1 == pytest.approx(y[0:6].min())  # the brows
 
 
 def _scatter(ids: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -178,7 +164,7 @@ def test_aflw_box_refuses_a_short_landmark_array() -> None:
 @pytest.mark.shared
 def test_aflw_box_matches_the_labelled_boxes(aflw_dir: Path, attention) -> None:
     """Evaluation only (nothing is chosen on these faces): on AFLW2000-64's near-frontal
-    faces the box from the mesh overlaps the extent of the labelled 68 points."""
+    faces the box from the mesh overlaps the extent of the labelled 21 points."""
     import cv2
     import scipy.io
 
@@ -189,6 +175,7 @@ def test_aflw_box_matches_the_labelled_boxes(aflw_dir: Path, attention) -> None:
             continue
         img = cv2.imread(str(mat.with_suffix(".jpg")))
         pt = np.asarray(m["pt2d"], np.float64)
+        pt = pt[:, (pt[0] > 0) & (pt[1] > 0)]  # -1 marks a hidden point (as dms eval reads)
         gt = FaceBox(pt[0].min(), pt[1].min(), pt[0].max(), pt[1].max(), 1.0)
         lm = attention.landmarks(img, roi_from_face_box(gt))
         lm = attention.landmarks(img, roi_from_landmarks(lm.points_px))
@@ -197,7 +184,7 @@ def test_aflw_box_matches_the_labelled_boxes(aflw_dir: Path, attention) -> None:
         iy = max(0.0, min(b.y2, gt.y2) - max(b.y1, gt.y1))
         ious.append(ix * iy / (b.area + gt.area - ix * iy))
     assert len(ious) >= 10
-    assert float(np.median(ious)) > 0.8
+    assert float(np.median(ious)) > 0.75  # measured 0.80 (40 faces, |yaw| <= 30)
 
 
 # ----------------------------------------------------------------- one landmark pass a frame

@@ -7,7 +7,7 @@ about 100 px). For each photo the embedded landmark teacher
 the shipped settings) is run from a box of ``face_fraction`` of the crop; its landmarks give
 
 * the **face box the evaluation uses**: the extent of AFLW's 21 landmarks as FaceMesh points
-  (:data:`dms.train.rendered.AFLW21_FACEMESH_IDS`, ear lobes pushed out and down from the
+  (:data:`dms.vision.facemesh.AFLW21_FACEMESH_IDS`, ear lobes pushed out and down from the
   cheek contour as the renderer does in 3-D), so the training crop frames a real face the way
   ``dms eval --boxes gt`` frames an AFLW2000 face;
 * the **pseudo-label**: the teacher's rotation (AFLW matrix ``M``) with FaceMesh's presence as
@@ -40,7 +40,6 @@ from dms.train.datasets import IMAGE_SUFFIXES, FaceRecord, load_image
 log = logging.getLogger(__name__)
 
 LABELS_VERSION = "1"
-EAR_OUT, EAR_DOWN = 0.09, 0.06  # ear lobe: outward / down, as fractions of the cheek width
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -59,20 +58,11 @@ def split_of(name: str, holdout_mod: int = 10) -> str:
 
 
 def aflw_box_from_landmarks(points_px: np.ndarray) -> tuple[float, float, float, float]:
-    """Extent of AFLW's 21 landmarks taken as FaceMesh points (2-D, all visible)."""
-    from dms.train.rendered import AFLW21_FACEMESH_IDS, EAR_LOBE_SLOTS
+    """Extent of AFLW's 21 landmarks taken as FaceMesh points (2-D, all visible): the
+    runtime's :func:`dms.vision.facemesh.aflw_box`, as a tuple."""
+    from dms.vision.facemesh import aflw_box
 
-    pts = np.asarray(points_px, np.float64)[list(AFLW21_FACEMESH_IDS), :2].copy()
-    a, b = pts[EAR_LOBE_SLOTS[0]], pts[EAR_LOBE_SLOTS[1]]
-    width = float(np.linalg.norm(b - a))
-    across = (b - a) / max(width, 1e-6)
-    down = np.array([-across[1], across[0]])  # image y grows downward
-    if down[1] < 0:
-        down = -down
-    pts[EAR_LOBE_SLOTS[0]] = a - EAR_OUT * width * across + EAR_DOWN * width * down
-    pts[EAR_LOBE_SLOTS[1]] = b + EAR_OUT * width * across + EAR_DOWN * width * down
-    return (float(pts[:, 0].min()), float(pts[:, 1].min()),
-            float(pts[:, 0].max()), float(pts[:, 1].max()))
+    return tuple(aflw_box(points_px).as_list())  # type: ignore[return-value]
 
 
 def _teacher() -> object:

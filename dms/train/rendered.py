@@ -42,21 +42,12 @@ from dms.errors import InputError
 from dms.geometry import aflw_matrix_from_euler, euler_from_aflw_matrix
 from dms.train.datasets import Box, FaceRecord
 from dms.vision.crop import CropMargins, face_crop
+from dms.vision.facemesh import AFLW21_FACEMESH_IDS, EAR_LOBE_SLOTS
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "2"  # bump when this module's renders change
 
-# AFLW's 21 landmarks as FaceMesh ids, in AFLW order (image-left first): brows outer / centre /
-# inner, eye corners and centres (upper-lid point), ear lobe, nose left / tip / right, mouth
-# left / centre / right, chin. Ear lobes are built from the contour points 93 / 323 (below).
-AFLW21_FACEMESH_IDS: tuple[int, ...] = (
-    70, 105, 107, 336, 334, 300,
-    33, 159, 133, 362, 386, 263,
-    93, 129, 1, 358, 323,
-    61, 13, 291, 152,
-)  # fmt: skip
-EAR_LOBE_SLOTS = (12, 16)
 # Midline points (nose tip, mouth centre, chin) stay on the silhouette up to a full profile,
 # where AFLW's annotators still mark them; the others count when their surface faces the
 # camera (a little beyond the tangent: the outline of a turned face shows them).

@@ -58,24 +58,20 @@ REFINED_OUTPUTS = {"eye_image_left": ("output_left_eye", 71),
                    "iris_image_right": ("output_right_iris", 5),
                    "lips": ("output_lips", 80)}
 
-# The 68 iBUG / AFLW2000 ``pt2d`` landmarks as FaceMesh ids (the subject's right is the
-# image left, as in the 68-point scheme: point 0 is the jaw end on the image left). Derived
-# from the anatomy of both schemes on MediaPipe's canonical mesh, not fitted to any labelled
-# face: the jaw follows the mesh's face oval from its eye-level side point (127) down to the
-# chin (152) and up the other side (356), in equal steps; the brows are the mesh's upper brow
-# edge; the eyes and lips the mesh's corner and lid/lip points at the same places.
-# tests/test_aflw_box.py checks the order and that the map is its own mirror image.
-IBUG68_MESH_IDS = (
-    127, 234, 93, 132, 58, 172, 136, 149, 152, 378, 365, 397, 288, 361, 323, 454, 356,  # jaw
-    70, 63, 105, 66, 107,  # brow on the image left, outer -> inner
-    336, 296, 334, 293, 300,  # brow on the image right, inner -> outer
-    168, 197, 5, 4,  # nose bridge, top -> tip
-    98, 97, 2, 326, 327,  # nostrils' lower edge, image left -> right
-    33, 160, 158, 133, 153, 144,  # eye on the image left: outer, upper x2, inner, lower x2
-    362, 385, 387, 263, 373, 380,  # eye on the image right: inner, upper x2, outer, lower x2
-    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer lips from the left corner
-    78, 82, 13, 312, 308, 317, 14, 87,  # inner lips from the left corner
-)
+# AFLW's 21 landmarks (the ``pt2d`` of AFLW2000-3D, whose extent is the box of ``dms eval
+# --boxes gt``) as FaceMesh ids, in AFLW order (image-left first): brows outer / centre /
+# inner, eye corners and centres (upper-lid point), ear lobe, nose left / tip / right, mouth
+# left / centre / right, chin. The ear lobes are built from the contour points 93 / 323,
+# pushed out and down (:func:`aflw_box`). Training uses the same box (dms.train.realfaces,
+# dms.train.rendered), so a CNN reads the face here as it was trained to.
+AFLW21_FACEMESH_IDS: tuple[int, ...] = (
+    70, 105, 107, 336, 334, 300,
+    33, 159, 133, 362, 386, 263,
+    93, 129, 1, 358, 323,
+    61, 13, 291, 152,
+)  # fmt: skip
+EAR_LOBE_SLOTS = (12, 16)
+EAR_OUT, EAR_DOWN = 0.09, 0.06  # ear lobe: outward / down, as fractions of the cheek width
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +120,25 @@ class FaceLandmarks:
 
 def aflw_box(points_px: np.ndarray, score: float = 1.0) -> FaceBox:
     """The face box of the AFLW2000 convention from FaceMesh landmarks (468 x 2 or 3, image
-    pixels): the extent of the mesh points that stand for the 68 iBUG ``pt2d`` landmarks
-    (:data:`IBUG68_MESH_IDS`), the box ``dms eval --boxes gt`` gives the CNN head-pose models
-    and the box they are evaluated with. The one place the pipeline turns a mesh into a CNN
-    crop box."""
+    pixels): the extent of AFLW's 21 landmarks taken as mesh points
+    (:data:`AFLW21_FACEMESH_IDS`, the ear lobes pushed out and down from the cheek contour by
+    ``EAR_OUT`` / ``EAR_DOWN`` of the cheek width). It is the box ``dms eval --boxes gt``
+    gives the CNN head-pose models and the box their training crops were cut from; the one
+    place the pipeline turns a mesh into a CNN crop box."""
     pts = np.asarray(points_px, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[0] < NUM_LANDMARKS or pts.shape[1] < 2:
         raise InputError(f"aflw_box: expected {NUM_LANDMARKS} x 2 or more landmarks, got "
                          f"{pts.shape}")
-    return FaceBox.around(pts[list(IBUG68_MESH_IDS), :2], score)
+    pts = pts[list(AFLW21_FACEMESH_IDS), :2].copy()
+    a, b = pts[EAR_LOBE_SLOTS[0]], pts[EAR_LOBE_SLOTS[1]]
+    width = float(np.linalg.norm(b - a))
+    across = (b - a) / max(width, 1e-6)
+    down = np.array([-across[1], across[0]])  # image y grows downward
+    if down[1] < 0:
+        down = -down
+    pts[EAR_LOBE_SLOTS[0]] = a - EAR_OUT * width * across + EAR_DOWN * width * down
+    pts[EAR_LOBE_SLOTS[1]] = b + EAR_OUT * width * across + EAR_DOWN * width * down
+    return FaceBox.around(pts, score)
 
 
 def roi_transform(roi: FaceRoi, size: int) -> np.ndarray:
