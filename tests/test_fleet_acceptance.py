@@ -4,12 +4,16 @@ code (``dms fleet simulate``, with re-sends from copies of 5 devices' outboxes).
 
 * one ingest worker, killed with SIGKILL twice mid-way and restarted: ``dms fleet report
   --json`` shows 10,000 alerts, none lost, none stored twice, no gap in any stream;
-* two workers on one shared subscription: the same 10,000, once each, split between them.
+* two workers on one shared subscription (one of them SIGKILLed mid-way and restarted by the
+  supervisor): the same 10,000, once each, split between them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -116,9 +120,16 @@ def test_ten_thousand_alerts_once_across_two_sigkills(tmp_path: Path, fleet_brok
 
 def test_two_workers_on_one_shared_subscription(tmp_path: Path, fleet_broker: Broker,
                                                 db_url: str) -> None:  # noqa: F811
+    """... and one of them SIGKILLed mid-way: the supervisor restarts it with its client id,
+    and its share, held in its session meanwhile, arrives."""
     ingest = IngestProcess(fleet_broker.port, db_url, "--workers", "2").start(wait_subscribed=2)
     sim = start_simulation(fleet_broker.port, tmp_path / "vehicles")
     try:
+        assert wait_for(db_url, TOTAL * 4 // 10, sim, 300) >= TOTAL * 4 // 10, ingest.text()
+        (pid,) = re.findall(r"ingest fleet-test-2 \(pid (\d+)\): subscribed", ingest.text())
+        os.kill(int(pid), signal.SIGKILL)
+        assert ingest.wait_log("worker 2 exited with -9; restarting", 30), ingest.text()
+        assert ingest.wait_log("subscribed to", 60, count=3), ingest.text()
         out, err = sim.communicate(timeout=600)
         assert sim.returncode == 0, err
         assert wait_for(db_url, TOTAL, sim, 300) == TOTAL, ingest.text()

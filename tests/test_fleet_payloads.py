@@ -71,6 +71,7 @@ def test_foreign_topics(topic: str) -> None:
     (alert(seq=2**63), Fault.MALFORMED),
     (alert(stream=""), Fault.MALFORMED),
     (alert(stream="a\x00b"), Fault.MALFORMED),
+    (alert(stream="\ud800"), Fault.MALFORMED),  # a lone surrogate no driver can encode
     (alert(queued_wall_s="now"), Fault.MALFORMED),
     (alert(event=[]), Fault.MALFORMED),
     (alert(event={"reason": "x"}), Fault.MALFORMED),

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ from alembic.migration import MigrationContext
 
 from dms.errors import DmsError, InputError
 from dms.fleet import migrations, schema
-from dms.fleet.payloads import Fault, Message, classify
+from dms.fleet.payloads import Alert, Fault, Message, classify
 from dms.fleet.report import build_report, export_rows, parse_since, write_export
-from dms.fleet.store import Store, StoreError, parse_url
+from dms.fleet.store import Store, StoreError, StoreRejected, parse_url
 
 from fleet_db import db_url, pg_server, pg_url  # noqa: F401 - fixtures
 
@@ -106,6 +107,22 @@ def test_each_alert_is_stored_once_and_duplicates_are_counted(db_url: str) -> No
     assert report["rejected"]["foreign_topic"] == 1 and report["rejected"]["malformed"] == 1
     assert report["workers"]["w1"]["stored"] == 5 and report["workers"]["w2"]["stored"] == 3
     assert report["devices"]["online"] == 1 and report["seq_gaps"] == 0
+
+
+def test_data_the_database_refuses_rolls_the_batch_back(db_url: str) -> None:  # noqa: F811
+    """What the ingester relies on to find a message the database refuses on its own: the
+    whole batch is refused (StoreRejected, not StoreUnavailable) and nothing of it is kept."""
+    good = alert("cab-1", 1)
+    assert isinstance(good, Alert)
+    bad = replace(good, seq=2, stream="\ud800")  # past classify(), which rejects it
+    store = Store(db_url).open()
+    try:
+        with pytest.raises(StoreRejected):
+            store.write([good, bad], "w1", T0)
+        assert build_report(store, None, T0)["alerts"]["total"] == 0
+        assert store.write([good], "w1", T0).stored == 1
+    finally:
+        store.close()
 
 
 def test_status_and_the_newest_state(db_url: str) -> None:  # noqa: F811

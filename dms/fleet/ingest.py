@@ -233,7 +233,8 @@ class Ingester:
                     "--share-group '' subscribes plainly)" if f.startswith("$share/") else "")
             self._fail(f"the broker refused the subscription {f!r}: {why}{hint}")
             return
-        log.info("ingest %s: subscribed to %s", self.worker, ", ".join(self.settings.filters))
+        log.info("ingest %s (pid %d): subscribed to %s", self.worker, os.getpid(),
+                 ", ".join(self.settings.filters))
         self.subscribed.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:

@@ -143,11 +143,16 @@ def _finite(value: object) -> float | None:
 
 
 def _text(value: object, limit: int = MAX_TEXT_CHARS) -> str | None:
-    """``value`` if it is a string of 1-``limit`` characters without NUL (which PostgreSQL
-    cannot store in text), else None."""
-    if isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value:
-        return value
-    return None
+    """``value`` if it is a string of 1-``limit`` characters that a database can store (no
+    NUL, which PostgreSQL refuses in text; no lone surrogate from a JSON escape such as
+    ``"\\ud800"``, which no driver can encode), else None."""
+    if not (isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def _state(topic: str, device: str, doc: dict[str, object], text: str) -> State | Rejected:

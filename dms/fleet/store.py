@@ -239,6 +239,9 @@ class Store:
             if _transient(exc):
                 raise StoreUnavailable(_first_line(exc)) from exc
             raise StoreRejected(_first_line(exc)) from exc
+        except (ValueError, TypeError, sa.exc.StatementError) as exc:
+            # a value the driver could not bind (nothing was committed): this data's fault
+            raise StoreRejected(f"{type(exc).__name__}: {_first_line(exc)}") from exc
         return WriteResult(stored, duplicates, dict(faults))
 
     @staticmethod
