@@ -141,7 +141,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         session_expiry_s=NEVER_EXPIRES if args.session_expiry_s is None
         else args.session_expiry_s, report_interval_s=args.report_interval_s)
     settings.validate()
-    return run_worker(settings, args.db, stop)
+    return run_worker(settings, args.db, stop, supervised=args.worker_index > 0)
 
 
 def _worker_command(args: argparse.Namespace, base: str, index: int) -> list[str]:

@@ -119,7 +119,7 @@ def default_client_id() -> str:
 class _Incoming:
     mid: int
     qos: int
-    generation: int  # the connection it arrived on
+    generation: int  # the connection it arrived on (see Ingester._ack)
     topic: str
     payload: bytes
 
@@ -144,7 +144,8 @@ class Ingester:
 
     def __init__(self, settings: IngestSettings, store: Store,
                  environ: Mapping[str, str] | None = None,
-                 clock_wall: Callable[[], float] = time.time) -> None:
+                 clock_wall: Callable[[], float] = time.time, supervised: bool = False
+                 ) -> None:
         settings.validate()
         self.settings = settings
         self.store = store
@@ -152,8 +153,7 @@ class Ingester:
         self._environ = os.environ if environ is None else environ
         self._clock_wall = clock_wall
         self._queue: queue.Queue[_Incoming] = queue.Queue()
-        self._generation = 0
-        self._acks_valid_from = 0  # messages of older connections have no packet id to ack
+        self._generation = 0  # +1 at every connect and disconnect (see _ack)
         self._fatal: str | None = None
         self._stop = threading.Event()
         self._client: Any = None
@@ -163,7 +163,7 @@ class Ingester:
         self._examples: dict[str, str] = {}
         self._next_report = time.monotonic() + settings.report_interval_s
         self._outage_since: float | None = None
-        self._ppid = os.getppid()
+        self._ppid = os.getppid() if supervised else None  # --workers N: stop with it
 
     # -- MQTT ------------------------------------------------------------------------------------
 
@@ -207,8 +207,6 @@ class Ingester:
                 log.error("ingest %s: broker refused the connection: %s", self.worker, text)
             return
         self._generation += 1
-        if not flags.session_present:
-            self._acks_valid_from = self._generation
         log.info("ingest %s: connected to %s:%d (session %s)", self.worker, self.settings.host,
                  self.settings.port, "resumed" if flags.session_present else "new")
         from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -220,6 +218,7 @@ class Ingester:
                     self.settings.host, self.settings.port)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._generation += 1  # nothing received so far is acknowledged any more (see _ack)
         if not self._stop.is_set():
             log.warning("ingest %s: disconnected from the broker (%s); reconnecting, the "
                         "session keeps what arrives meanwhile", self.worker, reason)
@@ -269,7 +268,7 @@ class Ingester:
     def _stopping(self, stop: threading.Event) -> bool:
         if stop.is_set() or self._stop.is_set():
             return True
-        if os.getppid() != self._ppid:  # the supervising process is gone (--workers N)
+        if self._ppid is not None and os.getppid() != self._ppid:  # the supervisor is gone
             log.warning("ingest %s: the supervising process is gone; stopping", self.worker)
             self._stop.set()
             return True
@@ -373,10 +372,16 @@ class Ingester:
                 self._examples[m.fault.value] = f"{m.topic}: {m.detail}"
 
     def _ack(self, batch: Sequence[_Incoming]) -> None:
-        for item in batch:  # in arrival order, as MQTT requires
-            if item.qos > 0 and item.generation >= self._acks_valid_from:
+        """PUBACK each stored message, in arrival order (as MQTT requires), but only those
+        that arrived on the current connection. After a reconnect the broker sends every
+        message left unacknowledged again, with its packet id: that copy is stored (a
+        duplicate) and acknowledged. Acknowledging the old copy too could acknowledge,
+        under the same packet id reused by then, a later message not yet stored."""
+        generation = self._generation
+        for item in batch:
+            if item.qos > 0 and item.generation == generation:
                 self._client.ack(item.mid, item.qos)
-        self.stats.acked += len(batch)
+                self.stats.acked += 1
 
     def _report(self, final: bool = False) -> None:
         now = time.monotonic()
@@ -416,13 +421,15 @@ def open_store(url: str, stop: threading.Event, retry_s: float = 5.0) -> Store |
             return None
 
 
-def run_worker(settings: IngestSettings, url: str, stop: threading.Event) -> int:
-    """One worker in this process: open the store, then ingest until ``stop``."""
+def run_worker(settings: IngestSettings, url: str, stop: threading.Event,
+               supervised: bool = False) -> int:
+    """One worker in this process: open the store, then ingest until ``stop``
+    (``supervised``: started by :func:`supervise`, and stops when that process is gone)."""
     store = open_store(url, stop)
     if store is None:
         return 0
     try:
-        ingester = Ingester(settings, store)
+        ingester = Ingester(settings, store, supervised=supervised)
         code = ingester.run(stop)
         print(json.dumps({"worker": ingester.worker, **ingester.stats.as_dict()}), flush=True)
         return code
