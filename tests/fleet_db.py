@@ -196,13 +196,14 @@ class IngestProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.stdout += out or ""
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+            self.proc.wait()
+        if self._reader is not None:  # the log to its end (read by the thread, not here)
+            self._reader.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.stdout += self.proc.stdout.read()  # one line per worker: small, no deadlock
         return int(self.proc.returncode)
 
     def final_stats(self) -> list[dict[str, Any]]:

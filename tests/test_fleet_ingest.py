@@ -83,7 +83,8 @@ def test_bad_input_is_counted_and_never_stops_ingest(tmp_path: Path,
     # arrives through them is on a foreign topic for the next run
     old = IngestProcess(fleet_broker.port, db, "--prefix", "old").start()
     assert old.stop() == 0
-    ingest = IngestProcess(fleet_broker.port, db).start()
+    # one aggregate line for the whole run: the one written when the worker stops
+    ingest = IngestProcess(fleet_broker.port, db, "--report-interval-s", "600").start()
     pub = Publisher(fleet_broker.port)
     try:
         pub.send("old/cab-1/alert", alert_payload("cab-1", 1))  # foreign: the old prefix
@@ -95,11 +96,11 @@ def test_bad_input_is_counted_and_never_stops_ingest(tmp_path: Path,
         pub.send("dms/cab-1/status", b"\xff")  # malformed status
         pub.alerts("cab-1", range(1, 4))  # and ingest goes on
         assert wait_stored(db, 3) == 3, ingest.text()
-        assert ingest.wait_log("rejected 7 message(s)", 10), ingest.text()
         assert ingest.proc is not None and ingest.proc.poll() is None
     finally:
         pub.close()
         assert ingest.stop() == 0, ingest.text()
+    assert ingest.count("rejected 7 message(s)") == 1, ingest.text()
     report = fleet_report(db)
     assert report["alerts"]["total"] == 3 and report["seq_gaps"] == 0
     assert report["rejected"] == {"malformed": 2, "wrong_schema": 1, "too_large": 1,
@@ -190,6 +191,54 @@ def test_a_database_that_is_down_holds_the_alerts_at_the_broker(tmp_path: Path,
     finally:
         cluster.stop()
         shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share_group", ["", "dms-fleet"])
+def test_a_broker_restart_and_what_it_drops_shows_as_gaps(tmp_path: Path, fleet_broker: Broker,
+                                                          share_group: str) -> None:
+    """The broker stops (saving its sessions) and comes back mid-run. With a plain subscription
+    nothing is lost. mosquitto 2.0.11 does not restore a *shared* subscription from its
+    persistence file (the session comes back without it), so what devices publish between its
+    restart and the worker's re-subscription has no subscriber and is dropped by the broker
+    (docs/fleet.md): whatever is dropped shows up in ``seq_gaps`` once a later alert arrives."""
+    db = f"sqlite:///{tmp_path / 'fleet.sqlite3'}"
+    ingest = IngestProcess(fleet_broker.port, db, "--share-group", share_group).start()
+    try:
+        pub = Publisher(fleet_broker.port)
+        pub.alerts("cab-5", range(1, 201))
+        pub.close()
+        assert wait_stored(db, 200) == 200, ingest.text()
+        fleet_broker.restart()
+        pub = Publisher(fleet_broker.port)
+        pub.alerts("cab-5", range(201, 401))  # before the worker is back
+        assert ingest.wait_log("(session resumed)", 30), ingest.text()
+        assert ingest.wait_log("subscribed to", 30, count=2), ingest.text()
+        pub.alerts("cab-5", range(401, 402))  # after
+        pub.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and 401 not in stored_seqs(db):
+            time.sleep(0.1)
+    finally:
+        assert ingest.stop() == 0, ingest.text()
+    report = fleet_report(db)
+    assert 401 in stored_seqs(db)
+    assert report["alerts"]["total"] + report["seq_gaps"] == 401
+    if not share_group:
+        assert report["alerts"]["total"] == 401 and report["seq_gaps"] == 0
+
+
+def stored_seqs(db: str) -> set[int]:
+    import sqlalchemy as sa
+
+    from dms.fleet.store import Store
+
+    store = Store(db, readonly=True)
+    try:
+        with store.connect() as conn:
+            return {int(n) for n in conn.execute(sa.text("SELECT seq FROM alerts")).scalars()}
+    finally:
+        store.close()
 
 
 def run_dms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
