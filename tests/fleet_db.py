@@ -146,14 +146,15 @@ class IngestProcess:
         self._reader: threading.Thread | None = None
 
     def start(self, wait_subscribed: int = 1) -> IngestProcess:
-        """Start; wait until ``wait_subscribed`` more workers have subscribed."""
+        """Start; wait until ``wait_subscribed`` more workers have subscribed (a liveness
+        bound, generous: under a load of 20+ on 2 cores, start-up alone took over a minute)."""
         before = self.count("subscribed to")
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT, preexec_fn=self.preexec)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         if wait_subscribed:
-            assert self.wait_log("subscribed to", 60, count=before + wait_subscribed), \
+            assert self.wait_log("subscribed to", 240, count=before + wait_subscribed), \
                 self.text()
         return self
 

@@ -59,7 +59,7 @@ def served(tmp_path: Path) -> Iterator[tuple[int, dict[str, int]]]:
                              str(tmp_path / "fleet.sqlite3"), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 240  # start-up on a loaded 2-core machine: a liveness bound
     while True:
         try:
             http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
