@@ -24,12 +24,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from dms import geometry
 from dms.types import EyeObservation, FaceBox, HeadPose, Observation
+from dms.vision.canonical import load_canonical_mesh
 from dms.vision.detect import DriverChoice, FaceDetector, select_driver
 from dms.vision.eyes import EyeMeasurer
 from dms.vision.facemesh import (
@@ -40,7 +42,8 @@ from dms.vision.facemesh import (
     roi_from_landmarks,
 )
 from dms.vision.headpose import HeadPoseEstimator
-from dms.vision.landmark_pose import FaceMeshTrack
+from dms.vision.landmark_pose import FaceMeshTrack, LandmarkHeadPose
+from dms.vision.plausible import ramp
 from dms.vision.settings import EyeSettings, TrackingSettings
 
 log = logging.getLogger(__name__)
@@ -63,8 +66,12 @@ class MeshTrackedPose:
 
     :meth:`start` (after a detection) runs the landmark model on the ROI from the detector
     box, :meth:`track` on the ROI from the previous frame's landmarks; either way the CNN then
-    reads the face in :func:`aflw_box` of this frame's mesh. The pose and its confidence are
-    the CNN's. Tracking goes on while the mesh's face presence is at least ``min_presence``
+    reads the face in :func:`aflw_box` of this frame's mesh. The pose is the CNN's; its
+    confidence is the CNN's times its agreement with the mesh's own fit to the canonical face
+    (``fit``, a :class:`dms.vision.landmark_pose.LandmarkHeadPose`; 1 within ``agree_deg``, 0
+    from ``zero_deg``): a hand or an object over part of the face can make the CNN read a
+    turn that the mesh, following the visible points, does not. Tracking goes on while the
+    mesh's face presence is at least ``min_presence``
     (the CNN's confidence falls at large yaw, where the mesh still follows the face); a
     tracked frame below it returns None (the face left the ROI: the caller detects again).
     The state handed back is a :class:`dms.vision.landmark_pose.FaceMeshTrack`, whose
@@ -72,11 +79,15 @@ class MeshTrackedPose:
     """
 
     def __init__(self, landmarker: FaceMeshLandmarker, pose: HeadPoseEstimator,
-                 min_presence: float = 0.5) -> None:
+                 min_presence: float = 0.5, *, fit: LandmarkHeadPose | None = None,
+                 agree_deg: float = 15.0, zero_deg: float = 25.0) -> None:
         self.landmarker = landmarker
         self.pose = pose
         self.name = pose.name
         self.min_presence = min_presence
+        self.fit = fit
+        self.agree_deg = agree_deg
+        self.zero_deg = zero_deg
         self.landmark_ms = 0.0  # the last landmark run (dms bench's stage figures)
 
     def _run(self, image: np.ndarray, roi: Any, min_presence: float
@@ -90,6 +101,11 @@ class MeshTrackedPose:
         pose = self.pose.estimate(image, box)
         if pose is None:
             return None
+        if self.fit is not None and pose.confidence > 0.0:
+            apart = geometry.geodesic_deg(self.fit.rotation_from_landmarks(lm.points_px),
+                                          pose.rotation)
+            agree = ramp(apart, self.zero_deg, self.agree_deg)
+            pose = replace(pose, confidence=pose.confidence * agree)
         return box, pose, FaceMeshTrack(roi_from_landmarks(lm.points_px), lm)
 
     def start(self, image: np.ndarray, face: FaceBox
@@ -295,7 +311,9 @@ def with_landmark_pass(estimator: HeadPoseEstimator, tracking: TrackingSettings,
                                 also=("head_pose",))
     name = entry.name if entry is not None else Path(path).stem
     landmarker = FaceMeshLandmarker(create_session(path, runtime or CPU_ONLY), name=name)
-    return MeshTrackedPose(landmarker, estimator, tracking.landmark_min_presence)
+    fit = LandmarkHeadPose(landmarker, load_canonical_mesh())
+    return MeshTrackedPose(landmarker, estimator, tracking.landmark_min_presence, fit=fit,
+                           agree_deg=tracking.mesh_agree_deg, zero_deg=tracking.mesh_zero_deg)
 
 
 def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Any]:

@@ -317,11 +317,15 @@ def test_iris_model_is_loaded_only_where_the_landmarks_lack_refined_eyes() -> No
     from dms.vision.headpose import PoseModelSettings, create_pose_estimator
 
     det = BlazeFaceDetector(model_session("face_detection_back.onnx"))
-    default = create_pose_estimator(PoseModelSettings())
-    assert gives_refined_eyes(default)
-    p = Perception(det, default, eyes=EyeMeasurer.from_settings())
+    landmark = create_pose_estimator(PoseModelSettings(model="facemesh"))
+    assert gives_refined_eyes(landmark)
+    p = Perception(det, landmark, eyes=EyeMeasurer.from_settings())
     assert p.eyes is not None and not p.eyes.iris_loaded
-    settings = PoseModelSettings()
+    # the default CNN gets the one landmark pass, whose refined eyes the eye stage reads
+    p = Perception(det, create_pose_estimator(PoseModelSettings()),
+                   eyes=EyeMeasurer.from_settings())
+    assert gives_refined_eyes(p.estimator) and p.eyes is not None and not p.eyes.iris_loaded
+    settings = PoseModelSettings(model="facemesh")
     twice = create_pose_estimator(replace(settings, landmarks=replace(
         settings.landmarks, mirror_model="")))
     assert not gives_refined_eyes(twice)
@@ -340,6 +344,30 @@ def test_models_in_use_name_the_landmark_pass_and_not_an_unloaded_iris_model() -
     p = Perception(det, cnn, eyes=EyeMeasurer.from_settings())
     assert dict(p.models_in_use()) == {"detector": det.name, "pose": "student_fm192",
                                        "landmarks": "facemesh_attention"}
-    p = Perception(det, create_pose_estimator(PoseModelSettings()), eyes=None)
+    p = Perception(det, create_pose_estimator(PoseModelSettings(model="facemesh")), eyes=None)
     assert dict(p.models_in_use()) == {"detector": det.name, "pose": "facemesh",
                                        "pose_mirror": "facemesh_attention"}
+
+
+def test_the_cnn_is_confident_only_where_it_agrees_with_the_meshs_own_fit(astronaut) -> None:
+    """Behind the landmark pass the CNN's confidence is scaled by its agreement with the
+    mesh's Procrustes fit: on the astronaut photo the two agree within [vision.tracking]
+    mesh_agree_deg (confident); demanding agreement within a fraction of a degree, which two
+    independent readings never reach, takes the confidence to 0. (The face_loss end-to-end
+    scenario is the real case: a hand over half the face.)"""
+    from dms import geometry
+    from dms.pipeline import with_landmark_pass
+    from dms.vision.blazeface import BlazeFaceDetector
+    from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+    from dms.vision.settings import TrackingSettings
+
+    det = BlazeFaceDetector(model_session("face_detection_back.onnx"))
+    box = det.detect(astronaut)[0]
+    cnn = create_pose_estimator(PoseModelSettings())
+    tracked = with_landmark_pass(cnn, TrackingSettings())
+    _, pose, state = tracked.start(astronaut, box)
+    apart = geometry.geodesic_deg(tracked.fit.rotation_from_landmarks(state.landmarks.points_px),
+                                  pose.rotation)
+    assert 0.2 < apart < TrackingSettings().mesh_agree_deg and pose.confidence > 0.9
+    strict = with_landmark_pass(cnn, TrackingSettings(mesh_agree_deg=0.1, mesh_zero_deg=0.2))
+    assert strict.start(astronaut, box)[1].confidence == 0.0

@@ -95,7 +95,7 @@ def test_bench_reports_stages_and_fps_on_the_embedded_default(tmp_path):
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["frames"] == 20 and out["size"] == [640, 480]
-    assert out["detector"] == "blazeface" and out["pose_model"] == "facemesh"
+    assert out["detector"] == "blazeface" and out["pose_model"] == "student_tddfa"
     assert out["detector_input"] == [256, 256]
     assert out["fps_p50"] > 0 and out["face_found_fraction"] > 0.9
     assert out["stages"]["detect"]["calls"] >= 1 and out["stages"]["total"]["calls"] == 20

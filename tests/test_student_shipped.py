@@ -24,13 +24,13 @@ def _mirrored(image: np.ndarray, box: FaceBox) -> tuple[np.ndarray, FaceBox]:
             FaceBox(w - box.x2, box.y1, w - box.x1, box.y2, box.score))
 
 
-def test_the_student_is_shipped_with_its_licence_and_is_not_the_default():
+def test_the_student_is_shipped_with_its_licence_and_is_not_the_default():  # noqa: D103
     from dms.vision.registry import resolve_model
 
     path, entry = resolve_model("student_fm192", task="head_pose")
     assert entry is not None and entry.embedded and path.is_file()
     assert "non-commercial" in entry.licence
-    assert PoseModelSettings().model == "facemesh"  # the Apache-2.0 landmark path
+    assert PoseModelSettings().model == "student_tddfa"  # issue 23's student is the default
 
 
 def test_the_student_runs_offline_and_passes_the_mirror_test(astronaut, detector):

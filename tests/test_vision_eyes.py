@@ -21,7 +21,8 @@ from dms.vision.runtime import CPU_ONLY, create_session
 
 @pytest.fixture(scope="module")
 def models():
-    return (create_detector(DetectorSettings()), create_pose_estimator(PoseModelSettings()),
+    """The landmark path's FaceMesh landmarks feed the iris model in these tests."""
+    return (create_detector(DetectorSettings()), create_pose_estimator(PoseModelSettings(model="facemesh")),
             EyeMeasurer.from_settings())
 
 
@@ -40,7 +41,7 @@ def test_iris_model_is_the_manifests_and_runs_offline():
     iris = IrisLandmarker(create_session(path, CPU_ONLY))
     assert iris.input_size == 64
     img = load_photo("astronaut")
-    _, est, _ = (None, create_pose_estimator(PoseModelSettings()), None)
+    _, est, _ = (None, create_pose_estimator(PoseModelSettings(model="facemesh")), None)
     det = create_detector(DetectorSettings())
     box = select_driver(det.detect(img), img.shape)
     _, lm = est.estimate_with_landmarks(img, box)

@@ -97,11 +97,12 @@ def _yaw_fit(args: argparse.Namespace) -> int:
     if not 0.0 < args.step <= args.max_yaw < 90.0:
         raise InputError(f"--max-yaw {args.max_yaw} / --step {args.step}: need "
                          "0 < step <= max-yaw < 90")
-    pose = PoseModelSettings()
+    pose = PoseModelSettings(model="facemesh")  # the correction is the landmark path's
     if args.config:
         from dms.config import load_config
 
-        pose = PoseModelSettings(landmarks=load_config(args.config).vision.pose.landmarks)
+        pose = PoseModelSettings(model="facemesh",
+                                 landmarks=load_config(args.config).vision.pose.landmarks)
     estimator = create_pose_estimator(pose)  # the embedded FaceMesh estimator
     assert isinstance(estimator, LandmarkHeadPose)
     rows = sweep(estimator, photos=args.photo or DEFAULT_PHOTOS, max_yaw_deg=args.max_yaw,

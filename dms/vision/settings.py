@@ -175,8 +175,10 @@ class PoseModelSettings:
     """The ``[vision.pose]`` table."""
 
     model: str = field(
-        default="facemesh",
-        metadata={"doc": "manifest name (see `dms models list`) or path of a head-pose ONNX"},
+        default="student_tddfa",
+        metadata={"doc": "manifest name (see `dms models list`) or path of a head-pose ONNX; "
+                         "default: our CNN student (research / non-commercial licence, see "
+                         "models/MODELS.md); 'facemesh' is the Apache-2.0 landmark path"},
     )
     output: str = field(
         default="",
@@ -224,8 +226,8 @@ class TrackingSettings:
         metadata={
             "doc": "with a CNN head-pose model: the one landmark model run a frame (manifest "
             "name or ONNX path), which tracks the face (the ROI from the previous frame's "
-            "landmarks, as MediaPipe does), gives the CNN its face box (the extent of the 68 "
-            "AFLW points, dms.vision.facemesh.aflw_box) and, with the attention mesh, the "
+            "landmarks, as MediaPipe does), gives the CNN its face box (the extent of AFLW's 21 "
+            "points, dms.vision.facemesh.aflw_box) and, with the attention mesh, the "
             "eyes. Empty: the CNN re-uses the detector's box for box_reuse_frames frames and "
             "the eyes come from the iris model at the detector's eye keypoints"
         },
@@ -238,11 +240,27 @@ class TrackingSettings:
                   "detector runs on that frame"},
     )
 
+    mesh_agree_deg: float = field(
+        default=15.0,
+        metadata={"doc": "with landmark_model: the CNN's pose is fully confident while it agrees "
+                  "within this angle with the mesh's own fit to the canonical face (two "
+                  "independent readings of one head; measured 5-13 deg apart on the demo "
+                  "render's faces up to |yaw| 62, where the mesh under-reads large turns)"},
+    )
+    mesh_zero_deg: float = field(
+        default=25.0,
+        metadata={"doc": "... and has no confidence from this disagreement on (22 deg on the "
+                  "demo's frame where a hand covers half the face: the CNN read it as a fast "
+                  "turn, the mesh did not); linear between"},
+    )
+
     def validate(self) -> None:
         if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
             raise ValueError("redetect_interval_frames must be >= 1, box_reuse_frames >= 0")
         if not 0.0 <= self.landmark_min_presence <= 1.0:
             raise ValueError("landmark_min_presence must be in [0, 1]")
+        if not 0.0 < self.mesh_agree_deg < self.mesh_zero_deg <= 180.0:
+            raise ValueError("need 0 < mesh_agree_deg < mesh_zero_deg <= 180")
 
 
 @dataclass(frozen=True, slots=True)
