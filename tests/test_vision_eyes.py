@@ -22,7 +22,8 @@ from dms.vision.runtime import CPU_ONLY, create_session
 @pytest.fixture(scope="module")
 def models():
     """The landmark path's FaceMesh landmarks feed the iris model in these tests."""
-    return (create_detector(DetectorSettings()), create_pose_estimator(PoseModelSettings(model="facemesh")),
+    return (create_detector(DetectorSettings()),
+            create_pose_estimator(PoseModelSettings(model="facemesh")),
             EyeMeasurer.from_settings())
 
 

@@ -17,7 +17,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--pose-model",
         default=None,
         metavar="NAME|PATH",
-        help="head-pose model: manifest name or ONNX path (default: student_tddfa; facemesh = the Apache-2.0 landmark path)",
+        help="head-pose model: manifest name or ONNX path (default: student_tddfa; "
+        "facemesh = the Apache-2.0 landmark path)",
     )
     p.add_argument(
         "--pose-output",
