@@ -40,25 +40,15 @@ from dms.config import Config, state_dir
 from dms.errors import DmsError
 from dms.outputs.routing import AlertOutputs, open_mqtt, system_record
 from dms.pipeline import DriverMonitor, MonitorStep
+from dms.sync import SignalSafeEvent
 
 log = logging.getLogger(__name__)
 
 MQTT_RETRY_S = 10.0  # retry starting MQTT this often when it could not start
 EXIT_RELOAD = 75  # SIGHUP: stopped cleanly so that systemd restarts with the new config
 
-__all__ = ["AlertOutputs", "FrameSource", "Service", "SourceStatus", "open_mqtt"]
-
-
-class SignalSafeEvent(threading.Event):
-    """A ``threading.Event`` that a signal handler may ``set``: its condition uses a
-    re-entrant lock. A Python signal handler runs in the main thread between two bytecodes,
-    possibly while that thread is inside ``wait`` holding the event's lock; with the plain
-    lock, ``set`` from the handler would then wait for itself forever (the service would
-    never stop)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cond = threading.Condition(threading.RLock())
+__all__ = ["AlertOutputs", "FrameSource", "Service", "SignalSafeEvent", "SourceStatus",
+           "open_mqtt"]
 
 
 class Service:
@@ -363,7 +353,7 @@ class Service:
                 if self.stop.is_set() or (max_frames is not None and self.frames >= max_frames):
                     break
         finally:
-            self.buzzer.force_off()
+            self.buzzer.request_off()  # the buzzer thread switches off; stop() makes sure
             self._log_signal()
             self.notifier.stopping("stopping")
             if self.preview is not None:
@@ -441,7 +431,7 @@ class Service:
                 if signum == signal.SIGHUP:
                     self._exit_code = EXIT_RELOAD
             self.stop.set()
-            self.buzzer.force_off()  # at once, before the loop notices (bounded wait)
+            self.buzzer.request_off()  # the buzzer thread switches off at once
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
