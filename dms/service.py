@@ -113,7 +113,10 @@ class Service:
         self.buzzer_thread = BuzzerThread(self.buzzer).start()
         self.outputs = AlertOutputs(None, self.buzzer, on_event=self._on_event)
         self._mqtt_retry_at: float | None = None
+        self._mqtt_started: Any | None = None  # a communicator started, to be attached
+        self._mqtt_retry_thread: threading.Thread | None = None
         self._try_mqtt(time.monotonic())
+        self._retry_mqtt(time.monotonic())
         self._models = self._model_licences()
         if self.cfg.preview.enabled:
             self._start_preview()
@@ -121,7 +124,8 @@ class Service:
     def _try_mqtt(self, now: float) -> None:
         """Start MQTT; if it cannot start (the outbox cannot open: a read-only or full state
         directory), monitoring and the buzzer go on, alerts are held in memory, and the start
-        is retried every MQTT_RETRY_S."""
+        is retried every MQTT_RETRY_S, on a thread of its own (opening the outbox touches the
+        disk: the loop never waits for it)."""
         try:
             comm = open_mqtt(self.cfg, self.state_dir, self._mqtt_override)
         except DmsError as exc:
@@ -135,7 +139,21 @@ class Service:
         if comm is None:
             return
         comm.set_command_handlers(self._handlers)
-        self.outputs.attach(comm)
+        self._mqtt_started = comm
+
+    def _retry_mqtt(self, now: float) -> None:
+        """The loop's part of a retry: start one in the background when due, attach the
+        communicator once one came up."""
+        started, self._mqtt_started = self._mqtt_started, None
+        if started is not None:
+            self.outputs.attach(started)
+            return
+        retrying = self._mqtt_retry_thread is not None and self._mqtt_retry_thread.is_alive()
+        if self._mqtt_retry_at is not None and now >= self._mqtt_retry_at and not retrying:
+            self._mqtt_retry_at = now + MQTT_RETRY_S  # also while this try runs
+            self._mqtt_retry_thread = threading.Thread(target=self._try_mqtt, args=(now,),
+                                                       name="dms-mqtt-start", daemon=True)
+            self._mqtt_retry_thread.start()
 
     def _start_preview(self) -> None:
         """Serve the preview page; a preview that cannot start is logged (or raised when
@@ -359,6 +377,8 @@ class Service:
             if self.preview is not None:
                 self.preview.close()
             self.buzzer_thread.stop()
+            if self._mqtt_started is not None:  # came up in the background meanwhile
+                self.outputs.attach(self._mqtt_started)
             comm = self.outputs.comm
             drained = self.outputs.close(self.cfg.service.stop_drain_timeout_s)
             if not drained and comm is not None:
@@ -411,8 +431,7 @@ class Service:
     def _housekeeping(self, now: float, last_state: float) -> float:
         """Retry MQTT when it could not start; republish the retained state when due.
         Returns when the state was last published."""
-        if self._mqtt_retry_at is not None and now >= self._mqtt_retry_at:
-            self._try_mqtt(now)
+        self._retry_mqtt(now)
         if self.outputs.comm is not None and now - last_state >= \
                 self.cfg.service.state_interval_s:
             self.outputs.comm.publish_state(self.state_payload())

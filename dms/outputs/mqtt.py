@@ -2,9 +2,12 @@
 telemetry, commands through one dispatcher table, optional Home Assistant discovery.
 
 Threads: the caller (service loop) calls ``publish_*``; paho's network thread runs the
-callbacks; one worker thread owns the hand-over of outbox rows to paho and the deletion of
-acknowledged rows. Callbacks only put items on the worker's queue (paho calls ``on_publish``
-with its own lock held, so taking ours there could deadlock with ``publish``).
+callbacks; a writer thread makes every durable write (an alert's row in the outbox, offline
+telemetry), so the loop never waits on the disk for longer than ``alert_write_wait_s``; one
+worker thread owns the hand-over of outbox rows to paho and the deletion of acknowledged rows.
+Callbacks only put items on the worker's queue (paho calls ``on_publish`` with its own lock
+held, so taking ours there could deadlock with ``publish``). Status queries never wait for a
+write under way: they read the last figures when the outbox is busy (a stalled disk).
 
 Delivery (see docs/mqtt.md): alerts are committed to the outbox before publishing and deleted
 on PUBACK: at-least-once; a crash between PUBACK and delete re-sends the alert on restart, so
@@ -44,6 +47,21 @@ log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA = 1
 _STOP = object()
+STATUS_WAIT_S = 0.05  # a status query waits this long for a busy outbox, then reads the last
+STOP_WRITE_WAIT_S = 5.0  # on stop, alerts not yet written get this long, then are spilled
+MAX_OFFLINE_TELEMETRY_QUEUED = 100  # telemetry waiting for the writer beyond this is dropped
+
+
+class _Unwritten:
+    """An alert handed to the writer thread, until it has its row (and seq) in the outbox."""
+
+    __slots__ = ("body", "done", "seq", "wall_s")
+
+    def __init__(self, body: Any, wall_s: float) -> None:
+        self.body = body
+        self.wall_s = wall_s
+        self.done = threading.Event()
+        self.seq: int | None = None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -198,6 +216,12 @@ class MqttCommunicator:
         self._verifier: CommandVerifier | None = None  # None: no key, commands refused
         self._commands_off_why = "no command key configured"
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._writes: queue.Queue[Any] = queue.Queue()  # the writer thread's
+        self._unwritten: dict[int, _Unwritten] = {}  # alerts queued for the writer, by id()
+        self._unwritten_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._outbox_figures: dict[str, int] = {}  # the last outbox stats read
+        self._stalled_logged = False
         self._connected = threading.Event()
         self._drained = threading.Condition()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (worker thread only)
@@ -213,6 +237,7 @@ class MqttCommunicator:
         self._damage_n = 0
         self._damage_open: list[tuple[int, float]] = []  # outbox damage not yet cleared
         self._counters = {"alerts_sent": 0, "alerts_acked": 0, "alerts_rejected": 0,
+                          "alerts_failed": 0,
                           "telemetry_sent": 0, "telemetry_dropped": 0, "commands_ok": 0,
                           "commands_rejected": 0, "connects": 0}
 
@@ -233,6 +258,12 @@ class MqttCommunicator:
             log.info("outbox %s: %d message(s) left by a previous run will be sent first",
                      self._outbox.path, pending)
         self._client = self._build_client(os.environ if self._environ is None else self._environ)
+        self._outbox_figures = self._outbox.stats().as_dict()
+        self._writer = threading.Thread(target=self._write_loop, name="dms-mqtt-writer",
+                                        daemon=True)
+        self._writer.start()
+        for event in self._outbox.take_spilled_events():  # never given a seq: they get one
+            self.publish_alert(event, wait_s=0.0)
         self._worker = threading.Thread(target=self._work, name="dms-mqtt-outbox", daemon=True)
         self._worker.start()
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
@@ -308,6 +339,9 @@ class MqttCommunicator:
         """Optionally wait for the outbox to drain, publish ``offline``, disconnect, close.
 
         Whatever is still in the outbox is sent by the next process using the same state dir.
+        Alerts the writer could not store within STOP_WRITE_WAIT_S (a stalled disk) are
+        spilled (:meth:`save_unwritten`) and the outbox is left for the process exit to
+        release: a stop never hangs on the disk.
         """
         if self._outbox is None or self._stopping:
             return
@@ -324,6 +358,15 @@ class MqttCommunicator:
         client.disconnect()
         client.loop_stop()
         self._queue.put(_STOP)
+        self._writes.put(_STOP)
+        if self._writer is not None:
+            self._writer.join(timeout=STOP_WRITE_WAIT_S)
+            if self._writer.is_alive():
+                saved = self.save_unwritten()
+                log.error("mqtt: the state directory did not take the alerts within %g s "
+                          "(a stalled disk?); %d undelivered alert(s) spilled to %s for the "
+                          "next start", STOP_WRITE_WAIT_S, saved, self._outbox.spill_path)
+                return
         if self._worker is not None:
             self._worker.join(timeout=5.0)
         left = len(self._outbox)
@@ -331,6 +374,16 @@ class MqttCommunicator:
         if left - lost > 0:
             log.warning("mqtt: %d message(s) remain in %s for the next run", left - lost,
                         self._outbox.path)
+
+    def save_unwritten(self) -> int:
+        """Spill every undelivered alert, also those still waiting for the writer, to the
+        spill file now (another file system), without waiting for a write under way: what
+        a stop does before the process may be ended. Returns how many were written."""
+        if self._outbox is None:
+            return 0
+        with self._unwritten_lock:
+            waiting = [u.body for u in self._unwritten.values()]
+        return self._outbox.spill_now(waiting)
 
     def __enter__(self) -> MqttCommunicator:
         return self.start()
@@ -345,33 +398,82 @@ class MqttCommunicator:
             raise RuntimeError("MqttCommunicator is not running (call start() first)")
         return self._outbox
 
-    def publish_alert(self, event: Mapping[str, Any]) -> int:
+    def publish_alert(self, event: Mapping[str, Any], wait_s: float | None = None) -> int | None:
         """Store ``event`` (a JSON-able dict, e.g. ``Event.to_dict()``) durably, then send it.
 
-        Returns its sequence number. The alert is on disk when this returns, or, while the
-        disk refuses writes (read-only state directory, disk full), kept in memory, published
-        from there and written once the disk takes writes again (see :mod:`.outbox`).
+        The writer thread stores it; this waits for that at most ``wait_s`` seconds (None:
+        until it is stored) and returns its sequence number, or None when the wait ran out.
+        It never waits while earlier alerts still wait for the disk (a stalled disk costs the
+        caller one ``wait_s``, not one per alert). An alert not yet stored is kept in memory,
+        stored and sent as soon as the disk allows, and spilled if the process stops first.
+        While the disk refuses writes (read-only state directory, disk full) the outbox keeps
+        alerts in memory and publishes them from there (see :mod:`.outbox`).
         """
-        outbox = self._require_started()
-        body = jsonable(event)
+        self._require_started()
+        item = _Unwritten(jsonable(event), self._clock_wall())
+        with self._unwritten_lock:
+            behind = bool(self._unwritten)
+            self._unwritten[id(item)] = item
+        self._writes.put(item)
+        if wait_s is not None and (behind or wait_s <= 0):
+            return None
+        if item.done.wait(wait_s):
+            self._stalled_logged = False
+            return item.seq
+        if not self._stalled_logged:
+            self._stalled_logged = True
+            log.error("mqtt: an alert was not on disk within %g s (a stalled disk?); alerts "
+                      "wait in memory and are stored and sent as soon as the disk answers",
+                      wait_s)
+        return None
+
+    def _store_alert(self, item: _Unwritten) -> None:
+        """The writer thread: the alert's row (and seq) in the outbox."""
+        outbox = self._outbox
+        assert outbox is not None
+        body = item.body
 
         def build(stream: str, seq: int) -> bytes:
             return dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
                           "stream": stream, "seq": seq,
-                          "queued_wall_s": round(self._clock_wall(), 3), "event": body})
+                          "queued_wall_s": round(item.wall_s, 3), "event": body})
 
-        result = outbox.put_alert(self.topics.alert, build, qos=1)
-        if result.over_bound:
-            stats = outbox.stats()
-            log.error("mqtt outbox %s holds %d undelivered alerts, above its bound of %d; "
-                      "keeping them all (alerts are never dropped); %d over so far",
-                      outbox.path, stats.pending_alerts, outbox.max_messages,
-                      stats.alerts_over_bound)
-            if self._on_over_bound is not None:
-                self._on_over_bound(stats)
+        try:
+            result = outbox.put_alert(self.topics.alert, build, qos=1)
+        except Exception:  # never expected (the payload is JSON-able): logged, counted
+            self._counters["alerts_failed"] += 1
+            log.exception("mqtt: alert %s could not be stored", body.get("event_id")
+                          if isinstance(body, dict) else "?")
+        else:
+            item.seq = result.row.seq
+            if result.over_bound:
+                stats = outbox.stats()
+                log.error("mqtt outbox %s holds %d undelivered alerts, above its bound of %d; "
+                          "keeping them all (alerts are never dropped); %d over so far",
+                          outbox.path, stats.pending_alerts, outbox.max_messages,
+                          stats.alerts_over_bound)
+                if self._on_over_bound is not None:
+                    self._on_over_bound(stats)
+        with self._unwritten_lock:
+            self._unwritten.pop(id(item), None)
+        item.done.set()
         self._queue.put(("kick",))
-        assert result.row.seq is not None
-        return result.row.seq
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is _STOP:
+                return
+            try:
+                if isinstance(item, _Unwritten):
+                    self._store_alert(item)
+                elif self._outbox is not None and \
+                        self._outbox.put_telemetry(self.topics.telemetry, item, qos=0) is None:
+                    self._counters["telemetry_dropped"] += 1
+                else:
+                    self._queue.put(("kick",))
+            except Exception:  # keep the writer alive; the outbox keeps the data
+                log.exception("mqtt writer: unexpected error")
 
     def publish_state(self, state: Mapping[str, Any]) -> None:
         """Publish the retained state (also re-sent on every reconnect)."""
@@ -386,7 +488,7 @@ class MqttCommunicator:
         """Send pose telemetry at QoS 0 if at least ``telemetry_interval_s`` passed since the
         last one (``t_s``: monotonic seconds). Offline, it is queued in the outbox while there
         is room. Returns whether it was sent or queued."""
-        outbox = self._require_started()
+        self._require_started()
         interval = self.settings.telemetry_interval_s
         if interval <= 0:
             return False
@@ -400,10 +502,10 @@ class MqttCommunicator:
             self._client.publish(self.topics.telemetry, payload, qos=0)
             self._counters["telemetry_sent"] += 1
             return True
-        if outbox.put_telemetry(self.topics.telemetry, payload, qos=0) is None:
+        if self._writes.qsize() >= MAX_OFFLINE_TELEMETRY_QUEUED:  # the writer is behind
             self._counters["telemetry_dropped"] += 1
             return False
-        self._queue.put(("kick",))
+        self._writes.put(payload)  # stored in the outbox while there is room
         return True
 
     # -- commands ------------------------------------------------------------------------------
@@ -555,6 +657,7 @@ class MqttCommunicator:
                 self._outbox.sync()
                 self._report_outbox_damage(self._outbox)
                 self._fill()
+                self._outbox_figures = self._outbox.stats().as_dict()
             except Exception:  # keep the worker alive; the outbox keeps the data
                 log.exception("mqtt outbox worker: unexpected error")
 
@@ -566,12 +669,12 @@ class MqttCommunicator:
             now = time.monotonic()
             self._damage_open.append((self._damage_n, now))
             record = outbox_damaged_record(self._damage_n, "raised", now, now, self._run_id)
-            seq = self.publish_alert(record)
-            log.error("mqtt: system_degraded (outbox_damaged) raised, seq %d: %s", seq, why)
+            self.publish_alert(record, wait_s=0.0)
+            log.error("mqtt: system_degraded (outbox_damaged) raised: %s", why)
         if self._damage_open and outbox.healthy:
             for n, started in self._damage_open:
                 self.publish_alert(outbox_damaged_record(n, "cleared", time.monotonic(),
-                                                         started, self._run_id))
+                                                         started, self._run_id), wait_s=0.0)
             self._damage_open.clear()
 
     def _handle_ack(self, mid: int, reason_code: Any) -> None:
@@ -620,24 +723,32 @@ class MqttCommunicator:
         return self._connected.wait(timeout_s)
 
     def wait_drained(self, timeout_s: float) -> bool:
-        """Wait at most ``timeout_s`` for every outbox row to be acknowledged; True if empty."""
+        """Wait at most ``timeout_s`` for every alert to be stored and every outbox row to be
+        acknowledged; True if nothing is left. Never blocks longer on a stalled disk."""
         outbox = self._require_started()
         deadline = time.monotonic() + timeout_s
         with self._drained:
-            while len(outbox):
+            while True:
                 left = deadline - time.monotonic()
+                if not self._unwritten and outbox.pending_count(max(0.0, min(left, 0.1))) == 0:
+                    return True
                 if left <= 0:
                     return False
                 self._drained.wait(min(left, 0.1))
-        return True
 
     flush = wait_drained
 
     def stats(self) -> dict[str, Any]:
+        """Counters and the outbox's figures; never waits for a write under way (then the
+        last figures read, and ``outbox_busy`` true)."""
         out: dict[str, Any] = dict(self._counters)
         out["connected"] = self.connected
         if self._outbox is not None and not self._stopping:
-            out["outbox"] = self._outbox.stats().as_dict()
+            fresh = self._outbox.try_stats(STATUS_WAIT_S)
+            if fresh is not None:
+                self._outbox_figures = fresh.as_dict()
+            out["outbox"] = dict(self._outbox_figures, alerts_unwritten=len(self._unwritten),
+                                 outbox_busy=int(fresh is None))
         return out
 
 

@@ -138,6 +138,18 @@ def _is_corrupt(exc: BaseException) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+def _event_id(payload: bytes) -> str | None:
+    """The ``event.event_id`` an alert row's payload carries, if any."""
+    import json
+
+    try:
+        doc = json.loads(payload)
+        eid = doc["event"]["event_id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return eid if isinstance(eid, str) else None
+
+
 def secure_dir(directory: Path) -> None:
     """Create ``directory`` 0750; an existing one we own loses group write and every bit for
     others. Failures are logged, never raised (the files are what matters)."""
@@ -213,6 +225,7 @@ class Outbox:
         self.stream_id = ""
         self._next_seq = 1
         self._last_id = 0
+        self._spilled_events: list[dict[str, object]] = []
         try:
             try:
                 self._open_db(keep_stream=False)
@@ -244,10 +257,13 @@ class Outbox:
         tag = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
         return self.spill_dir / f"{self.path.name}-{tag}.spill"
 
-    def _spill_locked(self, rows: list[OutboxRow]) -> int:
-        """Write ``rows`` to the spill file; how many were written."""
+    def _spill_locked(self, rows: list[OutboxRow],
+                      events: list[dict[str, object]] | None = None) -> int:
+        """Write ``rows`` (and ``events``: alerts never given a seq, e.g. still waiting for a
+        stalled disk) to the spill file; how many were written."""
         path = self.spill_path
-        if path is None or not rows:
+        events = events or []
+        if path is None or not (rows or events):
             return 0
         import json
 
@@ -259,15 +275,44 @@ class Outbox:
                     f.write(json.dumps({"topic": r.topic, "payload": r.payload.decode("utf-8"),
                                         "qos": r.qos, "seq": r.seq,
                                         "created_wall_s": r.created_wall_s}) + "\n")
+                for e in events:
+                    f.write(json.dumps({"event": e}) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path, len(rows),
-                      path, exc)
+        except (OSError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path,
+                      len(rows) + len(events), path, exc)
             return 0
-        return len(rows)
+        return len(rows) + len(events)
+
+    def spill_now(self, events: list[dict[str, object]], lock_timeout_s: float = 0.5) -> int:
+        """Write every undelivered alert, and ``events`` (alerts not yet given a seq), to the
+        spill file now, for the next start: what a stop that cannot wait for a stalled disk
+        does before the process ends. Does not wait longer than ``lock_timeout_s`` for a
+        write under way (the rows are then copied without the lock). Returns how many."""
+        got = self._lock.acquire(timeout=lock_timeout_s)
+        try:
+            for _attempt in range(3):
+                try:
+                    rows = {r.id: r for r in list(self._copy.values())}
+                    rows |= {r.id: r for r in list(self._memory)}
+                    break
+                except RuntimeError:  # changed size while copied without the lock
+                    continue
+            else:
+                rows = {}
+            return self._spill_locked([rows[k] for k in sorted(rows)], events)
+        finally:
+            if got:
+                self._lock.release()
+
+    def take_spilled_events(self) -> list[dict[str, object]]:
+        """Alerts a previous process spilled before they had a seq (each is queued again by
+        the caller, with a new seq); each is returned once."""
+        out, self._spilled_events = self._spilled_events, []
+        return out
 
     def _load_spill(self) -> None:
         """Take back the alerts a previous process spilled: into the database, or (while the
@@ -281,6 +326,9 @@ class Outbox:
 
         rows: list[OutboxRow] = []
         stored = {r.payload for r in self._copy.values()}  # already in the database
+        # alerts spilled before they had a row may have reached the database after all (the
+        # stalled write completed as the process ended): their event ids are there
+        stored_events = {_event_id(r.payload) for r in self._copy.values()} - {None}
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
@@ -289,6 +337,10 @@ class Outbox:
         for n, line in enumerate(lines, start=1):
             try:
                 d = json.loads(line)
+                if isinstance(d, dict) and isinstance(d.get("event"), dict):
+                    if d["event"].get("event_id") not in stored_events:
+                        self._spilled_events.append(d["event"])
+                    continue
                 payload = str(d["payload"]).encode("utf-8")
                 if payload in stored:
                     continue
@@ -298,6 +350,9 @@ class Outbox:
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("outbox %s: spill file %s line %d unreadable (%s); skipped",
                           self.path, path, n, exc)
+        if self._spilled_events:
+            log.warning("outbox %s: %d alert(s) the previous process could not store are "
+                        "queued again from %s", self.path, len(self._spilled_events), path)
         if not rows:  # all of them are in the database (a clean stop's mirror)
             path.unlink(missing_ok=True)
             return
@@ -780,11 +835,37 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            alerts, telemetry = self._pending_counts()
-            return OutboxStats(alerts, telemetry, self._telemetry_refused,
-                               self._telemetry_evicted, self._alerts_over_bound, self._next_seq,
-                               len(self._memory), self._alerts_not_persisted,
-                               self._streams_started, self._damaged, self._alerts_lost)
+            return self._stats_locked()
+
+    def _stats_locked(self) -> OutboxStats:
+        alerts, telemetry = self._pending_counts()
+        return OutboxStats(alerts, telemetry, self._telemetry_refused, self._telemetry_evicted,
+                           self._alerts_over_bound, self._next_seq, len(self._memory),
+                           self._alerts_not_persisted, self._streams_started, self._damaged,
+                           self._alerts_lost)
+
+    def try_stats(self, timeout_s: float) -> OutboxStats | None:
+        """:meth:`stats`, or None when a write under way (a stalled disk) holds the outbox
+        longer than ``timeout_s``."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return None
+        try:
+            return self._stats_locked()
+        finally:
+            self._lock.release()
+
+    def pending_count(self, timeout_s: float) -> int | None:
+        """``len(self)``, or None when a write under way holds the outbox longer than
+        ``timeout_s``."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return None
+        try:
+            return sum(self._pending_counts())
+        except sqlite3.Error as exc:  # unreadable: not known to be drained
+            log.warning("outbox %s: cannot count rows: %s", self.path, exc)
+            return len(self._memory) + 1
+        finally:
+            self._lock.release()
 
     def close(self) -> int:
         """Write what is still held (after a last check for damage) and close. Returns how

@@ -60,12 +60,13 @@ class AlertOutputs:
             log.info("%d alerts held while MQTT was unavailable are now queued", len(held))
 
     def publish_event(self, record: dict[str, Any], notify: bool = True) -> None:
-        """Queue ``record`` in the durable outbox (on disk, or in memory while the disk refuses
-        writes, before this returns). A failure here is logged, never raised: monitoring and
-        the buzzer must not stop because the alert path broke."""
+        """Queue ``record`` for the durable outbox: on disk when this returns, unless the
+        disk took longer than ``mqtt.alert_write_wait_s`` (then it waits in memory and is
+        stored as soon as the disk answers). A failure here is logged, never raised:
+        monitoring and the buzzer must not stop because the alert path broke."""
         if self.comm is not None:
             try:
-                self.comm.publish_alert(record)
+                self.comm.publish_alert(record, wait_s=self.comm.settings.alert_write_wait_s)
                 self.published += 1
             except Exception:
                 self.failed += 1
@@ -79,8 +80,8 @@ class AlertOutputs:
                 self.on_event(record)
 
     def handle(self, result: StepResult) -> None:
-        for ev in result.events:
-            self.publish_event(ev.to_dict())
+        """One step's outputs, the buzzer first (it only states what it wants: its own thread
+        switches the line), then the alerts (a bounded wait for the disk), then telemetry."""
         if self.buzzer is not None and result.events:
             level = result.state.policy.max_level
             if level >= self.audible_min_level:
@@ -89,6 +90,8 @@ class AlertOutputs:
                     self.buzzer.alert(level)
             else:
                 self.buzzer.silence()
+        for ev in result.events:
+            self.publish_event(ev.to_dict())
         if self.comm is not None and result.pose is not None:
             rel = result.relative
             self.comm.publish_telemetry(

@@ -60,6 +60,11 @@ class MqttSettings:
                                          "alerts are kept beyond it and reported"})
     outbox_max_telemetry: int = field(
         default=600, metadata={"doc": "telemetry rows kept while offline (10 min at 1 Hz)"})
+    alert_write_wait_s: float = field(
+        default=0.2, metadata={"doc": "the frame loop waits at most this long for an alert to be "
+                                      "on disk (a stalled disk: it is kept in memory, stored "
+                                      "and sent as soon as the disk answers, spilled if the "
+                                      "process stops first); range [0, 2]"})
     max_inflight: int = field(default=20,
                               metadata={"doc": "outbox rows handed to paho before PUBACKs"})
     command_max_bytes: int = field(default=4096,
@@ -100,6 +105,7 @@ class MqttSettings:
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
         _check_range("command_window_s", self.command_window_s, 1.0, 600.0)
+        _check_range("alert_write_wait_s", self.alert_write_wait_s, 0.0, 2.0)
         if (self.tls_cert_file == "") != (self.tls_key_file == ""):
             raise ValueError("tls_cert_file and tls_key_file go together")
 
