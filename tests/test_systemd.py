@@ -43,6 +43,8 @@ def test_unit_has_the_service_contract() -> None:
     assert one["User"] == "dms" and set(one["SupplementaryGroups"].split()) == {"video", "gpio"}
     assert one["StateDirectory"] == "dms" and one["EnvironmentFile"] == "-/etc/dms/dms.env"
     assert one["ProtectSystem"] == "strict" and one["ProtectHome"] == "yes"
+    # issue 21, fault 1: the preview's connections never starve the alert path of descriptors
+    assert int(one["LimitNOFILE"]) >= 4096
     assert one["NoNewPrivileges"] == "yes"
     # Jetson: Argus needs the real /tmp; CUDA needs /dev/nvhost*, /dev/nvmap, /dev/nvgpu
     for forbidden in ("PrivateTmp", "DevicePolicy", "PrivateDevices", "MemoryDenyWriteExecute"):

@@ -46,6 +46,15 @@ class PreviewSettings:
                "network round trip); range [0.1, 5]"})
     client_timeout_s: float = field(default=10.0, metadata={
         "doc": "a viewer that accepts no data for this long is dropped; range [1, 120]"})
+    request_timeout_s: float = field(default=5.0, metadata={
+        "doc": "a connection that sends nothing for this long is closed (an idle or slow "
+               "client never holds a thread for ever); range [1, 60]"})
+    max_connections: int = field(default=16, metadata={
+        "doc": "connections served at once, viewers included; more get 503 at once, so the "
+               "preview never takes the descriptors the alert path needs; range [4, 128]"})
+    session_max_age_s: float = field(default=43200.0, metadata={
+        "doc": "a viewing session (the cookie the token link sets, random per link) ends "
+               "after this long; range [60, 604800]"})
 
     def validate(self) -> None:
         if not self.host.strip():
@@ -61,6 +70,12 @@ class PreviewSettings:
         _check_range("max_viewers", self.max_viewers, 1, 8)
         _check_range("status_poll_s", self.status_poll_s, 0.1, 5.0)
         _check_range("client_timeout_s", self.client_timeout_s, 1.0, 120.0)
+        _check_range("request_timeout_s", self.request_timeout_s, 1.0, 60.0)
+        _check_range("max_connections", self.max_connections, 4, 128)
+        _check_range("session_max_age_s", self.session_max_age_s, 60.0, 604800.0)
+        if self.max_viewers >= self.max_connections:
+            raise ValueError(f"max_viewers {self.max_viewers} must be below max_connections "
+                             f"{self.max_connections} (the page and its status need one)")
 
 
 def preview_token(environ: Mapping[str, str], variable: str) -> bytes:
