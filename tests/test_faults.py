@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -697,3 +698,109 @@ def test_a_stop_while_the_disk_is_frozen_spills_what_was_not_written(tmp_path: P
         named.setdefault(a["event"]["event_id"], set()).add((a["stream"], a["seq"]))
     assert sorted(named) == ["a0", "a1", "a2", "a3"]
     assert all(len(p) == 1 for p in named.values())  # none stored twice (spilled and landed)
+
+
+# -- issue 21, fault 4: spill files trusted from a folder another local user made ----------
+
+
+def forged_line(topic: str, *, stream: str = "ab" * 16, seq: int = 7, qos: int = 1,
+                payload_seq: int | None = None) -> str:
+    """A spill-file line carrying a level-3 alert that this device never raised."""
+    payload = json.dumps({"schema": 1, "device": "cab1", "stream": stream,
+                          "seq": seq if payload_seq is None else payload_seq,
+                          "queued_wall_s": 0.0,
+                          "event": {"event_id": f"forged-{topic}-{qos}-{seq}",
+                                    "type": "slump", "level": 3, "phase": "raised"}})
+    return json.dumps({"topic": topic, "payload": payload, "qos": qos, "seq": seq,
+                       "created_wall_s": 0.0})
+
+
+def spill_path_of(db: Path, spill: Path) -> Path:
+    box = Outbox(db, spill_dir=spill)
+    path = box.spill_path
+    box.close()
+    assert path is not None
+    return path
+
+
+def test_a_spill_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    """issue 21, fault 4: outside systemd, another local user pre-created the spill folder
+    (/dev/shm/dms-<uid>) 0777, and a forged level-3 alert written there was published as
+    the device. A folder that is not ours alone is now neither read nor written."""
+    db, spill = tmp_path / "state" / "outbox.sqlite3", tmp_path / "spill"
+    path = spill_path_of(db, spill)
+    spill.mkdir()
+    os.chmod(spill, 0o777)
+    path.write_text(forged_line("dms/cab1/alert") + "\n")
+    os.chmod(path, 0o600)
+    box = Outbox(db, spill_dir=spill)
+    assert box.pending() == []  # the forged alert is not taken
+    box.put_alert("dms/cab1/alert", payload)
+    box.close()  # undelivered: not written into a folder others can write either
+    assert "forged" in path.read_text()
+    if os.geteuid() == 0:  # owned by another user, even if not writable by others
+        os.chmod(spill, 0o755)
+        os.chown(spill, 65534, 65534)
+        box = Outbox(db, spill_dir=spill)
+        assert [json.loads(r.payload).get("seq") for r in box.pending()] == [1]  # ours only
+        box.close()
+
+
+def test_spilled_rows_are_checked_one_by_one_and_a_bad_one_is_skipped(tmp_path: Path) -> None:
+    """A wildcard topic, another device's topic, QoS 0, a malformed stream, a payload whose
+    seq is not the row's: each is refused; the good row next to them is taken."""
+    require_mosquitto()
+    state, spill = tmp_path / "state", tmp_path / "spill"
+    settings = replace(_settings(free_port()), spill_dir=str(spill))
+    comm = MqttCommunicator(settings, state).start()  # no broker: the spill path is known
+    path = comm._outbox.spill_path if comm._outbox is not None else None
+    comm.stop()
+    assert path is not None
+    spill.mkdir(mode=0o750, exist_ok=True)
+    path.write_text("\n".join([
+        forged_line("dms/cab1/#"), forged_line("dms/other/alert", seq=2),
+        forged_line("dms/cab1/alert", qos=0, seq=3), forged_line("dms/cab1/alert", stream="x"),
+        forged_line("dms/cab1/alert", seq=5, payload_seq=6), "not json",
+        forged_line("dms/cab1/alert", seq=9)]) + "\n")
+    comm = MqttCommunicator(settings, state).start()
+    try:
+        assert comm.stats()["outbox"]["pending_alerts"] == 1  # only the well-formed row
+    finally:
+        comm.stop()
+
+
+def test_the_spill_never_follows_a_link_planted_in_its_place(tmp_path: Path) -> None:
+    """The temporary spill file followed a symbolic link, so a root-owned file was
+    overwritten. Now a link in its place is removed, never followed."""
+    db, spill = tmp_path / "state" / "outbox.sqlite3", tmp_path / "spill"
+    path = spill_path_of(db, spill)
+    victim = tmp_path / "victim"
+    victim.write_text("another user's file\n")
+    spill.mkdir(mode=0o750, exist_ok=True)
+    os.symlink(victim, path.with_name(path.name + ".tmp"))
+    box = Outbox(db, spill_dir=spill)
+    box.put_alert("dms/cab1/alert", payload)
+    box.close()  # spills the undelivered alert
+    assert victim.read_text() == "another user's file\n"
+    assert not path.is_symlink() and json.loads(path.read_text())["seq"] == 1
+
+
+def test_a_row_the_broker_cannot_take_never_blocks_the_queue(tmp_path: Path) -> None:
+    """A spilled row with a wildcard topic blocked the whole queue for good, even after a
+    restart. A row that can never be published is now logged and dropped."""
+    require_mosquitto()
+    state = tmp_path / "state"
+    box = Outbox(state / "outbox.sqlite3")  # a row that got in before the checks
+    box.put_alert("dms/cab1/#", lambda stream, seq: forged_line("x").encode())
+    box.close()
+    with start_broker(tmp_path / "broker") as brk:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        comm = MqttCommunicator(_settings(brk.port), state).start()
+        try:
+            for i in range(3):
+                comm.publish_alert({"i": i})
+            assert comm.wait_drained(15), comm.stats()
+            assert sub.wait_for(lambda m: len(m) >= 3, 10)
+        finally:
+            comm.stop()
+            sub.close()

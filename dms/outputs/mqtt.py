@@ -252,7 +252,8 @@ class MqttCommunicator:
         self._outbox = Outbox(self.state_dir / s.outbox_file, max_messages=s.outbox_max_messages,
                               max_telemetry=s.outbox_max_telemetry, clock_wall=self._clock_wall,
                               spill_dir=spill_dir(s, os.environ if self._environ is None
-                                                  else self._environ))
+                                                  else self._environ),
+                              alert_topic=self.topics.alert)
         pending = len(self._outbox)
         if pending:
             log.info("outbox %s: %d message(s) left by a previous run will be sent first",
@@ -702,7 +703,15 @@ class MqttCommunicator:
         import paho.mqtt.client as mqtt
 
         for row in outbox.pending(after_id=self._cursor, limit=room):
-            info = self._client.publish(row.topic, row.payload, qos=row.qos)
+            try:
+                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+            except ValueError as exc:  # a topic or payload no broker can take: never block
+                self._counters["alerts_rejected"] += 1
+                log.error("mqtt: outbox row %d can never be published (%s); dropped",
+                          row.id, exc)
+                outbox.delete(row.id)
+                self._cursor = row.id
+                continue
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id,
                             mqtt.error_string(info.rc))

@@ -62,6 +62,7 @@ from enum import Enum
 from pathlib import Path
 
 from dms.errors import DmsError
+from dms.outputs.spill import SpilledAlert, SpillFile
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,13 @@ class Outbox:
     def __init__(self, path: Path | str, *, max_messages: int = 10_000,
                  max_telemetry: int = 600,
                  clock_wall: Callable[[], float] = time.time,
-                 spill_dir: Path | str | None = None) -> None:
+                 spill_dir: Path | str | None = None, alert_topic: str | None = None) -> None:
         if max_messages < 1 or max_telemetry < 0:
             raise DmsError(f"outbox {path}: max_messages must be >= 1 and max_telemetry >= 0")
         self.path = Path(path)
         self.spill_dir = Path(spill_dir) if spill_dir else None
+        self._spill = None if self.spill_path is None else SpillFile(self.spill_path,
+                                                                     alert_topic)
         self.max_messages = max_messages
         self.max_telemetry = max_telemetry
         self._clock_wall = clock_wall
@@ -261,31 +264,10 @@ class Outbox:
                       events: list[dict[str, object]] | None = None) -> int:
         """Write ``rows`` (and ``events``: alerts never given a seq, e.g. still waiting for a
         stalled disk) to the spill file; how many were written."""
-        path = self.spill_path
-        events = events or []
-        if path is None or not (rows or events):
+        if self._spill is None:
             return 0
-        import json
-
-        try:
-            secure_dir(path.parent)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps({"topic": r.topic, "payload": r.payload.decode("utf-8"),
-                                        "qos": r.qos, "seq": r.seq,
-                                        "created_wall_s": r.created_wall_s}) + "\n")
-                for e in events:
-                    f.write(json.dumps({"event": e}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        except (OSError, UnicodeDecodeError, TypeError, ValueError) as exc:
-            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path,
-                      len(rows) + len(events), path, exc)
-            return 0
-        return len(rows) + len(events)
+        return self._spill.write([SpilledAlert(r.topic, r.payload, r.qos, r.seq or 0,
+                                               r.created_wall_s) for r in rows], events or [])
 
     def spill_now(self, events: list[dict[str, object]], lock_timeout_s: float = 0.5) -> int:
         """Write every undelivered alert, and ``events`` (alerts not yet given a seq), to the
@@ -318,53 +300,39 @@ class Outbox:
         """Take back the alerts a previous process spilled: into the database, or (while the
         disk refuses writes) into memory to be published and stored later. Their payloads keep
         their own ``(stream, seq)``: a stream that only ever existed in memory, never
-        continued by anyone, so no pair is reused."""
-        path = self.spill_path
-        if path is None or not path.is_file():
+        continued by anyone, so no pair is reused. Every line is checked
+        (:mod:`dms.outputs.spill`); one that is not a well-formed alert of ours is skipped."""
+        if self._spill is None or not self._spill.exists():
             return
-        import json
-
-        rows: list[OutboxRow] = []
+        spilled, events = self._spill.read()
         stored = {r.payload for r in self._copy.values()}  # already in the database
         # alerts spilled before they had a row may have reached the database after all (the
         # stalled write completed as the process ended): their event ids are there
         stored_events = {_event_id(r.payload) for r in self._copy.values()} - {None}
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            log.error("outbox %s: cannot read the spill file %s: %s", self.path, path, exc)
-            return
-        for n, line in enumerate(lines, start=1):
-            try:
-                d = json.loads(line)
-                if isinstance(d, dict) and isinstance(d.get("event"), dict):
-                    if d["event"].get("event_id") not in stored_events:
-                        self._spilled_events.append(d["event"])
-                    continue
-                payload = str(d["payload"]).encode("utf-8")
-                if payload in stored:
-                    continue
-                self._last_id += 1
-                rows.append(OutboxRow(self._last_id, Kind.ALERT, str(d["topic"]), payload,
-                                      int(d["qos"]), int(d["seq"]), float(d["created_wall_s"])))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("outbox %s: spill file %s line %d unreadable (%s); skipped",
-                          self.path, path, n, exc)
+        self._spilled_events = [e for e in events if e.get("event_id") not in stored_events]
         if self._spilled_events:
             log.warning("outbox %s: %d alert(s) the previous process could not store are "
-                        "queued again from %s", self.path, len(self._spilled_events), path)
+                        "queued again from %s", self.path, len(self._spilled_events),
+                        self._spill.path)
+        rows: list[OutboxRow] = []
+        for r in spilled:
+            if r.payload in stored:
+                continue
+            self._last_id += 1
+            rows.append(OutboxRow(self._last_id, Kind.ALERT, r.topic, r.payload, r.qos, r.seq,
+                                  r.created_wall_s))
         if not rows:  # all of them are in the database (a clean stop's mirror)
-            path.unlink(missing_ok=True)
+            self._spill.remove()
             return
         with self._lock:
             self._memory.extend(rows)
-            for r in rows:
-                self._remember(r)
+            for row in rows:
+                self._remember(row)
             self._disk_error = self._disk_error or "alerts spilled by a previous process"
             self._retry_at = 0.0
             self._sync_locked(force=True)  # removes the spill file once they are on disk
         log.warning("outbox %s: %d alert(s) spilled by the previous process taken back from "
-                    "%s", self.path, len(rows), path)
+                    "%s", self.path, len(rows), self._spill.path)
 
     # -- the database file ---------------------------------------------------------------------
 
@@ -688,9 +656,8 @@ class Outbox:
         self._file_lost = None
         self._stream_on_disk = True
         self._note_file()
-        if self.spill_path is not None:  # whatever was spilled is on disk now
-            with contextlib.suppress(OSError):
-                self.spill_path.unlink(missing_ok=True)
+        if self._spill is not None:  # whatever was spilled is on disk now
+            self._spill.remove()
         return True
 
     def sync(self, force: bool = False) -> bool:
@@ -883,9 +850,8 @@ class Outbox:
                 log.warning("outbox %s: the disk still refuses writes; %d undelivered "
                             "alert(s) spilled to %s for the next start", self.path,
                             len(self._memory), self.spill_path)
-            if not undelivered and self.spill_path is not None:
-                with contextlib.suppress(OSError):
-                    self.spill_path.unlink(missing_ok=True)
+            if not undelivered and self._spill is not None:
+                self._spill.remove()
             if not synced and self._memory and not spilled:
                 lost = len(self._memory)
                 log.error("outbox %s: closing while the disk refuses writes: %d undelivered "
