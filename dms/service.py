@@ -372,6 +372,7 @@ class Service:
                     break
         finally:
             self.buzzer.request_off()  # the buzzer thread switches off; stop() makes sure
+            self.outputs.save()  # before anything that may hang: undelivered alerts spilled
             self._log_signal()
             self.notifier.stopping("stopping")
             if self.preview is not None:
@@ -400,6 +401,8 @@ class Service:
         self.stop.wait()
         if finished.wait(self.cfg.service.stop_deadline_s):
             return
+        with contextlib.suppress(Exception):  # alerts first: spilled for the next start
+            self.outputs.save()
         log.error("stop not finished after %g s (service.stop_deadline_s): exiting now with "
                   "%d; the stacks of every thread follow", self.cfg.service.stop_deadline_s,
                   self._exit_code)

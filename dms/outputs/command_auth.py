@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -100,6 +101,34 @@ def sign_command(key: bytes, device: str, command: str, args: Mapping[str, Any] 
     text = json.dumps(body, separators=(",", ":"))
     return json.dumps({"body": text, "sig": signature(key, text.encode())},
                       separators=(",", ":")).encode()
+
+
+_SIG = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_envelope(payload: bytes, max_bytes: int) -> bool:
+    """Whether ``payload`` is a well-formed signed envelope (``{"body": "...", "sig": "<64
+    hex digits>"}``, at most ``max_bytes``), whatever its signature's worth. Only these get
+    a reply: a flood of anything else is counted, not answered."""
+    if len(payload) > max_bytes or not payload.startswith(b"{"):
+        return False
+    try:
+        outer = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return (isinstance(outer, dict) and set(outer) == {"body", "sig"}
+            and isinstance(outer["body"], str) and isinstance(outer["sig"], str)
+            and _SIG.fullmatch(outer["sig"]) is not None)
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """The request id an envelope's (untrusted) body names, to echo in a refusal."""
+    try:
+        outer = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    body = outer.get("body") if isinstance(outer, dict) else None
+    return _request_id_hint(body) if isinstance(body, str) else None
 
 
 def _request_id_hint(text: str) -> str | None:

@@ -36,6 +36,7 @@ from dms.outputs.command_auth import (
     CommandRejected,
     CommandVerifier,
     command_key,
+    is_envelope,
     loads,
     short_repr,
 )
@@ -50,6 +51,58 @@ _STOP = object()
 STATUS_WAIT_S = 0.05  # a status query waits this long for a busy outbox, then reads the last
 STOP_WRITE_WAIT_S = 5.0  # on stop, alerts not yet written get this long, then are spilled
 MAX_OFFLINE_TELEMETRY_QUEUED = 100  # telemetry waiting for the writer beyond this is dropped
+
+
+class Refusals:
+    """Refused commands: counted; logged at once when they are rare, else as one line per
+    ``LOG_EVERY_S`` with their number and the last reason; answered at most
+    ``REPLIES_PER_S`` a second (a burst of ``REPLIES_PER_S``). A flood costs a count, not a
+    log line and a reply each."""
+
+    LOG_EVERY_S = 10.0
+    REPLIES_PER_S = 5.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._last = ""
+        self._logged_at = -math.inf
+        self._tokens = self.REPLIES_PER_S
+        self._tokens_at = clock()
+
+    def refused(self, what: str) -> None:
+        """Count one refusal (``what``: the command and why)."""
+        with self._lock:
+            self._unlogged += 1
+            self._last = what
+        self.flush()
+
+    def flush(self) -> None:
+        """Log what was counted, when a line is due (also called on the worker's ticks)."""
+        with self._lock:
+            now = self._clock()
+            if not self._unlogged or now - self._logged_at < self.LOG_EVERY_S:
+                return
+            n, last, since = self._unlogged, self._last, now - self._logged_at
+            self._unlogged, self._logged_at = 0, now
+        if n == 1:
+            log.warning("mqtt command rejected: %s", last)
+        else:
+            log.warning("mqtt: %d commands rejected in the last %.0f s; the last: %s", n,
+                        min(since, self.LOG_EVERY_S), last)
+
+    def may_reply(self) -> bool:
+        """A refusal may be answered now (a token of the reply budget)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.REPLIES_PER_S,
+                               self._tokens + (now - self._tokens_at) * self.REPLIES_PER_S)
+            self._tokens_at = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
 
 
 class _Unwritten:
@@ -214,6 +267,7 @@ class MqttCommunicator:
         self.topics = Topics(settings.prefix, device_id)
         self._handlers: dict[str, CommandHandler] = {}
         self._verifier: CommandVerifier | None = None  # None: no key, commands refused
+        self._refusals = Refusals()
         self._commands_off_why = "no command key configured"
         self._queue: queue.Queue[Any] = queue.Queue()
         self._writes: queue.Queue[Any] = queue.Queue()  # the writer thread's
@@ -558,7 +612,7 @@ class MqttCommunicator:
         except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             request_id = request_id or getattr(exc, "request_id", None)
             self._counters["commands_rejected"] += 1
-            log.warning("mqtt command %r rejected: %s", name, exc)
+            self._refusals.refused(f"{short_repr(name)}: {exc}")
             return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
         except Exception as exc:  # a handler bug must not kill the network thread
             self._counters["commands_rejected"] += 1
@@ -619,26 +673,30 @@ class MqttCommunicator:
         self._queue.put(("ack", mid, reason_code))
 
     def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
+        """A command: only a well-formed signed envelope is looked at further and answered;
+        anything else is counted (a flood never costs a log line or a reply each)."""
         name = self.topics.command_name(message.topic)
         if name is None:
+            return
+        payload = bytes(message.payload)
+        if not is_envelope(payload, self.settings.command_max_bytes):
+            self._counters["commands_rejected"] += 1
+            self._refusals.refused(f"{short_repr(name)}: not a signed command (no reply)")
             return
         if message.retain:
             # a retained command would be re-applied at every (re)connect, e.g. re-mute the
             # buzzer after each restart: the broker keeps it, so it is never acted upon
             self._counters["commands_rejected"] += 1
-            log.warning("mqtt command %r ignored: retained message (commands must not be "
-                        "retained)", short_repr(name))
-            reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
-                     "wall_s": round(self._clock_wall(), 3), "command": name,
-                     "request_id": None, "ok": False,
+            self._refusals.refused(f"{short_repr(name)}: retained message")
+            reply = {"command": name, "request_id": None, "ok": False,
                      "error": f"{short_repr(name)}: retained command ignored (publish commands "
                               "without the retain flag)"}
-            client.publish(self.topics.reply, dumps(reply), qos=1)
-            return
-        reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
-                 "wall_s": round(self._clock_wall(), 3),
-                 **self._dispatch(name, bytes(message.payload))}
-        client.publish(self.topics.reply, dumps(reply), qos=1)
+        else:
+            reply = self._dispatch(name, payload)
+        if reply["ok"] or self._refusals.may_reply():
+            client.publish(self.topics.reply, dumps(
+                {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
+                 "wall_s": round(self._clock_wall(), 3), **reply}), qos=1)
 
     # -- outbox worker -------------------------------------------------------------------------
 
@@ -651,6 +709,7 @@ class MqttCommunicator:
             if item is _STOP:
                 return
             try:
+                self._refusals.flush()
                 if item[0] == "ack":
                     self._handle_ack(item[1], item[2])
                 assert self._outbox is not None

@@ -108,6 +108,17 @@ class AlertOutputs:
                 result.t_s,
             )
 
+    def save(self) -> int:
+        """Spill every undelivered alert now (the stop path, before anything that may hang
+        and before a forced exit); how many. Never raises."""
+        if self.comm is None:
+            return 0
+        try:
+            return int(self.comm.save_unwritten())
+        except Exception:  # a stop must go on
+            log.exception("could not spill the undelivered alerts")
+            return 0
+
     def close(self, drain_timeout_s: float = 0.0) -> bool:
         """Buzzer off; stop MQTT after waiting up to ``drain_timeout_s`` for the outbox.
         Returns whether the outbox drained (what is left goes out with the next process)."""
