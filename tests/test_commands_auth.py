@@ -343,3 +343,22 @@ def test_a_command_flood_is_counted_not_answered_and_a_signed_command_gets_throu
     assert refused >= 1000  # counted (QoS 0: the broker may drop some of the flood)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert 1 <= len(warnings) <= 5, [r.getMessage() for r in warnings]
+
+
+def test_dms_command_shows_the_refusal_of_a_device_with_commands_off(
+        broker: Broker, tmp_path: Path) -> None:
+    """issue 22: against a device without a command key, `dms command` said "no reply within
+    10 s": the refusal carried "request_id": null. Now it carries the request's id."""
+    dev = Device(broker.port, tmp_path / "s", environ={})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPS_KEY": KEY}
+    try:
+        done = subprocess.run([sys.executable, "-m", "dms", "command", "--mqtt",
+                               f"127.0.0.1:{broker.port}", "--device", "cab1", "--key-env",
+                               "OPS_KEY", "--timeout-s", "20", "mute", "30"],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    finally:
+        dev.close()
+    assert done.returncode == 1
+    assert "no reply" not in done.stderr
+    assert "mute refused" in done.stderr and "DMS_COMMAND_KEY is not set" in done.stderr
+    assert json.loads(done.stdout)["request_id"]

@@ -38,6 +38,7 @@ from dms.outputs.command_auth import (
     command_key,
     is_envelope,
     loads,
+    request_id_of,
     short_repr,
 )
 from dms.outputs.outbox import Outbox, OutboxStats
@@ -610,7 +611,10 @@ class MqttCommunicator:
             else:
                 result = handler(command)
         except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            request_id = request_id or getattr(exc, "request_id", None)
+            # the sender's request id, even from a body that was not (or cannot be) verified:
+            # only echoed, so `dms command` can match the refusal to its request
+            request_id = (request_id or getattr(exc, "request_id", None)
+                          or request_id_of(payload))
             self._counters["commands_rejected"] += 1
             self._refusals.refused(f"{short_repr(name)}: {exc}")
             return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
