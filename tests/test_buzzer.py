@@ -177,7 +177,7 @@ def test_settings_pick_the_backend_and_validate() -> None:
         load_settings(BuzzerSettings, {"backend": "gpiod"}, "buzzer")
     with pytest.raises(SettingsError, match="buzzer.backend"):
         load_settings(BuzzerSettings, {"backend": "pwm"}, "buzzer")
-    with pytest.raises(SettingsError, match="durations"):
+    with pytest.raises(SettingsError, match=r"on_off_s duration -1.0 must be in \[0, 60\]"):
         load_settings(BuzzerSettings, {"patterns": {"1": {"on_off_s": [-1.0]}}}, "buzzer")
     buzzer = open_buzzer(BuzzerSettings(), register_atexit=False)
     buzzer.alert(2, now_s=0.0)

@@ -362,3 +362,20 @@ def test_dms_command_shows_the_refusal_of_a_device_with_commands_off(
     assert "no reply" not in done.stderr
     assert "mute refused" in done.stderr and "DMS_COMMAND_KEY is not set" in done.stderr
     assert json.loads(done.stdout)["request_id"]
+
+
+@pytest.mark.parametrize("tamper", ["non-hex sig", "non-ascii sig", "401-digit ts"])
+def test_a_malformed_sig_or_ts_is_a_refusal_not_a_traceback(tamper: str) -> None:
+    """issue 21, fault 6: a non-hex `sig` or a 401-digit `ts` raised a traceback."""
+    key = KEY.encode()
+    v = CommandVerifier(key, "cab1", 30.0)
+    if tamper == "401-digit ts":
+        body = json.dumps({"device": "cab1", "command": "state", "ts": 10 ** 400,
+                           "nonce": "n" * 16})
+        text = json.dumps({"body": body, "sig": signature(key, body.encode())})
+    else:
+        body = json.loads(sign_command(key, "cab1", "state"))["body"]
+        sig = "zz" * 32 if tamper == "non-hex sig" else "\u00e9" * 64
+        text = json.dumps({"body": body, "sig": sig})
+    with pytest.raises(CommandRejected):
+        v.verify("state", text)

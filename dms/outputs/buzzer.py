@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from dms.errors import DmsError
 from dms.outputs.settings import BeepPattern, BuzzerSettings
+from dms.settings import check_range
 from dms.sync import SignalSafeEvent
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,10 @@ class Buzzer:
         """False when no buzzer is fitted (backend ``none``)."""
         return not isinstance(self._line, NullLine)
 
+    def pattern_s(self, level: object) -> float:
+        """How long the pattern ``level`` plays (an unknown level plays the highest)."""
+        return self.settings.patterns[self._player.resolve(level)].duration_s
+
     def wait_for_change(self, timeout_s: float) -> bool:
         """Block the buzzer thread until the wanted state changes or ``timeout_s`` passed."""
         changed = self._wake.wait(timeout_s)
@@ -425,9 +430,8 @@ class Buzzer:
 
         Raises ValueError beyond either bound (the command dispatch turns it into a reply).
         """
-        if not (math.isfinite(duration_s) and 0 < duration_s <= self.settings.max_mute_s):
-            raise ValueError(f"mute duration_s must be in (0, {self.settings.max_mute_s:g}], "
-                             f"got {duration_s!r}")
+        check_range("mute: duration_s", duration_s, 0.0, self.settings.max_mute_s,
+                    low_open=True)
         now = self._clock() if now_s is None else now_s
         with self._lock:
             left = self.settings.max_mute_per_hour_s - self._muted_in_last_hour(now)

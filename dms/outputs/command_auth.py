@@ -177,11 +177,18 @@ class CommandVerifier:
         body, sig = outer["body"], outer["sig"]
         if not isinstance(body, str) or not isinstance(sig, str):
             raise CommandRejected(f"{name}: body and sig must be strings")
+        if not _SIG.fullmatch(sig):
+            raise CommandRejected(f"{name}: sig must be 64 hex digits (HMAC-SHA256)")
         return body, sig
 
     def _check_fresh(self, name: str, body: dict[str, Any], now: float) -> str:
         ts, nonce = body.get("ts"), body.get("nonce")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        try:
+            ts = float(ts) if not isinstance(ts, bool) and isinstance(ts, (int, float)) \
+                else math.nan
+        except OverflowError:  # a 401-digit integer
+            ts = math.nan
+        if not math.isfinite(ts):
             raise CommandRejected(f"{name}: ts must be Unix seconds")
         if abs(now - ts) > self._window_s:
             raise CommandRejected(
