@@ -38,7 +38,7 @@ from dms import __version__
 from dms.capture import Frame, FrameSource, SourceStatus
 from dms.config import Config, state_dir
 from dms.errors import DmsError
-from dms.outputs.routing import AlertOutputs, open_mqtt, system_record
+from dms.outputs.routing import AlertOutputs, open_mqtt, summary_line, system_record
 from dms.pipeline import DriverMonitor, MonitorStep
 from dms.sync import SignalSafeEvent
 
@@ -81,6 +81,7 @@ class Service:
         self._calibrate_requested = False
         self._exit_code = 0
         self.loop_errors = 0
+        self.faces = 0  # frames on which a face was found
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._preview_required = preview_required
         self._store_calibration = store_calibration
@@ -95,20 +96,17 @@ class Service:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load(self) -> None:
-        from dms.calibration_store import load_calibration
         from dms.outputs.buzzer import BuzzerThread, open_buzzer
 
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DmsError(f"{self.state_dir}: cannot create state directory ({exc})") from None
-        stored = load_calibration(self.state_dir, self.cfg.service.profile)
+        stored = self._load_profile()
         if self.monitor is None:
             self.monitor = DriverMonitor.from_settings(
                 self.cfg.vision, self.cfg.engine, neutral=stored.neutral if stored else None,
                 run_id=self.run_id, trt_cache_dir=str(self.state_dir / "trt-cache"))
-        if stored:
-            log.info("calibration profile %s loaded (%s)", self.cfg.service.profile, stored.path)
         self.buzzer = open_buzzer(self.cfg.buzzer)
         self.buzzer_thread = BuzzerThread(self.buzzer).start()
         self.outputs = AlertOutputs(None, self.buzzer, on_event=self._on_event)
@@ -120,6 +118,27 @@ class Service:
         self._models = self._model_licences()
         if self.cfg.preview.enabled:
             self._start_preview()
+
+    def _load_profile(self) -> Any:
+        """The stored calibration of ``[service] profile``, saying in the log which one was
+        loaded, or that the named one does not exist (and what is used instead)."""
+        from dms.calibration_store import list_profiles, load_calibration, profile_path
+
+        profile = self.cfg.service.profile
+        stored = load_calibration(self.state_dir, profile)
+        if stored is not None:
+            pitch, yaw, _ = stored.neutral.euler_deg
+            log.info("calibration profile %r loaded from %s (made %s; neutral yaw %.1f, pitch "
+                     "%.1f deg): the driver's neutral pose from the start", profile,
+                     stored.path, stored.created_utc, yaw, pitch)
+            return stored
+        known = list_profiles(self.state_dir)
+        log.log(logging.INFO if profile == "default" and not known else logging.WARNING,
+                "calibration profile %r does not exist (%s; stored: %s): the neutral pose is "
+                "learned from the driver's dominant pose within seconds of driving; `dms "
+                "calibrate --profile %s` stores one", profile,
+                profile_path(self.state_dir, profile), ", ".join(known) or "none", profile)
+        return None
 
     def _try_mqtt(self, now: float) -> None:
         """Start MQTT; if it cannot start (the outbox cannot open: a read-only or full state
@@ -292,6 +311,7 @@ class Service:
             self._calibrate_requested = False
             self.monitor.calibrate(self.cfg.service.calibration_s, self._calibration_done)
         step = self.monitor.step(frame.image, frame.t_s)
+        self.faces += step.frame.pose is not None
         self._last_state = step.result.state
         self.outputs.handle(step.result)
         if self.preview is not None:
@@ -387,6 +407,8 @@ class Service:
                 # (if anything) could not be kept
                 log.warning("outbox not drained within %g s on exit",
                             self.cfg.service.stop_drain_timeout_s)
+            log.info("%s", summary_line(self.frames, self.faces, self.outputs,
+                                        self.buzzer.sound_delays_s()))
             finished.set()
         return self._exit_code
 

@@ -141,6 +141,14 @@ def test_calibrate_from_poses_stores_the_profile(tmp_path: Path) -> None:
     assert out["yaw_deg"] == pytest.approx(S.mount.neutral_yaw_deg, abs=0.5)
     doc = json.loads((tmp_path / "calibration" / "alice.json").read_text())
     assert doc["schema_version"] == 1 and doc["mount"] == "dashboard-centre"
+    # issue 22: how the profile will be used (the built-in configuration names "default")
+    assert "`dms run` uses this one only with [service] profile = \"alice\"" in res.stderr
+    cfg = tmp_path / "dms.toml"
+    cfg.write_text('[service]\nprofile = "alice"\n')
+    res = dms("calibrate", "--poses", path, "--profile", "alice", "--state-dir", tmp_path,
+              "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    assert f"`dms run` with {cfg} ([service] profile = \"alice\") uses this" in res.stderr
 
 
 def test_calibrate_refuses_a_moving_driver(tmp_path: Path) -> None:

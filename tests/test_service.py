@@ -301,3 +301,40 @@ def test_a_long_reconnect_back_off_still_yields_heartbeats():
     assert len(times) >= 5
     assert max(gaps) <= FrameSource.HEARTBEAT_S + 0.5
     assert calls["n"] >= 2  # it kept trying
+
+
+def test_dms_run_ends_with_a_summary_and_says_which_profile_it_loaded(tmp_path,
+                                                                       face_then_blank):
+    """issue 22: `dms run` ends with one summary line (frames, face found, alerts raised and
+    delivered, outbox left, raise-to-sound), and logs the calibration profile it loaded, or
+    that the named one does not exist."""
+    from dms.calibration_store import save_calibration
+    from dms.engine.calibration import CalibrationResult, NeutralPose
+
+    video, _ = face_then_blank
+    state = tmp_path / "state"
+    with start_broker(tmp_path / "broker") as b:
+        cfg = write_config(tmp_path / "dms.toml", state, camera="realtime = false",
+                           mqtt=f'host = "127.0.0.1"\nport = {b.port}\ndevice_id = "cab"')
+        cfg.write_text(cfg.read_text().replace("[service]\n", '[service]\nprofile = "alice"\n'))
+        missing = subprocess.run(dms_cmd("run", "--config", str(cfg), "--source", str(video)),
+                                 capture_output=True, text=True, timeout=120)
+        save_calibration(state, "alice", CalibrationResult(
+            NeutralPose.from_euler(2.0, -5.0, 0.0, "explicit", 100, 0.5), 100, 0, 0, 0.5, 5.0))
+        loaded = subprocess.run(dms_cmd("run", "--config", str(cfg), "--source", str(video),
+                                        "--max-frames", "10"),
+                                capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 0 and loaded.returncode == 0, missing.stderr + loaded.stderr
+    assert "calibration profile 'alice' does not exist" in missing.stderr
+    assert "dms calibrate --profile alice" in missing.stderr
+    assert "calibration profile 'alice' loaded from" in loaded.stderr
+    assert "yaw -5.0, pitch 2.0" in loaded.stderr
+    summary = [line for line in missing.stderr.splitlines() if "summary: " in line]
+    assert len(summary) == 1, missing.stderr
+    fields = dict(kv.split("=") for kv in summary[0].split("summary: ")[1].split())
+    assert int(fields["frames"]) == 7 * FPS and fields["face_found"].endswith("%")
+    assert 40.0 <= float(fields["face_found"][:-1]) <= 45.0  # the face is in 3 s of 7
+    assert int(fields["alerts_raised"]) >= 1  # driver_not_visible once the face is gone
+    assert int(fields["delivered"]) == int(fields["alert_records"])
+    assert fields["outbox_left"] == "0"
+    assert "frames=10" in loaded.stderr

@@ -4,7 +4,9 @@
     dms calibrate --source CAMERA_OR_VIDEO [--duration-s 5] ...
 
 The driver looks at the road for ``--duration-s`` seconds. Prints the stored result as JSON,
-or a refusal (exit 3) saying why: face missing, moved too much, not looking at the road.
+and on stderr how it will be used (``dms run`` loads the profile its configuration names in
+``[service] profile``), or a refusal (exit 3) saying why: face missing, moved too much, not
+looking at the road.
 """
 
 from __future__ import annotations
@@ -73,7 +75,20 @@ def run(args: argparse.Namespace) -> int:
         return 3
     print(json.dumps({"ok": True, "profile": args.profile, "path": str(path),
                       **result.to_dict()}))
+    print(how_it_is_used(args.profile, cfg.service.profile, args.config), file=sys.stderr)
     return 0
+
+
+def how_it_is_used(profile: str, configured: str, config: Path | None) -> str:
+    """What happens to a stored profile: `dms run` loads the one its configuration names."""
+    where = f"{config}" if config else "the configuration"
+    if profile == configured:
+        return (f"dms calibrate: stored profile {profile!r}; `dms run` with {where} "
+                f"([service] profile = \"{profile}\") uses this neutral pose from its first "
+                "frame (restart the service to load it)")
+    return (f"dms calibrate: stored profile {profile!r}; {where} names profile "
+            f"{configured!r}, so `dms run` uses this one only with [service] profile = "
+            f"\"{profile}\" (until then it is not used)")
 
 
 def _calibrate_source(args: argparse.Namespace, cfg: Any, settings: Any, duration: float) -> Any:

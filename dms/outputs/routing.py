@@ -46,6 +46,9 @@ class AlertOutputs:
         self.on_event = on_event
         self.published = 0
         self.failed = 0  # alerts the communicator refused (logged; should stay 0)
+        self.raised = 0  # alert records with phase "raised"
+        self.delivered = 0  # alert records the broker acknowledged (set by close)
+        self.outbox_left = 0  # undelivered alerts left for the next process (set by close)
         # alerts raised while MQTT is wanted but could not start (e.g. the state directory
         # was read-only at start): kept in order until attach() hands them over
         self.backlog: list[dict[str, Any]] | None = None
@@ -74,6 +77,8 @@ class AlertOutputs:
                               record.get("event_id"), self.failed)
         elif self.backlog is not None:
             self.backlog.append(record)
+        if record.get("phase") == "raised":
+            self.raised += 1
         if notify:
             log_alert(record)
             if self.on_event is not None:
@@ -127,6 +132,11 @@ class AlertOutputs:
         drained = True
         if self.comm is not None:
             drained = self.comm.wait_drained(drain_timeout_s) if drain_timeout_s > 0 else False
+            stats = self.comm.stats()
+            box = stats.get("outbox") or {}
+            self.delivered = int(stats.get("alerts_acked", 0))
+            self.outbox_left = int(box.get("pending_alerts", 0)) + int(
+                box.get("alerts_unwritten", 0))
             self.comm.stop(0.0)
         if self.backlog:
             log.error("%d alerts held in memory are lost: MQTT never started (%s)",
@@ -164,6 +174,28 @@ def open_mqtt(cfg: Config, state: Path, host_port: str | None = None) -> Any | N
     if not settings.enabled:
         return None
     return MqttCommunicator(settings, state, sw_version=__version__).start()
+
+
+def summary_line(frames: int, faces: int, outputs: AlertOutputs,
+                 delays_s: list[float] | None = None) -> str:
+    """The one line ``dms run`` and ``dms replay`` end with: frames, face found, alerts
+    raised and delivered, what the outbox still holds, and (with a buzzer) how long each
+    raise took to sound, as ``key=value`` pairs."""
+    import statistics
+
+    parts = [f"frames={frames}",
+             f"face_found={100.0 * faces / frames if frames else 0.0:.1f}%",
+             f"alerts_raised={outputs.raised}", f"alert_records={outputs.published}"]
+    if outputs.comm is not None:
+        parts += [f"delivered={outputs.delivered}", f"outbox_left={outputs.outbox_left}"]
+    if delays_s is not None:
+        ms = sorted(1e3 * d for d in delays_s)
+        parts.append(f"buzzer_sounded={len(ms)}")
+        if ms:
+            p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+            parts += [f"raise_to_sound_p50_ms={statistics.median(ms):.1f}",
+                      f"raise_to_sound_p99_ms={p99:.1f}"]
+    return "summary: " + " ".join(parts)
 
 
 def log_alert(record: dict[str, Any]) -> None:
