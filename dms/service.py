@@ -82,6 +82,7 @@ class Service:
         self._exit_code = 0
         self.loop_errors = 0
         self.faces = 0  # frames on which a face was found
+        self._clock_mark = (0.0, time.monotonic())  # (run clock, monotonic) at the last mark
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._preview_required = preview_required
         self._store_calibration = store_calibration
@@ -119,6 +120,13 @@ class Service:
         if self.cfg.preview.enabled:
             self._start_preview()
 
+    def run_clock(self) -> float:
+        """The run's clock, the time base of every record (docs/mqtt.md): the newest frame's
+        ``t_s`` plus the monotonic time since it arrived (before any frame: seconds since the
+        service started)."""
+        t_s, at = self._clock_mark
+        return t_s + (time.monotonic() - at)
+
     def _load_profile(self) -> Any:
         """The stored calibration of ``[service] profile``, saying in the log which one was
         loaded, or that the named one does not exist (and what is used instead)."""
@@ -146,7 +154,7 @@ class Service:
         is retried every MQTT_RETRY_S, on a thread of its own (opening the outbox touches the
         disk: the loop never waits for it)."""
         try:
-            comm = open_mqtt(self.cfg, self.state_dir, self._mqtt_override)
+            comm = open_mqtt(self.cfg, self.state_dir, self._mqtt_override, self.run_clock)
         except DmsError as exc:
             if self._mqtt_retry_at is None:
                 log.error("MQTT cannot start (%s); monitoring and the buzzer continue, alerts "
@@ -310,6 +318,7 @@ class Service:
         if self._calibrate_requested:
             self._calibrate_requested = False
             self.monitor.calibrate(self.cfg.service.calibration_s, self._calibration_done)
+        self._clock_mark = (frame.t_s, time.monotonic())
         step = self.monitor.step(frame.image, frame.t_s)
         self.faces += step.frame.pose is not None
         self._last_state = step.result.state
@@ -333,6 +342,7 @@ class Service:
     def _source_status(self, st: SourceStatus) -> None:
         assert self.monitor is not None
         version = self.monitor.engine.version
+        self._clock_mark = (st.t_s, time.monotonic())  # the source's statuses: the same clock
         if st.status == "lost":
             self._sys_n += 1
             self._camera, self._lost_t = "lost", st.t_s

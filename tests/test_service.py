@@ -338,3 +338,34 @@ def test_dms_run_ends_with_a_summary_and_says_which_profile_it_loaded(tmp_path,
     assert int(fields["delivered"]) == int(fields["alert_records"])
     assert fields["outbox_left"] == "0"
     assert "frames=10" in loaded.stderr
+
+
+def test_every_record_of_a_run_uses_the_runs_clock(tmp_path):
+    """issue 22: camera_lost records carried t_s as seconds since boot while every other
+    record used the run's own clock. A camera missing at start, then found: its camera_lost
+    records and the engine's share one clock, seconds since the run started (docs/mqtt.md)."""
+    from dms.config import parse_config
+    from dms.errors import InputError
+    from dms.service import Service
+
+    booted_long_ago = 50_000.0  # what the monotonic clock reads on a device up for 14 h
+    opens = []
+
+    def opener(_source: str) -> _FakeCamera:
+        opens.append(1)
+        if len(opens) == 1:
+            raise InputError("/dev/video0: camera cannot be opened")
+        return _FakeCamera(10_000)
+
+    cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[mqtt]\nenabled = false\n'
+                       '[camera]\nsource = "0"\nreconnect_min_s = 0.2\n')
+    source = FrameSource(cfg.camera, opener=opener,
+                         clock=lambda: booted_long_ago + time.monotonic())
+    records: list[dict] = []
+    svc = Service(cfg, on_event=records.append)
+    svc.run(source=source, max_frames=120)  # blank frames: driver_not_visible after a while
+    lost = [r for r in records if r["reason"] == "camera_lost"]
+    others = [r for r in records if r["reason"] != "camera_lost"]
+    assert [r["phase"] for r in lost] == ["raised", "cleared"]
+    assert all(0.0 <= r["t_s"] < 60.0 for r in records), records  # not since boot
+    assert lost[1]["t_s"] <= min((r["t_s"] for r in others), default=60.0)

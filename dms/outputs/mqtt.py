@@ -259,13 +259,18 @@ class MqttCommunicator:
                  environ: Mapping[str, str] | None = None,
                  clock_wall: Callable[[], float] = time.time,
                  on_outbox_over_bound: Callable[[OutboxStats], None] | None = None,
-                 sw_version: str = "") -> None:
+                 sw_version: str = "",
+                 record_clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self._environ = environ
         self._clock_wall = clock_wall
         self._on_over_bound = on_outbox_over_bound
         self._sw_version = sw_version
+        # t_s of the records the communicator makes itself (outbox_damaged): the run's clock,
+        # as the engine's records (default: seconds since this communicator was made)
+        started = time.monotonic()
+        self._record_clock = record_clock or (lambda: time.monotonic() - started)
         device_id = settings.device_id or socket.gethostname().split(".")[0]
         self.topics = Topics(settings.prefix, device_id)
         self._handlers: dict[str, CommandHandler] = {}
@@ -732,14 +737,14 @@ class MqttCommunicator:
         found, and its ``cleared`` record once the outbox has a usable file again."""
         for why in outbox.take_damage():
             self._damage_n += 1
-            now = time.monotonic()
+            now = self._record_clock()
             self._damage_open.append((self._damage_n, now))
             record = outbox_damaged_record(self._damage_n, "raised", now, now, self._run_id)
             self.publish_alert(record, wait_s=0.0)
             log.error("mqtt: system_degraded (outbox_damaged) raised: %s", why)
         if self._damage_open and outbox.healthy:
             for n, started in self._damage_open:
-                self.publish_alert(outbox_damaged_record(n, "cleared", time.monotonic(),
+                self.publish_alert(outbox_damaged_record(n, "cleared", self._record_clock(),
                                                          started, self._run_id), wait_s=0.0)
             self._damage_open.clear()
 

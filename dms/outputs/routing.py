@@ -159,8 +159,10 @@ def system_record(kind: str, phase: str, t_s: float, started_t_s: float, level: 
     }
 
 
-def open_mqtt(cfg: Config, state: Path, host_port: str | None = None) -> Any | None:
-    """The started communicator (connects in the background), or None when disabled."""
+def open_mqtt(cfg: Config, state: Path, host_port: str | None = None,
+              record_clock: Callable[[], float] | None = None) -> Any | None:
+    """The started communicator (connects in the background), or None when disabled.
+    ``record_clock``: the run's clock, for the records the communicator makes itself."""
     from dataclasses import replace
 
     from dms.outputs.mqtt import MqttCommunicator
@@ -173,7 +175,8 @@ def open_mqtt(cfg: Config, state: Path, host_port: str | None = None) -> Any | N
         settings = replace(settings, enabled=True, host=host, port=int(port))
     if not settings.enabled:
         return None
-    return MqttCommunicator(settings, state, sw_version=__version__).start()
+    return MqttCommunicator(settings, state, sw_version=__version__,
+                            record_clock=record_clock).start()
 
 
 def summary_line(frames: int, faces: int, outputs: AlertOutputs,
