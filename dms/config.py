@@ -25,7 +25,13 @@ from dms.engine.settings import EngineSettings
 from dms.errors import DmsError
 from dms.outputs.settings import BuzzerSettings, MqttSettings
 from dms.preview.settings import PreviewSettings
-from dms.settings import check_range, load_settings, parse_toml, read_text_file
+from dms.settings import (
+    check_range,
+    did_you_mean,
+    load_settings,
+    parse_toml,
+    read_text_file,
+)
 from dms.vision.settings import (
     DetectorSettings,
     EyeSettings,
@@ -146,7 +152,8 @@ def parse_config(text: str, where: str = "config") -> Config:
     unknown = sorted(set(data) - known)
     if unknown:
         names = ", ".join(sorted(known))
-        raise ConfigError(f"{where}: unknown section [{unknown[0]}] (known: {names})")
+        raise ConfigError(f"{where}: unknown section [{unknown[0]}]"
+                          f"{did_you_mean(unknown[0], known)} (known: {names})")
     try:
         cfg = load_settings(Config, data, "")
     except DmsError as exc:

@@ -130,7 +130,8 @@ def load_settings(cls: type[T], mapping: Mapping[str, Any] | None, where: str = 
     if unknown:
         known = ", ".join(sorted(fields))
         raise SettingsError(
-            f"{where + '.' if where else ''}{unknown[0]}: unknown setting (known: {known})"
+            f"{where + '.' if where else ''}{unknown[0]}: unknown setting"
+            f"{did_you_mean(unknown[0], fields)} (known: {known})"
         )
     kwargs = {}
     for name, value in mapping.items():
@@ -146,6 +147,18 @@ def load_settings(cls: type[T], mapping: Mapping[str, Any] | None, where: str = 
         except ValueError as exc:
             raise SettingsError(f"{where or cls.__name__}: {exc}") from None
     return obj
+
+
+def did_you_mean(word: str, known: typing.Iterable[str]) -> str:
+    """``"; did you mean long_glance_s?"`` for the known name nearest ``word`` (a typo, a
+    missing unit suffix), or ``""`` when none is near."""
+    import difflib
+
+    names = list(known)
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if not close:  # a missing or extra suffix: long_glance -> long_glance_s
+        close = [n for n in names if n.startswith(word) or word.startswith(n)][:1]
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def settings_to_dict(obj: Any) -> Any:

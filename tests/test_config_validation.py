@@ -119,3 +119,17 @@ def test_config_check_reads_only_a_regular_file_of_sane_size(tmp_path: Path, mak
     assert p.returncode == 2, p.stderr
     assert str(path) in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("[engine.policy]\nlong_glance = 3.0\n", "engine.policy.long_glance: unknown setting; "
+                                             "did you mean long_glance_s?"),
+    ("[engine.policy]\nlong_glanse_s = 3.0\n", "did you mean long_glance_s?"),
+    ("[mqtt]\nkeepalive = 30\n", "did you mean keepalive_s?"),
+    ("[camra]\nsource = '0'\n", "unknown section [camra]; did you mean camera?"),
+])
+def test_an_unknown_key_names_the_nearest_known_one(text: str, hint: str) -> None:
+    """issue 22: `config check` suggests the nearest key."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "dms.toml")
+    assert hint in str(caught.value)
