@@ -295,7 +295,8 @@ class Service:
             mqtt = "could not start (retrying)"
         else:
             mqtt = "off"
-        buzzer = "muted" if self.buzzer.muted() else "on"
+        buzzer = ("no buzzer fitted ([buzzer] backend \"none\")" if not self.buzzer.has_line
+                  else "muted" if self.buzzer.muted() else "on")
         return st | {
             "camera": self._camera,
             "camera_source": self.cfg.camera.source,
@@ -305,7 +306,8 @@ class Service:
             "calibration_command": self.monitor.calibrating,
             "mqtt": mqtt,
             "outbox": self._outbox_health(),
-            "buzzer": f"{buzzer}; mute budget left {self.buzzer.mute_budget_left_s():.0f} s",
+            "buzzer": buzzer if not self.buzzer.has_line else
+            f"{buzzer}; mute budget left {self.buzzer.mute_budget_left_s():.0f} s",
             "model_licences": self._models,
             "preview_viewers": self.preview.hub.viewers if self.preview is not None else 0,
             "profile": self.cfg.service.profile,

@@ -218,6 +218,8 @@ def test_status_has_what_an_installer_needs(service: Running) -> None:
     assert {m["task"] for m in st["model_licences"]} == {"detector", "pose", "pose_mirror",
                                                          "eyes"}
     assert all("Apache-2.0" in m["licence"] for m in st["model_licences"])
+    # issue 22: no buzzer fitted ([buzzer] backend "none") is said, not "buzzer: on"
+    assert st["buzzer"].startswith("no buzzer"), st["buzzer"]
 
 
 def read_mjpeg_frames(port: int, n: int, timeout_s: float = 20.0) -> list[bytes]:
