@@ -36,6 +36,7 @@ from typing import Any
 
 from dms import __version__
 from dms.capture import Frame, FrameSource, SourceStatus
+from dms.commands import Commands, Handler
 from dms.config import Config, state_dir
 from dms.errors import DmsError
 from dms.outputs.routing import AlertOutputs, open_mqtt, summary_line, system_record
@@ -89,11 +90,14 @@ class Service:
         self.preview: Any | None = None  # dms.preview.server.PreviewServer while serving
         self._last_state: Any | None = None  # the newest EngineState (immutable)
         self._models: list[dict[str, str]] = []
-        self._handlers: dict[str, Callable[[Any], Any]] = {
+        self._handlers: dict[str, Handler] = {
             "calibrate": self._cmd_calibrate,
             "mute": lambda c: self.buzzer.mute(c.duration_s),
             "state": lambda c: self.state_payload(),
         }
+        # the preview's buttons: the same handlers through the one dispatch (dms.commands);
+        # MQTT gets the same handlers and verifies signatures before the same dispatch
+        self.commands = Commands(self._handlers)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -194,7 +198,7 @@ class Service:
             token = preview_token(self._environ, settings.token_env)
             hub = FrameHub(settings, self.cfg.engine.zones)
             self.preview = PreviewServer(settings, token, hub, self.preview_status,
-                                         self.operator_command).start()
+                                         self.commands.run).start()
         except DmsError as exc:
             if self._preview_required:
                 raise
@@ -222,32 +226,6 @@ class Service:
                 licence = "unknown: not in the model manifest (a file given by path?)"
             out.append({"task": task, "name": name, "licence": licence})
         return out
-
-    # -- commands from the preview page (HTTP threads) -------------------------------------------
-    def operator_command(self, name: str, args: Any, origin: str) -> dict[str, Any]:
-        """Run an operator command that was authorised elsewhere (the preview's token): the
-        MQTT commands' argument checks and handlers; the reply has the MQTT reply's fields."""
-        from dms.outputs.command_auth import CommandRejected
-        from dms.outputs.mqtt import COMMAND_PARSERS, command_from_args
-
-        request_id = None
-        try:
-            if name not in COMMAND_PARSERS:
-                raise CommandRejected(f"unknown command {name!r} "
-                                      f"(known: {', '.join(COMMAND_PARSERS)})")
-            command = command_from_args(name, args)
-            request_id = command.request_id
-            result = self._handlers[name](command)
-        except (CommandRejected, ValueError) as exc:
-            log.warning("%s command %r rejected: %s", origin, name, exc)
-            return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the server
-            log.exception("%s command %r: handler failed", origin, name)
-            return {"command": name, "request_id": request_id, "ok": False,
-                    "error": f"internal error: {type(exc).__name__}: {exc}"}
-        log.info("%s command %r accepted", origin, name)
-        return {"command": name, "request_id": request_id, "ok": True, "error": None,
-                "result": dict(result) if result else None}
 
     # -- commands (run on the MQTT thread: only set flags) ---------------------------------------
     def _cmd_calibrate(self, _cmd: Any) -> dict[str, Any]:

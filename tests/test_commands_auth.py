@@ -21,13 +21,9 @@ from typing import Any
 
 import pytest
 
+from dms.commands import CommandRejected
 from dms.outputs.buzzer import Buzzer, NullLine
-from dms.outputs.command_auth import (
-    CommandRejected,
-    CommandVerifier,
-    sign_command,
-    signature,
-)
+from dms.outputs.command_auth import CommandVerifier, sign_command, signature
 from dms.outputs.mqtt import MqttCommunicator, MqttSettings
 from dms.outputs.settings import BuzzerSettings
 from dms.settings import SettingsError, load_settings

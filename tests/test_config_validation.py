@@ -84,8 +84,8 @@ def test_numbers_that_would_crash_later_are_refused_by_config_check(text: str,
 def test_range_errors_are_worded_one_way() -> None:
     """issue 22: "<key> <value> must be in [low, high]" everywhere (the two mute range
     errors, the buzzer's and the command parser's, were worded differently)."""
+    from dms.commands import parse_command
     from dms.outputs.buzzer import Buzzer, NullLine
-    from dms.outputs.mqtt import parse_command
     from dms.outputs.settings import BuzzerSettings
 
     buzzer = Buzzer(BuzzerSettings(max_mute_s=600), NullLine(), register_atexit=False)

@@ -15,16 +15,11 @@ from typing import Any
 
 import pytest
 
+from dms.commands import CommandRejected, MuteCommand, parse_command
 from dms.errors import DmsError
 from dms.outputs.buzzer import Buzzer, BuzzerSettings, NullLine
 from dms.outputs.command_auth import sign_command
-from dms.outputs.mqtt import (
-    CommandRejected,
-    MqttCommunicator,
-    MqttSettings,
-    MuteCommand,
-    parse_command,
-)
+from dms.outputs.mqtt import MqttCommunicator, MqttSettings
 from dms.settings import SettingsError, load_settings
 
 from broker import Broker, Collector, free_port, require_mosquitto, start_broker

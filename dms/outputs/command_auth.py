@@ -29,43 +29,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dms.commands import CommandRejected, loads, short_repr
 from dms.errors import DmsError
 
 MIN_KEY_BYTES = 16
 MAX_NONCES = 1024  # nonces remembered at most (fail closed beyond: a flood cannot evict them)
 START_TOLERANCE_S = 2.0  # clock skew allowed for a command sent just after the device started
 AUTH_FIELDS = ("device", "command", "ts", "nonce")
-
-
-class CommandRejected(DmsError):
-    """A command is refused: malformed, not authentic, replayed, or refused by its handler.
-
-    ``request_id`` is the request id the sender gave, when one could be read (echoed in the
-    reply so the sender can match it; it is never trusted for anything else)."""
-
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a reply must not echo a huge payload)."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        return f"<deeply nested {type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def loads(text: str, what: str) -> Any:
-    """``json.loads`` that reports a deeply nested or malformed document as CommandRejected
-    (never a RecursionError traceback)."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise CommandRejected(f"{what}: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise CommandRejected(f"{what}: payload is not JSON: {exc}") from None
 
 
 def command_key(environ: Mapping[str, str], variable: str) -> bytes | None:

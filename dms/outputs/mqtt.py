@@ -1,5 +1,6 @@
 """The one MQTT communicator: status with Last Will, retained state, durable alerts, rate-limited
-telemetry, commands through one dispatcher table, optional Home Assistant discovery.
+telemetry, signed commands (verified here, then run by the one dispatch of
+:mod:`dms.commands`), optional Home Assistant discovery.
 
 Threads: the caller (service loop) calls ``publish_*``; paho's network thread runs the
 callbacks; a writer thread makes every durable write (an alert's row in the outbox, offline
@@ -26,21 +27,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from dms.commands import CommandRejected, Commands, Handler, check_name, short_repr
 from dms.errors import DmsError
-from dms.outputs.command_auth import (
-    CommandRejected,
-    CommandVerifier,
-    command_key,
-    is_envelope,
-    loads,
-    request_id_of,
-    short_repr,
-)
+from dms.outputs.command_auth import CommandVerifier, command_key, is_envelope, request_id_of
 from dms.outputs.outbox import Outbox, OutboxStats
 from dms.outputs.settings import MqttSettings
 from dms.outputs.topics import Topics
@@ -57,11 +50,12 @@ MAX_OFFLINE_TELEMETRY_QUEUED = 100  # telemetry waiting for the writer beyond th
 class Refusals:
     """Refused commands: counted; logged at once when they are rare, else as one line per
     ``LOG_EVERY_S`` with their number and the last reason; answered at most
-    ``REPLIES_PER_S`` a second (a burst of ``REPLIES_PER_S``). A flood costs a count, not a
+    ``REPLIES_PER_S`` a second after a burst of ``REPLY_BURST``. A flood costs a count, not a
     log line and a reply each."""
 
     LOG_EVERY_S = 10.0
     REPLIES_PER_S = 5.0
+    REPLY_BURST = 20.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -69,7 +63,7 @@ class Refusals:
         self._unlogged = 0
         self._last = ""
         self._logged_at = -math.inf
-        self._tokens = self.REPLIES_PER_S
+        self._tokens = self.REPLY_BURST
         self._tokens_at = clock()
 
     def refused(self, what: str) -> None:
@@ -97,7 +91,7 @@ class Refusals:
         """A refusal may be answered now (a token of the reply budget)."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.REPLIES_PER_S,
+            self._tokens = min(self.REPLY_BURST,
                                self._tokens + (now - self._tokens_at) * self.REPLIES_PER_S)
             self._tokens_at = now
             if self._tokens < 1.0:
@@ -116,101 +110,6 @@ class _Unwritten:
         self.wall_s = wall_s
         self.done = threading.Event()
         self.seq: int | None = None
-
-
-# -- commands ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CalibrateCommand:
-    """Start neutral-pose calibration."""
-
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MuteCommand:
-    """Mute the buzzer for ``duration_s`` (the buzzer enforces its upper bound)."""
-
-    duration_s: float
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StateRequest:
-    """Publish the current state again."""
-
-    request_id: str | None = None
-
-
-Command = CalibrateCommand | MuteCommand | StateRequest
-CommandHandler = Callable[[Any], Mapping[str, Any] | None]
-
-
-def _no_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
-    if args:
-        raise CommandRejected(f"{name}: takes no arguments, got {sorted(args)}")
-    return CalibrateCommand(request_id) if name == "calibrate" else StateRequest(request_id)
-
-
-def _mute_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
-    unknown = sorted(set(args) - {"duration_s"})
-    if unknown:
-        raise CommandRejected(f"{name}: unknown argument {unknown[0]!r} (known: duration_s)")
-    value = args.get("duration_s")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CommandRejected(f"{name}: duration_s must be a number of seconds, got "
-                              f"{short_repr(value)}")
-    try:  # its range is the buzzer's (max_mute_s): one check, one wording
-        return MuteCommand(float(value), request_id)
-    except OverflowError:
-        raise CommandRejected(f"{name}: duration_s {short_repr(value)} is not a number of "
-                              "seconds") from None
-
-
-#: The dispatcher table: command name -> parser of its arguments. Handlers are injected.
-COMMAND_PARSERS: Mapping[str, Callable[[str, dict[str, Any], str | None], Command]] = {
-    "calibrate": _no_args,
-    "mute": _mute_args,
-    "state": _no_args,
-}
-
-
-def _check_name_and_size(name: str, payload: bytes, max_bytes: int) -> str:
-    """The payload as text, after the checks every command gets before anything else."""
-    if name not in COMMAND_PARSERS:
-        raise CommandRejected(f"unknown command {short_repr(name)} "
-                              f"(known: {', '.join(COMMAND_PARSERS)})")
-    if len(payload) > max_bytes:
-        raise CommandRejected(f"{name}: payload of {len(payload)} bytes exceeds {max_bytes}")
-    return payload.decode("utf-8", errors="strict").strip() if payload else ""
-
-
-def command_from_args(name: str, args: Any) -> Command:
-    """The command ``name`` from its decoded arguments (a dict with an optional
-    ``request_id``; for ``mute`` also a bare number of seconds)."""
-    if name == "mute" and isinstance(args, (int, float)) and not isinstance(args, bool):
-        args = {"duration_s": args}
-    if not isinstance(args, dict):
-        raise CommandRejected(f"{name}: payload must be a JSON object, got {type(args).__name__}")
-    args = dict(args)
-    request_id = args.pop("request_id", None)
-    if request_id is not None and (not isinstance(request_id, (str, int))
-                                   or isinstance(request_id, bool) or len(str(request_id)) > 64):
-        raise CommandRejected(f"{name}: request_id must be a string of at most 64 characters")
-    return COMMAND_PARSERS[name](name, args, None if request_id is None else str(request_id))
-
-
-def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
-    """Validate the arguments of one unsigned command payload (what a signed command's body
-    carries besides its authentication fields). Raises CommandRejected naming what is wrong.
-
-    The payload is empty, a JSON object (optional ``request_id`` plus the command's
-    arguments), or for ``mute`` a bare number of seconds. The communicator accepts only
-    signed commands (:mod:`dms.outputs.command_auth`).
-    """
-    text = _check_name_and_size(name, payload, max_bytes)
-    return command_from_args(name, loads(text, name) if text else {})
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -273,9 +172,11 @@ class MqttCommunicator:
         self._record_clock = record_clock or (lambda: time.monotonic() - started)
         device_id = settings.device_id or socket.gethostname().split(".")[0]
         self.topics = Topics(settings.prefix, device_id)
-        self._handlers: dict[str, CommandHandler] = {}
-        self._verifier: CommandVerifier | None = None  # None: no key, commands refused
         self._refusals = Refusals()
+        self.commands = Commands({"state": lambda _c: self._republish_state()},
+                                 on_refused=lambda _origin, name, why: self._refusals.refused(
+                                     f"{short_repr(name)}: {why}"))
+        self._verifier: CommandVerifier | None = None  # None: no key, commands refused
         self._commands_off_why = "no command key configured"
         self._queue: queue.Queue[Any] = queue.Queue()
         self._writes: queue.Queue[Any] = queue.Queue()  # the writer thread's
@@ -573,67 +474,40 @@ class MqttCommunicator:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def set_command_handler(self, name: str, handler: CommandHandler) -> None:
-        """Route command ``name`` (a key of COMMAND_PARSERS) to ``handler(command)``.
+    def set_command_handler(self, name: str, handler: Handler) -> None:
+        """Route command ``name`` to ``handler(command)`` (see :class:`dms.commands.Commands`).
 
         Handlers run on paho's network thread: they must return quickly (hand work to the
-        service loop). A returned mapping is sent back as the reply's ``result``; raising
-        CommandRejected or ValueError rejects the command with that reason.
+        service loop).
         """
-        if name not in COMMAND_PARSERS:
-            raise ValueError(f"unknown command {name!r} (known: {', '.join(COMMAND_PARSERS)})")
-        self._handlers[name] = handler
+        self.commands.set(name, handler)
 
-    def set_command_handlers(self, handlers: Mapping[str, CommandHandler]) -> None:
+    def set_command_handlers(self, handlers: Mapping[str, Handler]) -> None:
         for name, handler in handlers.items():
             self.set_command_handler(name, handler)
 
-    def _authenticated(self, name: str, payload: bytes) -> Command:
-        """The command, once its payload is checked, signed and fresh (CommandRejected if
-        not). Without a key every command is refused (the buzzer must not be silenced by
-        anyone who can reach the broker)."""
-        text = _check_name_and_size(name, payload, self.settings.command_max_bytes)
+    def _verified_args(self, name: str, payload: bytes) -> dict[str, Any]:
+        """The arguments of a command once its envelope is signed and fresh
+        (CommandRejected if not). Without a key every command is refused (the buzzer must
+        not be silenced by anyone who can reach the broker)."""
+        check_name(name)
+        text = payload.decode("utf-8", errors="strict").strip()
         if self._verifier is None:
             raise CommandRejected(f"{name}: refused: {self._commands_off_why}")
-        args = self._verifier.verify(name, text)
-        try:
-            return command_from_args(name, args)
-        except CommandRejected as exc:
-            rid = args.get("request_id")
-            exc.request_id = str(rid) if isinstance(rid, (str, int)) else None
-            raise
+        return self._verifier.verify(name, text)
 
     def _dispatch(self, name: str, payload: bytes) -> dict[str, Any]:
-        request_id = None
+        """Verify, then run through the one dispatch; the reply. A refusal echoes the
+        request id its (even unverified) body names, so the sender can match it."""
         try:
-            command = self._authenticated(name, payload)
-            request_id = command.request_id
-            handler = self._handlers.get(name)
-            if handler is None:
-                result: Mapping[str, Any] | None
-                if name == "state":
-                    result = self._republish_state()
-                else:
-                    raise CommandRejected(f"{name}: not available on this device")
-            else:
-                result = handler(command)
+            args = self._verified_args(name, payload)
         except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            # the sender's request id, even from a body that was not (or cannot be) verified:
-            # only echoed, so `dms command` can match the refusal to its request
-            request_id = (request_id or getattr(exc, "request_id", None)
-                          or request_id_of(payload))
             self._counters["commands_rejected"] += 1
-            self._refusals.refused(f"{short_repr(name)}: {exc}")
-            return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
-        except Exception as exc:  # a handler bug must not kill the network thread
-            self._counters["commands_rejected"] += 1
-            log.exception("mqtt command %r: handler failed", name)
-            return {"command": name, "request_id": request_id, "ok": False,
-                    "error": f"internal error: {type(exc).__name__}: {exc}"}
-        self._counters["commands_ok"] += 1
-        log.info("mqtt command %r accepted", name)
-        return {"command": name, "request_id": request_id, "ok": True, "error": None,
-                "result": dict(result) if result else None}
+            rid = getattr(exc, "request_id", None) or request_id_of(payload)
+            return self.commands.refuse("mqtt", name, rid, str(exc))
+        out = self.commands.run(name, args, "mqtt", request_id_of(payload))
+        self._counters["commands_ok" if out["ok"] else "commands_rejected"] += 1
+        return out
 
     def _republish_state(self) -> dict[str, Any]:
         if self._state_payload is None:
