@@ -38,6 +38,7 @@ from dms import __version__
 from dms.capture import Frame, FrameSource, SourceStatus
 from dms.commands import Commands, Handler
 from dms.config import Config, state_dir
+from dms.engine.calibration import CalibrationCapture, CalibrationRefused, CalibrationResult
 from dms.errors import DmsError
 from dms.outputs.routing import AlertOutputs, open_mqtt, summary_line, system_record
 from dms.pipeline import DriverMonitor, MonitorStep
@@ -80,6 +81,7 @@ class Service:
         self._camera = "starting"
         self._fps = 0.0
         self._calibrate_requested = False
+        self._capture: CalibrationCapture | None = None  # an explicit calibration under way
         self._exit_code = 0
         self.loop_errors = 0
         self.faces = 0  # frames on which a face was found
@@ -232,16 +234,23 @@ class Service:
         self._calibrate_requested = True  # armed by the loop at the next frame
         return {"calibration": "started", "duration_s": self.cfg.service.calibration_s}
 
-    def _calibration_done(self, outcome: Any) -> None:
+    def _calibration_done(self, outcome: CalibrationResult | CalibrationRefused) -> None:
+        """A calibration ended: the engine takes the neutral and the profile is stored
+        (unless ``store_calibration`` is off), or the refusal is logged."""
         from dms.calibration_store import save_calibration
-        from dms.engine.calibration import CalibrationResult
 
-        if isinstance(outcome, CalibrationResult) and not self._store_calibration:
+        assert self.monitor is not None
+        if isinstance(outcome, CalibrationRefused):
+            log.warning("calibration refused: %s", outcome)
+            return
+        self.monitor.engine.set_neutral(outcome.neutral)
+        log.info("calibration done: %s", outcome.to_dict())
+        if not self._store_calibration:
             log.info("calibration kept for this run only (not stored)")
-        elif isinstance(outcome, CalibrationResult):
-            path = save_calibration(self.state_dir, self.cfg.service.profile, outcome,
-                                    mount=self.cfg.engine.mount.name)
-            log.info("calibration stored in %s", path)
+            return
+        path = save_calibration(self.state_dir, self.cfg.service.profile, outcome,
+                                mount=self.cfg.engine.mount.name)
+        log.info("calibration stored in %s", path)
 
     def state_payload(self) -> dict[str, Any]:
         assert self.monitor is not None
@@ -281,7 +290,7 @@ class Service:
             "fps": round(self._fps, 1),
             "bad_frames": self.monitor.bad_frames,
             "loop_errors": self.loop_errors,
-            "calibration_command": self.monitor.calibrating,
+            "calibration_command": self._capture is not None or self._calibrate_requested,
             "mqtt": mqtt,
             "outbox": self._outbox_health(),
             "buzzer": buzzer if not self.buzzer.has_line else
@@ -297,9 +306,16 @@ class Service:
         assert self.monitor is not None
         if self._calibrate_requested:
             self._calibrate_requested = False
-            self.monitor.calibrate(self.cfg.service.calibration_s, self._calibration_done)
+            s = self.cfg.engine
+            self._capture = CalibrationCapture(self.cfg.service.calibration_s, s.calibration,
+                                               s.mount)
         self._clock_mark = (frame.t_s, time.monotonic())
         step = self.monitor.step(frame.image, frame.t_s)
+        if self._capture is not None:
+            outcome = self._capture.add(step.frame.observation())
+            if outcome is not None:
+                self._capture = None
+                self._calibration_done(outcome)
         self.faces += step.frame.pose is not None
         self._last_state = step.result.state
         self.outputs.handle(step.result)

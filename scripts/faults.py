@@ -100,7 +100,7 @@ class Harness:
         state = state or self.out / name / "state"
         camera = camera or f'source = "{self.clip}"\nloop = true'
         text = (f'[service]\nstate_dir = "{state}"\nstate_interval_s = 0.5\n'
-                "stop_drain_timeout_s = 10\n"
+                "stop_drain_timeout_s = 10\nstop_deadline_s = 20\n"
                 f"[camera]\n{camera}\n"
                 f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
                 f'device_id = "{name}"\nkeepalive_s = 5\n')

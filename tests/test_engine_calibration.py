@@ -181,3 +181,26 @@ def test_the_learned_histogram_is_blurred_bin_by_bin_as_a_whole_blur_would() -> 
     whole = learner._ky @ weights @ learner._kp
     assert np.allclose(learner._blurred / learner._gain, whole, rtol=1e-9, atol=1e-12)
     assert learner.settled and abs(learner.neutral().euler_deg[1] - -15.0) < 1.0
+
+
+def test_a_capture_collects_its_seconds_then_returns_the_result_or_the_refusal() -> None:
+    """The one calibration capture of `dms run` (the calibrate command) and `dms calibrate`:
+    None while it collects, then its outcome once; a refusal is returned, not raised."""
+    from dms.engine.calibration import CalibrationCapture
+
+    s = EngineSettings()
+    obs = still((5.0, -20.0, 0.0), seconds=8.0)
+    capture = CalibrationCapture(5.0, s.calibration, s.mount)
+    outcomes = [capture.add(o) for o in obs]
+    done = [i for i, o in enumerate(outcomes) if o is not None]
+    assert len(done) == 1 and obs[done[0]].t_s - obs[0].t_s == pytest.approx(5.0, abs=0.05)
+    result = outcomes[done[0]]
+    assert not isinstance(result, CalibrationRefused) and result is not None
+    assert result.neutral.euler_deg[1] == pytest.approx(-20.0, abs=1.0)
+    assert capture.done and capture.add(obs[-1]) is None
+
+    empty = CalibrationCapture(5.0, s.calibration, s.mount)
+    no_face = [Observation(t_s=i / 30.0, pose=None) for i in range(60)]
+    assert all(empty.add(o) is None for o in no_face)  # 2 s of 5: still collecting
+    refused = empty.finish()  # the video ended early
+    assert isinstance(refused, CalibrationRefused) and refused.code == "face_missing"

@@ -369,3 +369,25 @@ def test_every_record_of_a_run_uses_the_runs_clock(tmp_path):
     assert [r["phase"] for r in lost] == ["raised", "cleared"]
     assert all(0.0 <= r["t_s"] < 60.0 for r in records), records  # not since boot
     assert lost[1]["t_s"] <= min((r["t_s"] for r in others), default=60.0)
+
+
+def test_the_calibrate_command_captures_stores_and_applies_the_neutral(tmp_path,
+                                                                      face_then_blank):
+    """The one calibration capture in `dms run`: the command arms it, the next 2 s of frames
+    make the neutral, the engine takes it and the profile is stored."""
+    from dms.calibration_store import load_calibration
+    from dms.config import parse_config
+    from dms.service import Service
+
+    video, _ = face_then_blank
+    cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\nprofile = "bob"\n'
+                       'calibration_s = 2.0\n[mqtt]\nenabled = false\n'
+                       f'[camera]\nsource = "{video}"\nrealtime = false\n')
+    svc = Service(cfg)
+    reply = svc.commands.run("calibrate", {"request_id": "c1"}, "test")
+    assert reply["ok"] and reply["request_id"] == "c1"
+    svc.run(max_frames=FPS * 3)
+    stored = load_calibration(tmp_path, "bob")
+    assert stored is not None and stored.sample_count >= FPS  # 2 s of frames, outliers out
+    assert svc.monitor is not None
+    assert svc.monitor.engine.state.neutral_source == "explicit"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def read_poses_csv(path: Path) -> list[Any]:
     return list(iter_poses_csv(path))
 
 
-def iter_poses_csv(path: Path) -> Iterator[Any]:
+def iter_poses_csv(path: Path) -> Generator[Any, None, None]:
     """Observations from a poses CSV, streamed row by row (a 2-million-row file starts
     replaying at once, in constant memory); errors name the file and the line. A UTF-8 byte
     order mark (spreadsheet exports) is accepted."""

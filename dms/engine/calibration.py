@@ -1,10 +1,11 @@
 """Neutral-pose calibration: the head rotation of *this* driver looking at the road.
 
-Two pure pieces (no I/O, no clock; storage is :mod:`dms.calibration_store`):
+Pure pieces (no I/O, no clock; storage is :mod:`dms.calibration_store`):
 
 * :func:`calibrate_neutral` - explicit calibration from a few seconds of poses (``dms
   calibrate``): robust centre, outlier rejection, and a refusal with a reason when the face was
-  missing or the driver moved too much.
+  missing or the driver moved too much; :class:`CalibrationCapture` collects those seconds
+  frame by frame (``dms run``'s calibrate command and ``dms calibrate``).
 * :class:`DominantPoseNeutral` - the default, which needs no mount: the neutral is the
   driver's own dominant pose while driving (at speed the road is where drivers look most of
   the time), found as the peak of a time-decayed histogram of (yaw, pitch), refined by the
@@ -119,6 +120,43 @@ def calibrate_neutral(
                             open_eye_aperture(observations)),
         sample_count=int(keep.sum()), rejected_count=int((~keep).sum()), missing_count=missing,
         spread_deg=spread, duration_s=duration)
+
+
+class CalibrationCapture:
+    """One explicit calibration being taken: the observations of ``duration_s`` seconds from
+    the first one added. ``add(obs)`` returns None while it collects, then, once, the outcome:
+    the :class:`CalibrationResult`, or the :class:`CalibrationRefused` saying why (returned,
+    not raised). ``finish()`` ends it now with what it has (a video that ended early).
+    What ``dms run`` (the ``calibrate`` command) and ``dms calibrate`` both use; pure."""
+
+    def __init__(self, duration_s: float, settings: CalibrationSettings,
+                 mount: MountSettings | None = None) -> None:
+        self.duration_s = duration_s
+        self._settings = settings
+        self._mount = mount
+        self._until_s: float | None = None
+        self._observations: list[Observation] = []
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def add(self, obs: Observation) -> CalibrationResult | CalibrationRefused | None:
+        if self._done:
+            return None
+        if self._until_s is None:
+            self._until_s = obs.t_s + self.duration_s
+        self._observations.append(obs)
+        return self.finish() if obs.t_s >= self._until_s else None
+
+    def finish(self) -> CalibrationResult | CalibrationRefused:
+        """The outcome with the observations added so far (they are let go)."""
+        observations, self._observations, self._done = self._observations, [], True
+        try:
+            return calibrate_neutral(observations, self._settings, self._mount)
+        except CalibrationRefused as refused:
+            return refused
 
 
 def open_eye_aperture(observations: Iterable[Observation],
