@@ -53,6 +53,7 @@ class Row:
     receipts: list[tuple[str, int, str]] = field(default_factory=list)  # stream, seq, id
     recovery_s: float | None = None
     note: str = ""
+    audible: int = 0  # records printed that sound the buzzer (level >= 2, not cleared)
     sound_p50_ms: list[float] = field(default_factory=list)  # per process of the row
     sound_p99_ms: list[float] = field(default_factory=list)
     sounded: int = 0
@@ -141,7 +142,10 @@ class Harness:
             assert proc.stdout is not None
             for line in proc.stdout:
                 with contextlib.suppress(ValueError, KeyError):
-                    row.raised.add(json.loads(line)["event_id"])
+                    rec = json.loads(line)
+                    row.raised.add(rec["event_id"])
+                    if rec.get("level", 0) >= 2 and rec.get("phase") != "cleared":
+                        row.audible += 1
 
         threading.Thread(target=read, daemon=True).start()
         return proc
@@ -505,6 +509,8 @@ def camera_lost_source(clip: Path) -> Callable[[Any], Any]:
 
 # ----------------------------------------------------------------------- issue 21's faults
 
+SOUNDS = 6  # audible alert records (level >= 2) each fault lasts for, for the delay figures
+
 
 def _row_with(h: Harness, name: str, what: str, fault: Callable[[Row, Collector], str],
               sections: dict[str, str] | None = None, env: dict[str, str] | None = None,
@@ -545,8 +551,8 @@ def preview_flood(h: Harness) -> dict[str, Any]:
                     idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
                 except OSError:
                     break
-            n = len(row.raised)
-            wait_for(lambda: len(row.raised) >= n + 2, 120)  # alerts go on meanwhile
+            a = row.audible
+            wait_for(lambda: row.audible >= a + SOUNDS, 600)  # alerts sound meanwhile
             ok = _status_answers(port, env["DMS_PREVIEW_TOKEN"])
         finally:
             for s in idle:
@@ -578,8 +584,8 @@ def slow_hook(h: Harness) -> dict[str, Any]:
     slow = f'["{sys.executable}", "-c", "import time; time.sleep(1.5)"]'
 
     def fault(row: Row, sub: Collector) -> str:
-        n = len(row.raised)
-        wait_for(lambda: len(row.raised) >= n + 3, 120)
+        a = row.audible
+        wait_for(lambda: row.audible >= a + SOUNDS, 600)
         return "hooks of 1.5 s on and off"
 
     return _row_with(h, "slowhook", "buzzer hooks taking 1.5 s (on and off)", fault,
@@ -616,7 +622,14 @@ def frozen_disk(h: Harness) -> dict[str, Any]:
         t1 = time.time()
         row.recovery_s = recovery_s(sub, t1)
         wait_for(lambda: len(row.raised) >= n + during + 1, 120)
-        return f"{during} alert records raised while frozen"
+        for _ in range(3):  # three more freezes, so that more alerts sound during one
+            a = row.audible
+            subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)
+            try:
+                wait_for(lambda a=a: row.audible >= a + 2, 120)  # type: ignore[misc]
+            finally:
+                subprocess.run(["fsfreeze", "-u", str(mnt)], check=True)
+        return f"{during} alert records raised during the first 15 s freeze"
 
     try:
         return _row_with(h, "frozendisk", row.fault, fault, state=mnt / "state")
@@ -626,8 +639,8 @@ def frozen_disk(h: Harness) -> dict[str, Any]:
 
 
 def command_flood(h: Harness) -> dict[str, Any]:
-    """1,000 unsigned commands a second for 10 s, a signed `state` in the middle, and a
-    SIGTERM while the flood goes on."""
+    """1,000 unsigned commands a second (for 10 s, and until SOUNDS alerts sounded), a signed
+    `state` in the middle, and a SIGTERM while the flood goes on."""
     import paho.mqtt.client as mqtt
 
     from dms.outputs.command_auth import sign_command
@@ -647,8 +660,9 @@ def command_flood(h: Harness) -> dict[str, Any]:
         t_state = t_reply = None
         try:
             t0 = time.monotonic()
-            sent = 0
-            while time.monotonic() - t0 < 10.0:
+            sent, a = 0, row.audible
+            while time.monotonic() - t0 < 10.0 or (row.audible < a + SOUNDS and
+                                                    time.monotonic() - t0 < 600):
                 for _ in range(100):
                     flood.publish(topic, b'{"duration_s": 600}', qos=0)
                     sent += 1
