@@ -18,13 +18,16 @@ carries a "LIVE VIEW" mark while anyone watches (:mod:`dms.preview.hub`). The qu
 (which may hold the token) is never logged.
 
 No client can take the process's resources: every connection that sends nothing for
-``request_timeout_s`` is closed, at most ``max_connections`` are served at once (the next get
-``503`` and are closed at once, and refusals are logged once per ``REFUSAL_LOG_S``), so a flood
-of idle connections never reaches the descriptor limit the alert path needs.
+``request_timeout_s`` is closed, and at most ``max_connections`` are served at once: a new one
+beyond closes the oldest connection still waiting for its request (so a flood of idle
+connections never locks a real request out), or, when all are busy with requests, gets ``503``
+and is closed at once (logged once per ``REFUSAL_LOG_S``). A flood never reaches the descriptor
+limit the alert path needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -165,36 +168,56 @@ class PreviewServer:
 
 
 class _Server(ThreadingHTTPServer):
-    """One thread per connection, at most ``max_connections`` at once: beyond, the
-    connection gets a 503 and is closed on the accepting thread, without a thread of its own."""
+    """One thread per connection, at most ``max_connections`` at once. A new connection
+    beyond that closes the oldest one that is still waiting for its request (an idle or slow
+    client: its thread ends at once), so a flood of idle connections never locks a real
+    request out; only when every connection is busy with a request is the new one answered
+    503 and closed, on the accepting thread, without a thread of its own."""
 
     daemon_threads = True
     max_connections = 16
-    request_queue_size = 64  # a burst of connections waits to be accepted (or refused)
+    request_queue_size = 64  # a burst of connections waits to be accepted
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._active = 0
-        self._active_lock = threading.Lock()
-        self._refused = 0
-        self._refusal_logged_at = -REFUSAL_LOG_S
+        self._lock = threading.Lock()
+        self._waiting: dict[socket.socket, float] = {}  # waiting for a request, oldest first
+        self._dropped = 0
+        self._dropped_logged_at = -REFUSAL_LOG_S
 
-    @property
-    def active(self) -> int:
-        return self._active
+    def waiting(self, conn: socket.socket) -> None:
+        """``conn``'s thread waits for its next request (it may be closed for a new one)."""
+        with self._lock:
+            self._waiting.pop(conn, None)
+            self._waiting[conn] = time.monotonic()
+
+    def busy(self, conn: socket.socket) -> None:
+        """``conn`` sent a whole request (or is gone): it is no longer closed for others."""
+        with self._lock:
+            self._waiting.pop(conn, None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._active_lock:
-            busy = self._active >= self.max_connections
-            if not busy:
+        victim: socket.socket | None = None
+        with self._lock:
+            full = self._active >= self.max_connections
+            if full and self._waiting:
+                victim = next(iter(self._waiting))
+                del self._waiting[victim]
+            if not full or victim is not None:
                 self._active += 1
-        if busy:
-            self._refuse(request, client_address)
+        if victim is not None:
+            with contextlib.suppress(OSError):  # its thread reads EOF and ends
+                victim.shutdown(socket.SHUT_RDWR)
+            self._note_dropped(client_address, "closed the oldest idle connection")
+        elif full:
+            self._refuse(request)
+            self._note_dropped(client_address, "refused (503): every connection is busy")
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: this connection is not served
-            with self._active_lock:
+            with self._lock:
                 self._active -= 1
             raise
 
@@ -202,23 +225,26 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._active_lock:
+            self.busy(request)
+            with self._lock:
                 self._active -= 1
 
-    def _refuse(self, request: socket.socket, client_address: Any) -> None:
-        self._refused += 1
+    def _refuse(self, request: socket.socket) -> None:
         try:
             request.setblocking(False)  # never wait for a client that does not read
             request.send(BUSY_REPLY)
         except OSError:
             pass
         self.shutdown_request(request)
+
+    def _note_dropped(self, client_address: Any, what: str) -> None:
+        self._dropped += 1
         now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_S:
-            self._refusal_logged_at = now
-            log.warning("preview: %d connection(s) refused so far: %d served at once already "
-                        "(max_connections); the last from %s", self._refused,
-                        self.max_connections, client_address[0])
+        if now - self._dropped_logged_at >= REFUSAL_LOG_S:
+            self._dropped_logged_at = now
+            log.warning("preview: %d connection(s) beyond max_connections (%d) so far; the "
+                        "last %s, for %s", self._dropped, self.max_connections, what,
+                        client_address[0])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("preview: error while serving %s", client_address)
@@ -233,7 +259,17 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "dms-preview"
     protocol_version = "HTTP/1.1"
 
+    server: _Server
+
     # -- helpers --------------------------------------------------------------------------------
+    def handle_one_request(self) -> None:
+        self.server.waiting(self.connection)  # idle until its request is in
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.server.busy(self.connection)
+        return super().parse_request()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         pass  # requests are logged by what they do (viewers, commands, refusals), not here
 

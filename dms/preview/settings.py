@@ -45,8 +45,9 @@ class PreviewSettings:
         "doc": "a connection that sends nothing for this long is closed (an idle or slow "
                "client never holds a thread for ever); range [1, 60]"})
     max_connections: int = field(default=16, metadata={
-        "doc": "connections served at once, viewers included; more get 503 at once, so the "
-               "preview never takes the descriptors the alert path needs; range [4, 128]"})
+        "doc": "connections served at once, viewers included; a new one beyond closes the "
+               "oldest still waiting for its request (503 when all are busy), so the preview "
+               "never takes the descriptors the alert path needs; range [4, 128]"})
     session_max_age_s: float = field(default=43200.0, metadata={
         "doc": "a viewing session (the cookie the token link sets, random per link) ends "
                "after this long; range [60, 604800]"})
