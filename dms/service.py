@@ -95,7 +95,7 @@ class Service:
         self._handlers: dict[str, Handler] = {
             "calibrate": self._cmd_calibrate,
             "mute": lambda c: self.buzzer.mute(c.duration_s),
-            "state": lambda c: self.state_payload(),
+            "state": lambda c: self.status(),
         }
         # the preview's buttons: the same handlers through the one dispatch (dms.commands);
         # MQTT gets the same handlers and verifies signatures before the same dispatch
@@ -123,6 +123,7 @@ class Service:
         self._try_mqtt(time.monotonic())
         self._retry_mqtt(time.monotonic())
         self._models = self._model_licences()
+        self._first_state = self.monitor.engine.state  # until the first frame's
         if self.cfg.preview.enabled:
             self._start_preview()
 
@@ -199,7 +200,7 @@ class Service:
         try:
             token = preview_token(self._environ, settings.token_env)
             hub = FrameHub(settings, self.cfg.engine.zones)
-            self.preview = PreviewServer(settings, token, hub, self.preview_status,
+            self.preview = PreviewServer(settings, token, hub, self.status,
                                          self.commands.run).start()
         except DmsError as exc:
             if self._preview_required:
@@ -252,54 +253,40 @@ class Service:
                                 mount=self.cfg.engine.mount.name)
         log.info("calibration stored in %s", path)
 
-    def state_payload(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
+        """The service's status, one view for all who ask: the retained MQTT ``state``, the
+        ``state`` command's reply and the preview page. Safe from any thread: it reads the
+        newest immutable engine state (:meth:`process` keeps it) and plain counters."""
         assert self.monitor is not None
-        st = self.monitor.engine.state.to_dict()
-        perception = self.monitor.perception
-        return st | {
-            "camera": self._camera,
-            "fps": round(self._fps, 1),
-            "bad_frames": self.monitor.bad_frames,
-            "loop_errors": self.loop_errors,
-            "outbox": self._outbox_health(),
-            "models": {"detector": perception.detector.name, "pose": perception.estimator.name}
-            | ({} if perception.eyes is None else {"eyes": perception.eyes.iris.name}),
-            "profile": self.cfg.service.profile,
-            "version": __version__,
-        }
-
-    def preview_status(self) -> dict[str, Any]:
-        """The preview's status view (called from HTTP threads: reads only the newest
-        immutable engine state and plain counters)."""
-        assert self.monitor is not None
-        state = self._last_state
-        st = state.to_dict() if state is not None else {"driver_state": "starting",
-                                                        "active_alerts": []}
-        comm = self.outputs.comm
-        if comm is not None:
-            mqtt = "connected" if comm.connected else "disconnected (alerts wait in the outbox)"
-        elif self._mqtt_retry_at is not None:
-            mqtt = "could not start (retrying)"
-        else:
-            mqtt = "off"
-        buzzer = ("no buzzer fitted ([buzzer] backend \"none\")" if not self.buzzer.has_line
-                  else "muted" if self.buzzer.muted() else "on")
-        return st | {
+        state = self._last_state or self._first_state
+        return state.to_dict() | {
             "camera": self._camera,
             "camera_source": self.cfg.camera.source,
             "fps": round(self._fps, 1),
             "bad_frames": self.monitor.bad_frames,
             "loop_errors": self.loop_errors,
             "calibration_command": self._capture is not None or self._calibrate_requested,
-            "mqtt": mqtt,
+            "mqtt": self._mqtt_status(),
             "outbox": self._outbox_health(),
-            "buzzer": buzzer if not self.buzzer.has_line else
-            f"{buzzer}; mute budget left {self.buzzer.mute_budget_left_s():.0f} s",
+            "buzzer": self._buzzer_status(),
+            "models": {m["task"]: m["name"] for m in self._models},
             "model_licences": self._models,
             "preview_viewers": self.preview.hub.viewers if self.preview is not None else 0,
             "profile": self.cfg.service.profile,
             "version": __version__,
         }
+
+    def _mqtt_status(self) -> str:
+        comm = self.outputs.comm
+        if comm is not None:
+            return "connected" if comm.connected else "disconnected (alerts wait in the outbox)"
+        return "could not start (retrying)" if self._mqtt_retry_at is not None else "off"
+
+    def _buzzer_status(self) -> str:
+        if not self.buzzer.has_line:
+            return "no buzzer fitted ([buzzer] backend \"none\")"
+        return (f"{'muted' if self.buzzer.muted() else 'on'}; mute budget left "
+                f"{self.buzzer.mute_budget_left_s():.0f} s")
 
     # -- the loop -------------------------------------------------------------------------------
     def process(self, frame: Frame) -> MonitorStep:
@@ -465,7 +452,7 @@ class Service:
         self._retry_mqtt(now)
         if self.outputs.comm is not None and now - last_state >= \
                 self.cfg.service.state_interval_s:
-            self.outputs.comm.publish_state(self.state_payload())
+            self.outputs.comm.publish_state(self.status())
             return now
         return last_state
 

@@ -143,7 +143,7 @@ def test_the_service_loop_survives_every_bad_frame(tmp_path: Path, face_frames) 
     assert svc.run(source=ScriptedSource(items)) == 0  # type: ignore[arg-type]
     assert svc.frames == len(images)
     assert svc.monitor is not None and svc.monitor.bad_frames == len(bad_frames(good))
-    assert svc.state_payload()["bad_frames"] == len(bad_frames(good))
+    assert svc.status()["bad_frames"] == len(bad_frames(good))
 
 
 def dms(*args: str) -> list[str]:
