@@ -39,8 +39,9 @@ from dms.capture import Frame, FrameSource, SourceStatus
 from dms.commands import Commands, Handler
 from dms.config import Config, state_dir
 from dms.engine.calibration import CalibrationCapture, CalibrationRefused, CalibrationResult
+from dms.engine.events import Event, Phase, Reason
 from dms.errors import DmsError
-from dms.outputs.routing import AlertOutputs, open_mqtt, summary_line, system_record
+from dms.outputs.routing import AlertOutputs, open_mqtt, summary_line
 from dms.pipeline import DriverMonitor, MonitorStep
 from dms.sync import SignalSafeEvent
 
@@ -329,14 +330,15 @@ class Service:
         if st.status == "lost":
             self._sys_n += 1
             self._camera, self._lost_t = "lost", st.t_s
-            self.outputs.publish_event(system_record(
-                "camera_lost", "raised", st.t_s, st.t_s, 3, version, self.run_id, self._sys_n))
+            self.outputs.publish_event(Event.system(
+                Reason.CAMERA_LOST, Phase.RAISED, st.t_s, st.t_s, 3, -self._sys_n,
+                f"{self.run_id}-sys{self._sys_n}-raised", version).to_dict())
             self.notifier.status(f"camera lost: {st.detail}")
         elif st.status == "restored":
             self._camera = "ok"
-            self.outputs.publish_event(system_record(
-                "camera_lost", "cleared", st.t_s, self._lost_t or st.t_s, 3, version,
-                self.run_id, self._sys_n))
+            self.outputs.publish_event(Event.system(
+                Reason.CAMERA_LOST, Phase.CLEARED, st.t_s, self._lost_t or st.t_s, 3,
+                -self._sys_n, f"{self.run_id}-sys{self._sys_n}-cleared", version).to_dict())
             self.notifier.status("camera restored")
 
     def run(self, source: FrameSource | None = None, max_frames: int | None = None, *,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dms.errors import InputError
+from dms.json_safe import json_line
 
 REQUIRED_COLUMNS = ("t", "yaw", "pitch", "roll")
 OPTIONAL_COLUMNS = ("face", "confidence", "speed_kmh", "steering_deg", "eye_open",
@@ -203,24 +204,6 @@ def _eyes(cells: dict[str, str], where: str) -> Any:
         raise InputError(f"{where}: eye_open {eye_open:g} is outside [0, 1]")
     o = OPEN_EYE_RATIO * eye_open
     return EyeObservation(o, o, 1.0, opt("gaze_yaw_deg"), opt("gaze_pitch_deg"), mouth)
-
-
-def json_line(record: Any) -> str:
-    """A record as strict JSON on one line: non-finite floats become null (never a bare NaN,
-    which JSON does not have)."""
-    import json
-    import math
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(record), separators=(",", ":"), allow_nan=False)
 
 
 def replay(observations: Iterable[Any], settings: Any, out: Any,

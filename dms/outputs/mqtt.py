@@ -17,7 +17,6 @@ subscribers de-duplicate on ``(stream, seq)``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,12 +26,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from dms.commands import CommandRejected, Commands, Handler, check_name, short_repr
+from dms.engine.events import Event, Phase, Reason
 from dms.errors import DmsError
+from dms.json_safe import json_line, jsonable
 from dms.outputs.command_auth import CommandVerifier, command_key, is_envelope, request_id_of
 from dms.outputs.outbox import Outbox, OutboxStats
 from dms.outputs.settings import MqttSettings
@@ -115,32 +115,8 @@ class _Unwritten:
 # -- payloads ----------------------------------------------------------------------------------
 
 
-def jsonable(obj: Any) -> Any:
-    """A JSON-safe copy: enums by value, numpy scalars/arrays as numbers/lists, NaN/inf -> None.
-
-    An alert must never be lost to a serialisation error, so anything else becomes its str().
-    """
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Enum):
-        return jsonable(obj.value)
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars
-    if callable(tolist):
-        return jsonable(tolist())
-    to_dict = getattr(obj, "to_dict", None)
-    if callable(to_dict):
-        return jsonable(to_dict())
-    return str(obj)
-
-
 def dumps(obj: Any) -> bytes:
-    return json.dumps(jsonable(obj), separators=(",", ":"), allow_nan=False).encode()
+    return json_line(obj).encode()
 
 
 # -- the communicator --------------------------------------------------------------------------
@@ -613,12 +589,13 @@ class MqttCommunicator:
             self._damage_n += 1
             now = self._record_clock()
             self._damage_open.append((self._damage_n, now))
-            record = outbox_damaged_record(self._damage_n, "raised", now, now, self._run_id)
+            record = outbox_damaged_record(self._damage_n, Phase.RAISED, now, now,
+                                           self._run_id)
             self.publish_alert(record, wait_s=0.0)
             log.error("mqtt: system_degraded (outbox_damaged) raised: %s", why)
         if self._damage_open and outbox.healthy:
             for n, started in self._damage_open:
-                self.publish_alert(outbox_damaged_record(n, "cleared", self._record_clock(),
+                self.publish_alert(outbox_damaged_record(n, Phase.CLEARED, self._record_clock(),
                                                          started, self._run_id), wait_s=0.0)
             self._damage_open.clear()
 
@@ -718,19 +695,12 @@ def spill_dir(settings: MqttSettings, environ: Mapping[str, str]) -> Path | None
     return shm / f"dms-{os.getuid()}" if shm.is_dir() else None
 
 
-def outbox_damaged_record(n: int, phase: str, t_s: float, started_t_s: float,
+def outbox_damaged_record(n: int, phase: Phase, t_s: float, started_t_s: float,
                           run_id: str) -> dict[str, Any]:
-    """A ``system_degraded`` record in the engine's event schema (docs/engine.md) saying the
-    outbox file was damaged and set aside. ``alert_id`` is negative (not the engine's) and
-    distinct from the service's own system records."""
-    return {
-        "schema_version": 1, "event_id": f"{run_id}-outbox{n}", "alert_id": -1000 - n,
-        "type": "system_degraded", "reason": "outbox_damaged", "level": 1, "phase": phase,
-        "t_s": round(t_s, 4), "started_t_s": round(started_t_s, 4),
-        "pose": {"yaw_deg": None, "pitch_deg": None, "roll_deg": None,
-                 "yaw_inboard_deg": None, "on_road": False, "zone": None},
-        "settings_version": "",
-    }
+    """A ``system_degraded`` / ``outbox_damaged`` record saying the outbox file was damaged
+    and set aside; ``alert_id`` -1000 - n (distinct from the service's own records)."""
+    return Event.system(Reason.OUTBOX_DAMAGED, phase, t_s, started_t_s, 1, -1000 - n,
+                        f"{run_id}-outbox{n}-{phase.value}").to_dict()
 
 
 def ha_discovery_configs(topics: Topics, discovery_prefix: str,

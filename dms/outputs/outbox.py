@@ -63,13 +63,12 @@ from pathlib import Path
 
 from dms.errors import DmsError
 from dms.outputs.spill import SpilledAlert, SpillFile
+from dms.private import FILE_MODE, private_dir
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RETRY_S = 1.0  # while the disk refuses writes, try it again at most this often
-FILE_MODE = 0o640  # outbox files: owner read/write, group read, others nothing
-DIR_CLEAR_BITS = 0o027  # removed from the directory's mode: group write, all of others
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -152,14 +151,11 @@ def _event_id(payload: bytes) -> str | None:
 
 
 def secure_dir(directory: Path) -> None:
-    """Create ``directory`` 0750; an existing one we own loses group write and every bit for
-    others. Failures are logged, never raised (the files are what matters)."""
-    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    """:func:`dms.private.private_dir`, but a failure to restrict the mode is logged, not
+    raised (the files are what matters; SQLite reports a folder it cannot use)."""
     try:
-        st = directory.stat()
-        if st.st_uid == os.geteuid() and st.st_mode & DIR_CLEAR_BITS:
-            os.chmod(directory, stat.S_IMODE(st.st_mode) & ~DIR_CLEAR_BITS)
-    except OSError as exc:
+        private_dir(directory)
+    except PermissionError as exc:
         log.warning("%s: cannot restrict the directory's permissions: %s", directory, exc)
 
 

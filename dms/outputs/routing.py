@@ -3,9 +3,9 @@
 :class:`AlertOutputs` sends each alert record to the MQTT communicator's durable outbox (or
 holds it in memory while MQTT cannot start), drives the buzzer from the active level, publishes
 rate-limited telemetry, logs every alert record at INFO (so ``journalctl -u dms`` shows what
-happened) and hands records to an optional callback (printing). :func:`system_record` builds
-a service-level record (a lost camera) in the engine's event schema; :func:`open_mqtt` starts
-the communicator from the configuration.
+happened) and hands records to an optional callback (printing). :func:`open_mqtt` starts the
+communicator from the configuration. Records the service makes itself (a lost camera) are
+:meth:`dms.engine.events.Event.system`.
 """
 
 from __future__ import annotations
@@ -143,20 +143,6 @@ class AlertOutputs:
                       len(self.backlog), ", ".join(str(r.get("event_id")) for r in self.backlog))
             drained = False
         return drained
-
-
-def system_record(kind: str, phase: str, t_s: float, started_t_s: float, level: int,
-                  settings_version: str, run_id: str, n: int) -> dict[str, Any]:
-    """A service-level record in the engine's event schema (e.g. a lost camera). Its raised
-    and cleared records share ``alert_id`` (-n) and each has its own ``event_id``."""
-    return {
-        "schema_version": 1, "event_id": f"{run_id}-sys{n}-{phase}", "alert_id": -n,
-        "type": "system_degraded", "reason": kind, "level": level, "phase": phase,
-        "t_s": round(t_s, 4), "started_t_s": round(started_t_s, 4),
-        "pose": {"yaw_deg": None, "pitch_deg": None, "roll_deg": None,
-                 "yaw_inboard_deg": None, "on_road": False, "zone": None},
-        "settings_version": settings_version,
-    }
 
 
 def open_mqtt(cfg: Config, state: Path, host_port: str | None = None,
