@@ -10,8 +10,8 @@ import pytest
 
 from dms.engine import CalibrationRefused, Engine, EngineSettings
 from dms.engine.calibration import NeutralPose, OnlineNeutral, calibrate_neutral, mount_prior
-from dms.engine.scenarios import ScenarioBuilder, raised, run
 from dms.geometry import euler_from_rotation, geodesic_deg, relative_rotation, rotation_from_euler
+from dms.sim.scenarios import ScenarioBuilder, raised, run
 from dms.types import HeadPose, Observation
 
 S = EngineSettings()

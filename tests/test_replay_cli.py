@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dms.engine import EngineSettings
-from dms.engine.scenarios import ScenarioBuilder, csv_text, run
+from dms.sim.scenarios import ScenarioBuilder, csv_text, run
 
 ROOT = Path(__file__).resolve().parents[1]
 S = EngineSettings()

@@ -89,8 +89,8 @@ def run_engine_only(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dms.engine.engine import Engine
-    from dms.engine.scenarios import build_script
     from dms.errors import InputError
+    from dms.sim.scenarios import build_script
 
     if args.repeat < 1:
         raise InputError("--repeat must be >= 1")
