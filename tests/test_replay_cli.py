@@ -33,7 +33,10 @@ def long_glance_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_replay_prints_only_event_json_lines(long_glance_csv: Path) -> None:
     res = dms("replay", "--poses", long_glance_csv)
     assert res.returncode == 0, res.stderr
-    assert res.stderr == ""
+    # stderr: one summary line (issue 22), as at the end of dms run
+    (summary,) = res.stderr.splitlines()
+    assert summary.startswith("dms replay: neutral learned at ")
+    assert "summary: frames=380 face_found=100.0% alerts_raised=1 alert_records=4" in summary
     lines = res.stdout.splitlines()
     events = [json.loads(line) for line in lines]
     assert [(e["type"], e["phase"], e["level"]) for e in events] == [
@@ -95,7 +98,7 @@ def test_needs_poses_or_video() -> None:
 
 @pytest.mark.parametrize("profile", sorted((ROOT / "calibration").glob("*.toml")))
 def test_shipped_mount_profiles_load_and_replay(profile: Path, tmp_path: Path) -> None:
-    from dms.cli.replay import load_settings_files
+    from dms.replay import load_settings_files
 
     settings = load_settings_files([profile])
     assert settings.mount.name == profile.stem

@@ -47,10 +47,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dms.calibration_store import profile_path, save_calibration
-    from dms.cli.replay import iter_poses_csv, load_settings_files
     from dms.config import load_config
     from dms.config import state_dir as resolve_state_dir
     from dms.engine.calibration import CalibrationCapture, CalibrationRefused
+    from dms.replay import iter_poses_csv, load_settings_files
 
     cfg = load_config(args.config)
     settings = cfg.engine if args.config and not args.settings else load_settings_files(

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         for name in scenarios.library():
             print(name)
         return 0
-    from dms.cli.replay import load_settings_files
+    from dms.replay import load_settings_files
 
     settings = load_settings_files(args.settings)
     if args.scenarios_command == "write":

@@ -46,6 +46,7 @@ class AlertOutputs:
         self.on_event = on_event
         self.published = 0
         self.failed = 0  # alerts the communicator refused (logged; should stay 0)
+        self.records = 0  # alert records handled (whether or not MQTT took them)
         self.raised = 0  # alert records with phase "raised"
         self.delivered = 0  # alert records the broker acknowledged (set by close)
         self.outbox_left = 0  # undelivered alerts left for the next process (set by close)
@@ -77,6 +78,7 @@ class AlertOutputs:
                               record.get("event_id"), self.failed)
         elif self.backlog is not None:
             self.backlog.append(record)
+        self.records += 1
         if record.get("phase") == "raised":
             self.raised += 1
         if notify:
@@ -174,7 +176,7 @@ def summary_line(frames: int, faces: int, outputs: AlertOutputs,
 
     parts = [f"frames={frames}",
              f"face_found={100.0 * faces / frames if frames else 0.0:.1f}%",
-             f"alerts_raised={outputs.raised}", f"alert_records={outputs.published}"]
+             f"alerts_raised={outputs.raised}", f"alert_records={outputs.records}"]
     if outputs.comm is not None:
         parts += [f"delivered={outputs.delivered}", f"outbox_left={outputs.outbox_left}"]
     if delays_s is not None:
