@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from dms.errors import DmsError
 
@@ -59,8 +59,8 @@ class StateRequest:
 
 
 Command: TypeAlias = CalibrateCommand | MuteCommand | StateRequest
-Result: TypeAlias = Mapping[str, Any] | None
-Handler: TypeAlias = Callable[[Any], Result]  # takes its command type; may raise ValueError
+Result: TypeAlias = Mapping[str, object] | None
+Handler: TypeAlias = Callable[[Command], Result]  # may raise CommandRejected or ValueError
 
 
 def short_repr(value: object, limit: int = 60) -> str:
@@ -72,7 +72,7 @@ def short_repr(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def loads(text: str, what: str) -> Any:
+def loads(text: str, what: str) -> object:
     """``json.loads`` that reports a deeply nested or malformed document as CommandRejected
     (never a RecursionError traceback)."""
     try:
@@ -83,13 +83,13 @@ def loads(text: str, what: str) -> Any:
         raise CommandRejected(f"{what}: payload is not JSON: {exc}") from None
 
 
-def _no_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
+def _no_args(name: str, args: dict[str, object], request_id: str | None) -> Command:
     if args:
         raise CommandRejected(f"{name}: takes no arguments, got {sorted(args)}")
     return CalibrateCommand(request_id) if name == "calibrate" else StateRequest(request_id)
 
 
-def _mute_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
+def _mute_args(name: str, args: dict[str, object], request_id: str | None) -> Command:
     unknown = sorted(set(args) - {"duration_s"})
     if unknown:
         raise CommandRejected(f"{name}: unknown argument {unknown[0]!r} (known: duration_s)")
@@ -105,7 +105,7 @@ def _mute_args(name: str, args: dict[str, Any], request_id: str | None) -> Comma
 
 
 #: command name -> parser of its arguments (the handlers are the device's: :class:`Commands`)
-PARSERS: Mapping[str, Callable[[str, dict[str, Any], str | None], Command]] = {
+PARSERS: Mapping[str, Callable[[str, dict[str, object], str | None], Command]] = {
     "calibrate": _no_args,
     "mute": _mute_args,
     "state": _no_args,
@@ -147,9 +147,9 @@ def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
 
 
 def reply(name: str, request_id: str | None, error: str | None = None,
-          result: Result = None) -> dict[str, Any]:
+          result: Result = None) -> dict[str, object]:
     """A command's reply: ``command``, ``request_id``, ``ok``, ``error``, ``result``."""
-    out: dict[str, Any] = {"command": name, "request_id": request_id, "ok": error is None,
+    out: dict[str, object] = {"command": name, "request_id": request_id, "ok": error is None,
                            "error": error}
     if error is None:
         out["result"] = dict(result) if result else None
@@ -183,13 +183,13 @@ class Commands:
         return name in self._handlers
 
     def refuse(self, origin: str, name: str, request_id: str | None, why: str
-               ) -> dict[str, Any]:
+               ) -> dict[str, object]:
         """The reply refusing ``name`` (authentication failed before it could run)."""
         self._on_refused(origin, name, why)
         return reply(name, request_id, why)
 
     def run(self, name: str, args: object, origin: str,
-            request_id_hint: str | None = None) -> dict[str, Any]:
+            request_id_hint: str | None = None) -> dict[str, object]:
         """Parse and run one authenticated command; its reply. ``request_id_hint``: the
         request id to echo when the arguments cannot even be parsed."""
         request_id = request_id_hint

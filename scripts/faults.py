@@ -392,13 +392,13 @@ def in_process(h: Harness, name: str, what: str,
     """The real Service in this process, frames from a scripted source (a camera stand-in),
     alerts through the real MQTT path to the broker."""
     from dms.config import load_config
-    from dms.service import Service
+    from dms.service import build_service
 
     row = Row(name, what)
     cfg = load_config(h.config(name))
     with h.subscriber(row) as sub:
         t0 = time.time()
-        svc = Service(cfg, on_event=lambda rec: row.raised.add(rec["event_id"]))
+        svc = build_service(cfg, on_event=lambda rec: row.raised.add(str(rec["event_id"])))
         source = make_source(cfg)
         svc.run(source=source)
         row.recovery_s = getattr(source, "recovery_s", None)

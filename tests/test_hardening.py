@@ -131,7 +131,7 @@ class ScriptedSource:
 
 def test_the_service_loop_survives_every_bad_frame(tmp_path: Path, face_frames) -> None:  # type: ignore[no-untyped-def]
     from dms.config import parse_config
-    from dms.service import Service
+    from dms.service import build_service
 
     cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[mqtt]\nenabled = false\n')
     good = face_frames[0]
@@ -139,7 +139,7 @@ def test_the_service_loop_survives_every_bad_frame(tmp_path: Path, face_frames) 
                             *bad_frames(good).values(), *face_frames[:3]]
     items: list[Frame | SourceStatus] = [Frame(img, k / 10.0, k)  # type: ignore[arg-type]
                                          for k, img in enumerate(images)]
-    svc = Service(cfg)
+    svc = build_service(cfg)
     assert svc.run(source=ScriptedSource(items)) == 0  # type: ignore[arg-type]
     assert svc.frames == len(images)
     assert svc.monitor is not None and svc.monitor.bad_frames == len(bad_frames(good))
@@ -225,7 +225,7 @@ def test_a_signal_handler_can_set_the_stop_event_while_the_loop_holds_its_lock(k
 _HANGING_STOP = '''
 import os, signal, sys, threading, time
 from dms.config import parse_config
-from dms.service import Service
+from dms.service import build_service
 
 class HangingNotifier:  # a clean-up step that never returns (whatever it may be)
     enabled = False
@@ -239,7 +239,7 @@ class HangingNotifier:  # a clean-up step that never returns (whatever it may be
         time.sleep(600)
 
 cfg = parse_config(sys.argv[1])
-svc = Service(cfg, notifier=HangingNotifier())
+svc = build_service(cfg, notifier=HangingNotifier())
 sys.exit(svc.run(stop_deadline=True))
 '''
 

@@ -346,7 +346,7 @@ def test_every_record_of_a_run_uses_the_runs_clock(tmp_path):
     records and the engine's share one clock, seconds since the run started (docs/mqtt.md)."""
     from dms.config import parse_config
     from dms.errors import InputError
-    from dms.service import Service
+    from dms.service import build_service
 
     booted_long_ago = 50_000.0  # what the monotonic clock reads on a device up for 14 h
     opens = []
@@ -362,7 +362,7 @@ def test_every_record_of_a_run_uses_the_runs_clock(tmp_path):
     source = FrameSource(cfg.camera, opener=opener,
                          clock=lambda: booted_long_ago + time.monotonic())
     records: list[dict] = []
-    svc = Service(cfg, on_event=records.append)
+    svc = build_service(cfg, on_event=records.append)
     svc.run(source=source, max_frames=120)  # blank frames: driver_not_visible after a while
     lost = [r for r in records if r["reason"] == "camera_lost"]
     others = [r for r in records if r["reason"] != "camera_lost"]
@@ -377,13 +377,13 @@ def test_the_calibrate_command_captures_stores_and_applies_the_neutral(tmp_path,
     make the neutral, the engine takes it and the profile is stored."""
     from dms.calibration_store import load_calibration
     from dms.config import parse_config
-    from dms.service import Service
+    from dms.service import build_service
 
     video, _ = face_then_blank
     cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\nprofile = "bob"\n'
                        'calibration_s = 2.0\n[mqtt]\nenabled = false\n'
                        f'[camera]\nsource = "{video}"\nrealtime = false\n')
-    svc = Service(cfg)
+    svc = build_service(cfg)
     reply = svc.commands.run("calibrate", {"request_id": "c1"}, "test")
     assert reply["ok"] and reply["request_id"] == "c1"
     svc.run(max_frames=FPS * 3)

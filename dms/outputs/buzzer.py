@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from dms.errors import DmsError
 from dms.outputs.settings import BeepPattern, BuzzerSettings
@@ -390,22 +390,28 @@ class Buzzer:
                 return False
             muted = self.muted(now) and _rank(self._player.level or "") < NEVER_MUTED_LEVEL
             want = self._player.desired(now) and not muted
-            if not want:
+            if want:
+                want = self._within_max_on(now)
+            else:
                 self._guard_tripped = False
                 self._on_since_s = None
                 if muted or not self._player.playing(now):
                     self._raised_at = None  # a muted (or finished) alert never sounds
-            elif self._guard_tripped:
-                want = False
-            elif self._on_since_s is None:
-                self._on_since_s = now
-            elif now - self._on_since_s >= self.settings.max_on_s:
-                log.warning("buzzer: on for %.1f s, the maximum; forced off",
-                            now - self._on_since_s)
-                self._guard_tripped = True
-                want = False
             self._wanted = want
             return want
+
+    def _within_max_on(self, now: float) -> bool:
+        """Whether the line may stay on: never longer than ``max_on_s`` continuously."""
+        if self._guard_tripped:
+            return False
+        if self._on_since_s is None:
+            self._on_since_s = now
+        elif now - self._on_since_s >= self.settings.max_on_s:
+            log.warning("buzzer: on for %.1f s, the maximum; forced off",
+                        now - self._on_since_s)
+            self._guard_tripped = True
+            return False
+        return True
 
     def muted(self, now_s: float | None = None) -> bool:
         now = self._clock() if now_s is None else now_s
@@ -423,7 +429,7 @@ class Buzzer:
         with self._lock:
             return max(0.0, self.settings.max_mute_per_hour_s - self._muted_in_last_hour(now))
 
-    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, Any]:
+    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, object]:
         """Silence levels below NEVER_MUTED_LEVEL for ``duration_s`` (0 < duration_s <=
         max_mute_s); a new mute replaces the one running. The muted time in any rolling hour
         stays within ``max_mute_per_hour_s``.
@@ -516,9 +522,10 @@ class Buzzer:
             atexit.unregister(self.force_off)
 
 
-def open_buzzer(settings: BuzzerSettings, **kwargs: Any) -> Buzzer:
+def open_buzzer(settings: BuzzerSettings, *, clock: Callable[[], float] = time.monotonic,
+                register_atexit: bool = True) -> Buzzer:
     """A Buzzer on the configured backend (DmsError if its library or chip is missing)."""
-    return Buzzer(settings, open_line(settings), **kwargs)
+    return Buzzer(settings, open_line(settings), clock=clock, register_atexit=register_atexit)
 
 
 class BuzzerThread:

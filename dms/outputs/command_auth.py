@@ -55,7 +55,8 @@ def signature(key: bytes, body: bytes) -> str:
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
-def sign_command(key: bytes, device: str, command: str, args: Mapping[str, Any] | None = None,
+def sign_command(key: bytes, device: str, command: str,
+                 args: Mapping[str, object] | None = None,
                  *, request_id: str | None = None, ts: float | None = None,
                  nonce: str | None = None) -> bytes:
     """The payload of a signed command for ``<prefix>/<device>/cmd/<command>``."""
@@ -151,10 +152,11 @@ class CommandVerifier:
             raise CommandRejected(f"{name}: sig must be 64 hex digits (HMAC-SHA256)")
         return body, sig
 
-    def _check_fresh(self, name: str, body: dict[str, Any], now: float) -> str:
-        ts, nonce = body.get("ts"), body.get("nonce")
+    def _timestamp(self, name: str, body: dict[str, object], now: float) -> float:
+        """The body's ``ts``, once it is Unix seconds within the window and after the start."""
+        raw = body.get("ts")
         try:
-            ts = float(ts) if not isinstance(ts, bool) and isinstance(ts, (int, float)) \
+            ts = float(raw) if not isinstance(raw, bool) and isinstance(raw, (int, float)) \
                 else math.nan
         except OverflowError:  # a 401-digit integer
             ts = math.nan
@@ -167,6 +169,11 @@ class CommandVerifier:
         if ts < self._not_before:
             raise CommandRejected(f"{name}: timestamp {ts:.3f} is before this device started "
                                   "(a replay from before a restart?)")
+        return ts
+
+    def _check_fresh(self, name: str, body: dict[str, object], now: float) -> str:
+        self._timestamp(name, body, now)
+        nonce = body.get("nonce")
         if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
             raise CommandRejected(f"{name}: nonce must be a string of 8-128 characters")
         while self._nonces and next(iter(self._nonces.values())) < now:
@@ -180,7 +187,7 @@ class CommandVerifier:
                                   f"{self._window_s:g} s; refused")
         return nonce
 
-    def verify(self, name: str, text: str) -> dict[str, Any]:
+    def verify(self, name: str, text: str) -> dict[str, object]:
         """The authenticated body of a command on topic ``cmd/<name>`` without its
         authentication fields (its arguments and ``request_id``). Raises CommandRejected."""
         body_text, sig = self._envelope(name, text)

@@ -26,8 +26,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from dms.commands import CommandRejected, Commands, Handler, check_name, short_repr
 from dms.engine.events import Event, Phase, Reason
@@ -41,7 +46,7 @@ from dms.outputs.topics import Topics
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA = 1
-_STOP = object()
+_STOP = "stop"  # on either queue: the thread ends
 STATUS_WAIT_S = 0.05  # a status query waits this long for a busy outbox, then reads the last
 STOP_WRITE_WAIT_S = 5.0  # on stop, alerts not yet written get this long, then are spilled
 MAX_OFFLINE_TELEMETRY_QUEUED = 100  # telemetry waiting for the writer beyond this is dropped
@@ -100,12 +105,20 @@ class Refusals:
             return True
 
 
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    """paho acknowledged a message (PUBACK): for the worker thread."""
+
+    mid: int
+    reason: ReasonCode
+
+
 class _Unwritten:
     """An alert handed to the writer thread, until it has its row (and seq) in the outbox."""
 
     __slots__ = ("body", "done", "seq", "wall_s")
 
-    def __init__(self, body: Any, wall_s: float) -> None:
+    def __init__(self, body: dict[str, object], wall_s: float) -> None:
         self.body = body
         self.wall_s = wall_s
         self.done = threading.Event()
@@ -115,7 +128,7 @@ class _Unwritten:
 # -- payloads ----------------------------------------------------------------------------------
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: object) -> bytes:
     return json_line(obj).encode()
 
 
@@ -154,8 +167,8 @@ class MqttCommunicator:
                                      f"{short_repr(name)}: {why}"))
         self._verifier: CommandVerifier | None = None  # None: no key, commands refused
         self._commands_off_why = "no command key configured"
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._writes: queue.Queue[Any] = queue.Queue()  # the writer thread's
+        self._queue: queue.Queue[_Ack | str] = queue.Queue()  # the worker's: acks, "kick"...
+        self._writes: queue.Queue[_Unwritten | bytes | str] = queue.Queue()  # the writer's
         self._unwritten: dict[int, _Unwritten] = {}  # alerts queued for the writer, by id()
         self._unwritten_lock = threading.Lock()
         self._writer: threading.Thread | None = None
@@ -167,7 +180,7 @@ class MqttCommunicator:
         self._cursor = 0  # highest outbox row id handed to paho (worker thread only)
         self._state_payload: bytes | None = None
         self._last_telemetry_t_s: float | None = None
-        self._client: Any = None
+        self._client: mqtt.Client | None = None
         self._outbox: Outbox | None = None
         self._worker: threading.Thread | None = None
         self._stopping = False
@@ -197,7 +210,8 @@ class MqttCommunicator:
         if pending:
             log.info("outbox %s: %d message(s) left by a previous run will be sent first",
                      self._outbox.path, pending)
-        self._client = self._build_client(os.environ if self._environ is None else self._environ)
+        client = self._client = self._build_client(os.environ if self._environ is None
+                                                   else self._environ)
         self._outbox_figures = self._outbox.stats().as_dict()
         self._writer = threading.Thread(target=self._write_loop, name="dms-mqtt-writer",
                                         daemon=True)
@@ -206,20 +220,15 @@ class MqttCommunicator:
             self.publish_alert(event, wait_s=0.0)
         self._worker = threading.Thread(target=self._work, name="dms-mqtt-outbox", daemon=True)
         self._worker.start()
-        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
-        self._client.loop_start()
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.loop_start()
         return self
 
-    def _build_client(self, environ: Mapping[str, str]) -> Any:
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise DmsError("mqtt: needs the paho-mqtt package (pip install 'paho-mqtt>=2')"
-                           ) from exc
+    def _build_client(self, environ: Mapping[str, str]) -> mqtt.Client:
         s = self.settings
         client_id = s.client_id or f"dms-{self.topics.device_id}"
         protocol = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=protocol)
         # paho logs expected states (e.g. "not connected" while the broker is away) as errors;
         # our callbacks report connection changes, so paho's own lines go to debug
@@ -244,7 +253,7 @@ class MqttCommunicator:
         client.on_message = self._on_message
         return client
 
-    def _setup_tls(self, client: Any) -> None:
+    def _setup_tls(self, client: mqtt.Client) -> None:
         s = self.settings
         for what, path in (("tls_ca_file", s.tls_ca_file), ("tls_cert_file", s.tls_cert_file),
                            ("tls_key_file", s.tls_key_file)):
@@ -288,7 +297,7 @@ class MqttCommunicator:
         if drain_timeout_s > 0:
             self.wait_drained(drain_timeout_s)
         self._stopping = True
-        client = self._client
+        client = self._paho
         if self._connected.is_set():
             try:
                 info = client.publish(self.topics.status, "offline", qos=1, retain=True)
@@ -333,12 +342,18 @@ class MqttCommunicator:
 
     # -- publishing ----------------------------------------------------------------------------
 
+    @property
+    def _paho(self) -> mqtt.Client:
+        assert self._client is not None, "start() first"
+        return self._client
+
     def _require_started(self) -> Outbox:
         if self._outbox is None or self._stopping:
             raise RuntimeError("MqttCommunicator is not running (call start() first)")
         return self._outbox
 
-    def publish_alert(self, event: Mapping[str, Any], wait_s: float | None = None) -> int | None:
+    def publish_alert(self, event: Mapping[str, object],
+                      wait_s: float | None = None) -> int | None:
         """Store ``event`` (a JSON-able dict, e.g. ``Event.to_dict()``) durably, then send it.
 
         The writer thread stores it; this waits for that at most ``wait_s`` seconds (None:
@@ -397,7 +412,7 @@ class MqttCommunicator:
         with self._unwritten_lock:
             self._unwritten.pop(id(item), None)
         item.done.set()
-        self._queue.put(("kick",))
+        self._queue.put("kick")
 
     def _write_loop(self) -> None:
         while True:
@@ -407,24 +422,24 @@ class MqttCommunicator:
             try:
                 if isinstance(item, _Unwritten):
                     self._store_alert(item)
-                elif self._outbox is not None and \
+                elif isinstance(item, bytes) and self._outbox is not None and \
                         self._outbox.put_telemetry(self.topics.telemetry, item, qos=0) is None:
                     self._counters["telemetry_dropped"] += 1
                 else:
-                    self._queue.put(("kick",))
+                    self._queue.put("kick")
             except Exception:  # keep the writer alive; the outbox keeps the data
                 log.exception("mqtt writer: unexpected error")
 
-    def publish_state(self, state: Mapping[str, Any]) -> None:
+    def publish_state(self, state: Mapping[str, object]) -> None:
         """Publish the retained state (also re-sent on every reconnect)."""
         self._require_started()
         payload = dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
                          "wall_s": round(self._clock_wall(), 3), "state": state})
         self._state_payload = payload
         if self._connected.is_set():
-            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+            self._paho.publish(self.topics.state, payload, qos=1, retain=True)
 
-    def publish_telemetry(self, data: Mapping[str, Any], t_s: float) -> bool:
+    def publish_telemetry(self, data: Mapping[str, object], t_s: float) -> bool:
         """Send pose telemetry at QoS 0 if at least ``telemetry_interval_s`` passed since the
         last one (``t_s``: monotonic seconds). Offline, it is queued in the outbox while there
         is room. Returns whether it was sent or queued."""
@@ -439,7 +454,7 @@ class MqttCommunicator:
         payload = dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id, "t_s": t_s,
                          "wall_s": round(self._clock_wall(), 3), "telemetry": data})
         if self._connected.is_set():
-            self._client.publish(self.topics.telemetry, payload, qos=0)
+            self._paho.publish(self.topics.telemetry, payload, qos=0)
             self._counters["telemetry_sent"] += 1
             return True
         if self._writes.qsize() >= MAX_OFFLINE_TELEMETRY_QUEUED:  # the writer is behind
@@ -462,7 +477,7 @@ class MqttCommunicator:
         for name, handler in handlers.items():
             self.set_command_handler(name, handler)
 
-    def _verified_args(self, name: str, payload: bytes) -> dict[str, Any]:
+    def _verified_args(self, name: str, payload: bytes) -> dict[str, object]:
         """The arguments of a command once its envelope is signed and fresh
         (CommandRejected if not). Without a key every command is refused (the buzzer must
         not be silenced by anyone who can reach the broker)."""
@@ -472,29 +487,30 @@ class MqttCommunicator:
             raise CommandRejected(f"{name}: refused: {self._commands_off_why}")
         return self._verifier.verify(name, text)
 
-    def _dispatch(self, name: str, payload: bytes) -> dict[str, Any]:
+    def _dispatch(self, name: str, payload: bytes) -> dict[str, object]:
         """Verify, then run through the one dispatch; the reply. A refusal echoes the
         request id its (even unverified) body names, so the sender can match it."""
         try:
             args = self._verified_args(name, payload)
         except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             self._counters["commands_rejected"] += 1
-            rid = getattr(exc, "request_id", None) or request_id_of(payload)
+            rid = (exc.request_id if isinstance(exc, CommandRejected) else None) or \
+                request_id_of(payload)
             return self.commands.refuse("mqtt", name, rid, str(exc))
         out = self.commands.run(name, args, "mqtt", request_id_of(payload))
         self._counters["commands_ok" if out["ok"] else "commands_rejected"] += 1
         return out
 
-    def _republish_state(self) -> dict[str, Any]:
+    def _republish_state(self) -> dict[str, object]:
         if self._state_payload is None:
             return {"published": False}
-        self._client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        self._paho.publish(self.topics.state, self._state_payload, qos=1, retain=True)
         return {"published": True}
 
     # -- paho callbacks (network thread) -------------------------------------------------------
 
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any,
-                    _properties: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, _properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("mqtt: broker %s:%d refused the connection: %s", self.settings.host,
                       self.settings.port, reason_code)
@@ -513,27 +529,29 @@ class MqttCommunicator:
             for topic, config in configs:
                 client.publish(topic, dumps(config), qos=1, retain=True)
         self._connected.set()
-        self._queue.put(("connected",))
+        self._queue.put("connected")
 
-    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
         self._connect_failures += 1
         level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
         log.log(level, "mqtt: cannot reach broker %s:%d (attempt %d); alerts wait in the outbox",
                 self.settings.host, self.settings.port, self._connect_failures)
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any,
-                       _properties: Any) -> None:
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object,
+                       _flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
+                       _properties: Properties | None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and not self._stopping:
             log.warning("mqtt: disconnected (%s); reconnecting, alerts wait in the outbox",
                         reason_code)
 
-    def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any,
-                    _properties: Any) -> None:
-        self._queue.put(("ack", mid, reason_code))
+    def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int,
+                    reason_code: ReasonCode, _properties: Properties) -> None:
+        self._queue.put(_Ack(mid, reason_code))
 
-    def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
+    def _on_message(self, client: mqtt.Client, _userdata: object,
+                    message: mqtt.MQTTMessage) -> None:
         """A command: only a well-formed signed envelope is looked at further and answered;
         anything else is counted (a flood never costs a log line or a reply each)."""
         name = self.topics.command_name(message.topic)
@@ -549,7 +567,7 @@ class MqttCommunicator:
             # buzzer after each restart: the broker keeps it, so it is never acted upon
             self._counters["commands_rejected"] += 1
             self._refusals.refused(f"{short_repr(name)}: retained message")
-            reply = {"command": name, "request_id": None, "ok": False,
+            reply: dict[str, object] = {"command": name, "request_id": None, "ok": False,
                      "error": f"{short_repr(name)}: retained command ignored (publish commands "
                               "without the retain flag)"}
         else:
@@ -564,15 +582,15 @@ class MqttCommunicator:
     def _work(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=0.5)
+                item: _Ack | str = self._queue.get(timeout=0.5)
             except queue.Empty:
-                item = ("tick",)
-            if item is _STOP:
+                item = "tick"
+            if item == _STOP:
                 return
             try:
                 self._refusals.flush()
-                if item[0] == "ack":
-                    self._handle_ack(item[1], item[2])
+                if isinstance(item, _Ack):
+                    self._handle_ack(item.mid, item.reason)
                 assert self._outbox is not None
                 # finds a damaged file, writes what a refusing disk kept back (rate-limited)
                 self._outbox.sync()
@@ -599,13 +617,13 @@ class MqttCommunicator:
                                                          started, self._run_id), wait_s=0.0)
             self._damage_open.clear()
 
-    def _handle_ack(self, mid: int, reason_code: Any) -> None:
+    def _handle_ack(self, mid: int, reason_code: ReasonCode) -> None:
         row_id = self._inflight.pop(mid, None)
         if row_id is None:
             return  # status, state, replies: not from the outbox
         outbox = self._outbox
         assert outbox is not None
-        if getattr(reason_code, "is_failure", False):
+        if reason_code.is_failure:
             self._counters["alerts_rejected"] += 1
             log.error("mqtt: broker refused outbox message %d (%s); check the broker ACL for "
                       "%s; the message is dropped", row_id, reason_code, self.topics.alert)
@@ -621,11 +639,9 @@ class MqttCommunicator:
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0 or not self._connected.is_set():
             return
-        import paho.mqtt.client as mqtt
-
         for row in outbox.pending(after_id=self._cursor, limit=room):
             try:
-                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+                info = self._paho.publish(row.topic, row.payload, qos=row.qos)
             except ValueError as exc:  # a topic or payload no broker can take: never block
                 self._counters["alerts_rejected"] += 1
                 log.error("mqtt: outbox row %d can never be published (%s); dropped",
@@ -668,10 +684,10 @@ class MqttCommunicator:
 
     flush = wait_drained
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         """Counters and the outbox's figures; never waits for a write under way (then the
         last figures read, and ``outbox_busy`` true)."""
-        out: dict[str, Any] = dict(self._counters)
+        out: dict[str, object] = dict(self._counters)
         out["connected"] = self.connected
         if self._outbox is not None and not self._stopping:
             fresh = self._outbox.try_stats(STATUS_WAIT_S)
@@ -696,7 +712,7 @@ def spill_dir(settings: MqttSettings, environ: Mapping[str, str]) -> Path | None
 
 
 def outbox_damaged_record(n: int, phase: Phase, t_s: float, started_t_s: float,
-                          run_id: str) -> dict[str, Any]:
+                          run_id: str) -> dict[str, object]:
     """A ``system_degraded`` / ``outbox_damaged`` record saying the outbox file was damaged
     and set aside; ``alert_id`` -1000 - n (distinct from the service's own records)."""
     return Event.system(Reason.OUTBOX_DAMAGED, phase, t_s, started_t_s, 1, -1000 - n,
@@ -704,7 +720,7 @@ def outbox_damaged_record(n: int, phase: Phase, t_s: float, started_t_s: float,
 
 
 def ha_discovery_configs(topics: Topics, discovery_prefix: str,
-                         sw_version: str = "") -> list[tuple[str, dict[str, Any]]]:
+                         sw_version: str = "") -> list[tuple[str, dict[str, object]]]:
     """Home Assistant MQTT discovery configs (retained), reading the ``state`` topic."""
     node = topics.ha_node_id()
     device = {"identifiers": [node], "name": f"DMS {topics.device_id}", "manufacturer": "dms",
@@ -713,7 +729,7 @@ def ha_discovery_configs(topics: Topics, discovery_prefix: str,
         device["sw_version"] = sw_version
     common = {"availability_topic": topics.status, "payload_available": "online",
               "payload_not_available": "offline", "device": device}
-    entities: list[tuple[str, str, dict[str, Any]]] = [
+    entities: list[tuple[str, str, dict[str, object]]] = [
         ("sensor", "driver_state", {"name": "Driver state", "state_topic": topics.state,
                                     "value_template": "{{ value_json.state.driver_state }}"}),
         ("binary_sensor", "calibrated", {

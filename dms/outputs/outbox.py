@@ -327,22 +327,8 @@ class Outbox:
         if self._spill is None or not self._spill.exists():
             return
         spilled, events = self._spill.read()
-        copy = self._held.copy.values()
-        stored = {r.payload for r in copy}  # already in the database
-        # alerts spilled before they had a row may have reached the database after all (the
-        # stalled write completed as the process ended): their event ids are there
-        stored_events = {_event_id(r.payload) for r in copy} - {None}
-        self._spilled_events = [e for e in events if e.get("event_id") not in stored_events]
-        if self._spilled_events:
-            log.warning("outbox %s: %d alert(s) the previous process could not store are "
-                        "queued again from %s", self.path, len(self._spilled_events),
-                        self._spill.path)
-        rows: list[OutboxRow] = []
-        for r in spilled:
-            if r.payload not in stored:
-                self._last_id += 1
-                rows.append(OutboxRow(self._last_id, Kind.ALERT, r.topic, r.payload, r.qos,
-                                      r.seq, r.created_wall_s))
+        self._spilled_events = self._not_stored_events(events)
+        rows = self._not_stored_rows(spilled)
         if not rows:  # all of them are in the database (a clean stop's mirror)
             self._spill.remove()
             return
@@ -355,6 +341,27 @@ class Outbox:
             self._sync_locked(force=True)  # removes the spill file once they are on disk
         log.warning("outbox %s: %d alert(s) spilled by the previous process taken back from "
                     "%s", self.path, len(rows), self._spill.path)
+
+    def _not_stored_events(self, events: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Spilled alerts that had no row yet, less those whose stalled write reached the
+        database after all (the process ended as it completed): their event ids are there."""
+        stored = {_event_id(r.payload) for r in self._held.copy.values()} - {None}
+        out = [e for e in events if e.get("event_id") not in stored]
+        if out:
+            log.warning("outbox %s: %d alert(s) the previous process could not store are "
+                        "queued again from %s", self.path, len(out), self.spill_path)
+        return out
+
+    def _not_stored_rows(self, spilled: list[SpilledAlert]) -> list[OutboxRow]:
+        """Spilled alert rows the database does not have, as new rows (ids after its)."""
+        stored = {r.payload for r in self._held.copy.values()}
+        rows: list[OutboxRow] = []
+        for r in spilled:
+            if r.payload not in stored:
+                self._last_id += 1
+                rows.append(OutboxRow(self._last_id, Kind.ALERT, r.topic, r.payload, r.qos,
+                                      r.seq, r.created_wall_s))
+        return rows
 
     # -- damage --------------------------------------------------------------------------------
 
@@ -459,29 +466,13 @@ class Outbox:
     def _sync_locked(self, force: bool = False) -> bool:
         """Write what the disk refused before (making a new file after damage); True once
         nothing is left to write."""
-        import sqlite3
-
         if self.mode is Mode.ON_DISK:
             return True
         if not force and time.monotonic() < self._retry_at:
             return False
         rebuilding = self.mode is Mode.REBUILDING
-        try:
-            if rebuilding:  # the new file first: the stand-in goes only once it exists
-                store = self._open(keep_stream=True)
-                self._store.close()
-                self._store = store
-            self._store.write_kept(self._held.memory, self._stream.id, self._stream.next_seq,
-                                   self._last_id, self._held.deletes, self._clock_wall())
-        except sqlite3.Error as exc:
-            if not rebuilding and is_corrupt(exc):
-                self._on_damage(f"{self.path.name} is damaged: {exc}")
-                return self.mode is Mode.ON_DISK
-            self._refused(str(exc))
-            return False
-        except OSError as exc:
-            self._refused(str(exc))
-            return False
+        if not self._write_held(rebuilding):
+            return self.healthy  # a damaged file may have been replaced at once
         if rebuilding:
             log.warning("outbox %s: new file made after damage (%s); %d undelivered alert(s) "
                         "written to it", self.path, self._why, len(self._held.memory))
@@ -496,6 +487,29 @@ class Outbox:
         self._watch.note()
         if self._spill is not None:  # whatever was spilled is on disk now
             self._spill.remove()
+        return True
+
+    def _write_held(self, rebuilding: bool) -> bool:
+        """One try at writing what is held (into a new file when rebuilding); False when the
+        disk refused it (or the file turned out damaged: handled)."""
+        import sqlite3
+
+        try:
+            if rebuilding:  # the new file first: the stand-in goes only once it exists
+                store = self._open(keep_stream=True)
+                self._store.close()
+                self._store = store
+            self._store.write_kept(self._held.memory, self._stream.id, self._stream.next_seq,
+                                   self._last_id, self._held.deletes, self._clock_wall())
+        except sqlite3.Error as exc:
+            if not rebuilding and is_corrupt(exc):
+                self._on_damage(f"{self.path.name} is damaged: {exc}")
+            else:
+                self._refused(str(exc))
+            return False
+        except OSError as exc:
+            self._refused(str(exc))
+            return False
         return True
 
     def sync(self, force: bool = False) -> bool:

@@ -1,22 +1,31 @@
-"""Alert routing: where the engine's results go, shared by ``dms run``, ``replay`` and ``demo``.
+"""Alert routing: where the engine's results go, shared by ``dms run``, ``dms replay`` and
+``dms demo``.
 
-:class:`AlertOutputs` sends each alert record to the MQTT communicator's durable outbox (or
-holds it in memory while MQTT cannot start), drives the buzzer from the active level, publishes
-rate-limited telemetry, logs every alert record at INFO (so ``journalctl -u dms`` shows what
-happened) and hands records to an optional callback (printing). :func:`open_mqtt` starts the
-communicator from the configuration. Records the service makes itself (a lost camera) are
+:class:`AlertOutputs` tells the buzzer first (it only states what it wants: its own thread
+switches the line), then sends each alert record to the MQTT communicator's durable outbox
+(or holds it in memory while MQTT cannot start), publishes rate-limited telemetry, logs every
+alert record at INFO (so ``journalctl -u dms`` shows what happened) and hands records to an
+optional callback (printing). It sees the communicator and the buzzer through the
+:class:`Communicator` and :class:`Sounder` protocols. :func:`open_mqtt` starts the
+communicator from the configuration; :func:`summary_line` is the line a run or a replay ends
+with. Records the service makes itself (a lost camera) are
 :meth:`dms.engine.events.Event.system`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from dms import __version__
+from dms.commands import Handler
 from dms.errors import DmsError
+from dms.outputs.mqtt import MqttCommunicator
+from dms.outputs.settings import MqttSettings
 
 if TYPE_CHECKING:
     from dms.config import Config
@@ -26,25 +35,63 @@ log = logging.getLogger(__name__)
 
 AUDIBLE_MIN_LEVEL = 2  # Euro NCAP / openpilot: level 1 is a silent (visual) warning
 
+Record: TypeAlias = dict[str, object]  # one alert record (Event.to_dict() and the like)
+
+
+class Communicator(Protocol):
+    """What the outputs and the service need of the MQTT communicator
+    (:class:`dms.outputs.mqtt.MqttCommunicator`)."""
+
+    settings: MqttSettings
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish_alert(self, event: Mapping[str, object],
+                      wait_s: float | None = None) -> int | None: ...
+
+    def publish_telemetry(self, data: Mapping[str, object], t_s: float) -> bool: ...
+
+    def publish_state(self, state: Mapping[str, object]) -> None: ...
+
+    def set_command_handlers(self, handlers: Mapping[str, Handler]) -> None: ...
+
+    def stats(self) -> dict[str, object]: ...
+
+    def wait_drained(self, timeout_s: float) -> bool: ...
+
+    def save_unwritten(self) -> int: ...
+
+    def stop(self, drain_timeout_s: float = 0.0) -> None: ...
+
+
+class Sounder(Protocol):
+    """What the outputs need of the buzzer (:class:`dms.outputs.buzzer.Buzzer`)."""
+
+    def alert(self, level: object, now_s: float | None = None) -> None: ...
+
+    def silence(self) -> None: ...
+
+    def force_off(self) -> None: ...
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
 
 class AlertOutputs:
     """Where engine results go: the MQTT communicator (alerts via its durable outbox,
     telemetry, state) and the buzzer (levels >= ``audible_min_level`` beep; silence once no
     audible alert is active). Either may be None. Shared by run, replay and demo."""
 
-    def __init__(
-        self,
-        comm: Any | None = None,
-        buzzer: Any | None = None,
-        *,
-        audible_min_level: int = AUDIBLE_MIN_LEVEL,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-    ) -> None:
+    def __init__(self, comm: Communicator | None = None, buzzer: Sounder | None = None, *,
+                 audible_min_level: int = AUDIBLE_MIN_LEVEL,
+                 on_event: Callable[[Record], None] | None = None) -> None:
         self.comm = comm
         self.buzzer = buzzer
         self.audible_min_level = audible_min_level
         self.on_event = on_event
-        self.published = 0
+        self.published = 0  # alert records the communicator took
         self.failed = 0  # alerts the communicator refused (logged; should stay 0)
         self.records = 0  # alert records handled (whether or not MQTT took them)
         self.raised = 0  # alert records with phase "raised"
@@ -52,9 +99,9 @@ class AlertOutputs:
         self.outbox_left = 0  # undelivered alerts left for the next process (set by close)
         # alerts raised while MQTT is wanted but could not start (e.g. the state directory
         # was read-only at start): kept in order until attach() hands them over
-        self.backlog: list[dict[str, Any]] | None = None
+        self.backlog: list[Record] | None = None
 
-    def attach(self, comm: Any) -> None:
+    def attach(self, comm: Communicator) -> None:
         """MQTT came up late: hand over the alerts held meanwhile, in order, then go live."""
         held, self.backlog = self.backlog or [], None
         self.comm = comm
@@ -63,7 +110,7 @@ class AlertOutputs:
         if held:
             log.info("%d alerts held while MQTT was unavailable are now queued", len(held))
 
-    def publish_event(self, record: dict[str, Any], notify: bool = True) -> None:
+    def publish_event(self, record: Record, notify: bool = True) -> None:
         """Queue ``record`` for the durable outbox: on disk when this returns, unless the
         disk took longer than ``mqtt.alert_write_wait_s`` (then it waits in memory and is
         stored as soon as the disk answers). A failure here is logged, never raised:
@@ -87,33 +134,23 @@ class AlertOutputs:
                 self.on_event(record)
 
     def handle(self, result: StepResult) -> None:
-        """One step's outputs, the buzzer first (it only states what it wants: its own thread
-        switches the line), then the alerts (a bounded wait for the disk), then telemetry."""
+        """One step's outputs: the buzzer first, then the alerts (a bounded wait for the
+        disk), then telemetry."""
         if self.buzzer is not None and result.events:
-            level = result.state.policy.max_level
-            if level >= self.audible_min_level:
-                if any(e.level >= self.audible_min_level and e.phase.value != "cleared"
-                       for e in result.events):
-                    self.buzzer.alert(level)
-            else:
-                self.buzzer.silence()
+            self._sound(result)
         for ev in result.events:
             self.publish_event(ev.to_dict())
         if self.comm is not None and result.pose is not None:
-            rel = result.relative
-            self.comm.publish_telemetry(
-                {
-                    "t_s": round(result.t_s, 3),
-                    "yaw_deg": round(result.pose.yaw_deg, 2),
-                    "pitch_deg": round(result.pose.pitch_deg, 2),
-                    "roll_deg": round(result.pose.roll_deg, 2),
-                    "rel_yaw_deg": None if rel is None else round(rel.yaw_deg, 2),
-                    "rel_pitch_deg": None if rel is None else round(rel.pitch_deg, 2),
-                    "confidence": round(result.pose.confidence, 3),
-                    "driver_state": result.state.driver_state,
-                },
-                result.t_s,
-            )
+            self.comm.publish_telemetry(telemetry(result), result.t_s)
+
+    def _sound(self, result: StepResult) -> None:
+        assert self.buzzer is not None
+        level = result.state.policy.max_level
+        if level < self.audible_min_level:
+            self.buzzer.silence()
+        elif any(e.level >= self.audible_min_level and e.phase.value != "cleared"
+                 for e in result.events):
+            self.buzzer.alert(level)
 
     def save(self) -> int:
         """Spill every undelivered alert now (the stop path, before anything that may hang
@@ -121,7 +158,7 @@ class AlertOutputs:
         if self.comm is None:
             return 0
         try:
-            return int(self.comm.save_unwritten())
+            return self.comm.save_unwritten()
         except Exception:  # a stop must go on
             log.exception("could not spill the undelivered alerts")
             return 0
@@ -135,10 +172,11 @@ class AlertOutputs:
         if self.comm is not None:
             drained = self.comm.wait_drained(drain_timeout_s) if drain_timeout_s > 0 else False
             stats = self.comm.stats()
-            box = stats.get("outbox") or {}
-            self.delivered = int(stats.get("alerts_acked", 0))
-            self.outbox_left = int(box.get("pending_alerts", 0)) + int(
-                box.get("alerts_unwritten", 0))
+            box = stats.get("outbox")
+            figures = box if isinstance(box, dict) else {}
+            self.delivered = _count(stats.get("alerts_acked"))
+            self.outbox_left = (_count(figures.get("pending_alerts"))
+                                + _count(figures.get("alerts_unwritten")))
             self.comm.stop(0.0)
         if self.backlog:
             log.error("%d alerts held in memory are lost: MQTT never started (%s)",
@@ -147,14 +185,23 @@ class AlertOutputs:
         return drained
 
 
+def telemetry(result: StepResult) -> dict[str, object]:
+    """The telemetry payload of one step with a pose."""
+    assert result.pose is not None
+    rel = result.relative
+    return {"t_s": round(result.t_s, 3), "yaw_deg": round(result.pose.yaw_deg, 2),
+            "pitch_deg": round(result.pose.pitch_deg, 2),
+            "roll_deg": round(result.pose.roll_deg, 2),
+            "rel_yaw_deg": None if rel is None else round(rel.yaw_deg, 2),
+            "rel_pitch_deg": None if rel is None else round(rel.pitch_deg, 2),
+            "confidence": round(result.pose.confidence, 3),
+            "driver_state": result.state.driver_state}
+
+
 def open_mqtt(cfg: Config, state: Path, host_port: str | None = None,
-              record_clock: Callable[[], float] | None = None) -> Any | None:
+              record_clock: Callable[[], float] | None = None) -> MqttCommunicator | None:
     """The started communicator (connects in the background), or None when disabled.
     ``record_clock``: the run's clock, for the records the communicator makes itself."""
-    from dataclasses import replace
-
-    from dms.outputs.mqtt import MqttCommunicator
-
     settings = cfg.mqtt
     if host_port:
         host, _, port = host_port.rpartition(":")
@@ -172,8 +219,6 @@ def summary_line(frames: int, faces: int, outputs: AlertOutputs,
     """The one line ``dms run`` and ``dms replay`` end with: frames, face found, alerts
     raised and delivered, what the outbox still holds, and (with a buzzer) how long each
     raise took to sound, as ``key=value`` pairs."""
-    import statistics
-
     parts = [f"frames={frames}",
              f"face_found={100.0 * faces / frames if frames else 0.0:.1f}%",
              f"alerts_raised={outputs.raised}", f"alert_records={outputs.records}"]
@@ -189,14 +234,20 @@ def summary_line(frames: int, faces: int, outputs: AlertOutputs,
     return "summary: " + " ".join(parts)
 
 
-def log_alert(record: dict[str, Any]) -> None:
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def log_alert(record: Record) -> None:
     """One INFO line per alert record: ``alert raised L2 distraction/long_glance ...``."""
-    pose = record.get("pose") or {}
+    pose = record.get("pose")
     where = ""
-    if pose.get("yaw_deg") is not None:
-        where = (f" (yaw {pose['yaw_deg']:+.0f}, pitch {pose['pitch_deg']:+.0f} deg from "
-                 f"neutral{', ' + pose['zone'] if pose.get('zone') else ''})")
+    if isinstance(pose, dict) and isinstance(pose.get("yaw_deg"), (int, float)):
+        zone = pose.get("zone")
+        where = (f" (yaw {_num(pose.get('yaw_deg')):+.0f}, pitch "
+                 f"{_num(pose.get('pitch_deg')):+.0f} deg from neutral"
+                 f"{', ' + str(zone) if zone else ''})")
     log.info("alert %s L%s %s/%s at t=%.2f s, started %.2f s, id %s%s", record.get("phase"),
              record.get("level"), record.get("type"), record.get("reason"),
-             float(record.get("t_s", 0.0)), float(record.get("started_t_s", 0.0)),
-             record.get("event_id"), where)
+             _num(record.get("t_s")), _num(record.get("started_t_s")), record.get("event_id"),
+             where)

@@ -75,19 +75,7 @@ class MqttSettings:
                                      metadata={"doc": "Home Assistant discovery prefix"})
 
     def validate(self) -> None:
-        from dms.errors import DmsError
-        from dms.outputs.topics import Topics
-
-        try:  # the same rules the topics are built with: no wildcard, one level for the id
-            Topics(self.prefix[:128], self.device_id[:64] or "device")
-        except DmsError as exc:
-            raise ValueError(str(exc).removeprefix("mqtt ")) from None
-        if len(self.device_id) > 64 or len(self.prefix) > 128:
-            raise ValueError("device_id must be at most 64 characters and prefix at most 128")
-        if len(self.host) > 253 or len(self.username) > 256:
-            raise ValueError("host must be at most 253 characters and username at most 256")
-        if self.client_id and (len(self.client_id) > 64 or not self.client_id.isprintable()):
-            raise ValueError(f"client_id {self.client_id!r}: at most 64 printable characters")
+        self._validate_names()
         check_range("port", self.port, 1, 65535)
         check_range("keepalive_s", self.keepalive_s, 5, 3600)
         check_range("reconnect_min_s", self.reconnect_min_s, 1, 600)
@@ -101,6 +89,21 @@ class MqttSettings:
         check_range("alert_write_wait_s", self.alert_write_wait_s, 0.0, 2.0)
         if (self.tls_cert_file == "") != (self.tls_key_file == ""):
             raise ValueError("tls_cert_file and tls_key_file go together")
+
+    def _validate_names(self) -> None:
+        from dms.errors import DmsError
+        from dms.outputs.topics import Topics
+
+        try:  # the same rules the topics are built with: no wildcard, one level for the id
+            Topics(self.prefix[:128], self.device_id[:64] or "device")
+        except DmsError as exc:
+            raise ValueError(str(exc).removeprefix("mqtt ")) from None
+        if len(self.device_id) > 64 or len(self.prefix) > 128:
+            raise ValueError("device_id must be at most 64 characters and prefix at most 128")
+        if len(self.host) > 253 or len(self.username) > 256:
+            raise ValueError("host must be at most 253 characters and username at most 256")
+        if self.client_id and (len(self.client_id) > 64 or not self.client_id.isprintable()):
+            raise ValueError(f"client_id {self.client_id!r}: at most 64 printable characters")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dms.private import create_exclusive, distrust, private_dir, read_private
 
@@ -48,23 +47,16 @@ class SpilledAlert:
     created_wall_s: float
 
 
-def check_row(d: Any, alert_topic: str | None) -> SpilledAlert:
-    """A spilled alert row, or ValueError saying what is wrong with it."""
-    if not isinstance(d, dict):
-        raise ValueError("not a JSON object")
-    topic, payload, qos, seq = d.get("topic"), d.get("payload"), d.get("qos"), d.get("seq")
-    created = d.get("created_wall_s")
+def _check_topic(topic: object, alert_topic: str | None) -> str:
     if not isinstance(topic, str) or _WILDCARD.search(topic) or not topic:
         raise ValueError(f"topic {str(topic)[:60]!r} is not a topic name")
     if alert_topic is not None and topic != alert_topic:
         raise ValueError(f"topic {topic[:60]!r} is not this device's alert topic")
-    if qos != 1 or isinstance(qos, bool):
-        raise ValueError(f"qos {qos!r} is not 1")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        raise ValueError(f"seq {seq!r} is not a positive integer")
-    if isinstance(created, bool) or not isinstance(created, (int, float)) or \
-            not math.isfinite(created):
-        raise ValueError("created_wall_s is not a number")
+    return topic
+
+
+def _check_payload(payload: object, seq: int) -> bytes:
+    """The payload, once it names a well-formed stream and ``seq``."""
     if not isinstance(payload, str):
         raise ValueError("payload is not text")
     body = json.loads(payload)
@@ -75,10 +67,26 @@ def check_row(d: Any, alert_topic: str | None) -> SpilledAlert:
         raise ValueError(f"payload stream {str(stream)[:40]!r} is not a stream id")
     if body.get("seq") != seq:
         raise ValueError(f"payload seq {body.get('seq')!r} is not the row's seq {seq}")
-    return SpilledAlert(topic, payload.encode("utf-8"), 1, seq, float(created))
+    return payload.encode("utf-8")
 
 
-def check_event(event: Any) -> dict[str, Any]:
+def check_row(d: object, alert_topic: str | None) -> SpilledAlert:
+    """A spilled alert row, or ValueError saying what is wrong with it."""
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    topic = _check_topic(d.get("topic"), alert_topic)
+    qos, seq, created = d.get("qos"), d.get("seq"), d.get("created_wall_s")
+    if qos != 1 or isinstance(qos, bool):
+        raise ValueError(f"qos {qos!r} is not 1")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ValueError(f"seq {seq!r} is not a positive integer")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or \
+            not math.isfinite(created):
+        raise ValueError("created_wall_s is not a number")
+    return SpilledAlert(topic, _check_payload(d.get("payload"), seq), 1, seq, float(created))
+
+
+def check_event(event: object) -> dict[str, object]:
     """A spilled event that had no row yet, or ValueError."""
     if not isinstance(event, dict):
         raise ValueError("event is not a JSON object")
@@ -109,7 +117,7 @@ class SpillFile:
                       "RuntimeDirectory)", self.path.parent, why)
         return why
 
-    def write(self, rows: Iterable[SpilledAlert], events: Sequence[Mapping[str, Any]] = ()
+    def write(self, rows: Iterable[SpilledAlert], events: Sequence[Mapping[str, object]] = ()
               ) -> int:
         """Replace the file with ``rows`` and ``events``; how many were written (0 when the
         folder is not ours alone or the write failed, logged)."""
@@ -138,7 +146,7 @@ class SpillFile:
             return 0
         return len(rows) + len(events)
 
-    def read(self) -> tuple[list[SpilledAlert], list[dict[str, Any]]]:
+    def read(self) -> tuple[list[SpilledAlert], list[dict[str, object]]]:
         """The alert rows and the row-less events the file holds, each line checked (a bad
         one is logged and skipped); nothing when the folder or file is not trusted."""
         if not self.exists() or self._refused() is not None:
@@ -149,7 +157,7 @@ class SpillFile:
             log.error("spill file %s not read: %s", self.path, exc)
             return [], []
         rows: list[SpilledAlert] = []
-        events: list[dict[str, Any]] = []
+        events: list[dict[str, object]] = []
         for n, line in enumerate(text.splitlines(), start=1):
             try:
                 d = json.loads(line)
