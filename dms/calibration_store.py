@@ -25,19 +25,16 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from dms.engine.calibration import CalibrationResult, NeutralPose, calibrate_neutral
-from dms.engine.settings import EngineSettings
+from dms.engine.calibration import CalibrationResult, NeutralPose
 from dms.errors import DmsError
 from dms.geometry import nearest_rotation, rotation_from_euler
 from dms.private import FILE_MODE, private_dir
-from dms.types import Observation
 
 SCHEMA_VERSION = 1
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -163,16 +160,6 @@ def parse_calibration(text: str, path: Path) -> StoredCalibration:
         profile=str(doc.get("profile", path.stem)), created_utc=created,
         neutral=NeutralPose(R, "explicit", sample_count, spread, eye), sample_count=sample_count,
         spread_deg=spread, mount=None if mount is None else str(mount), path=path)
-
-
-def calibrate_and_store(observations: Iterable[Observation], settings: EngineSettings,
-                        state_dir: str | Path, profile: str) -> tuple[CalibrationResult, Path]:
-    """What ``dms calibrate`` and the service do: calibrate from the observations (raises
-    :class:`dms.engine.calibration.CalibrationRefused` with a reason) and store the result
-    for ``profile``. Nothing is stored on a refusal."""
-    profile_path(state_dir, profile)  # check the name before collecting anything
-    result = calibrate_neutral(observations, settings.calibration, settings.mount)
-    return result, save_calibration(state_dir, profile, result, mount=settings.mount.name)
 
 
 def list_profiles(state_dir: str | Path) -> list[str]:

@@ -179,9 +179,6 @@ class Commands:
         check_name(name)
         self._handlers[name] = handler
 
-    def has(self, name: str) -> bool:
-        return name in self._handlers
-
     def refuse(self, origin: str, name: str, request_id: str | None, why: str
                ) -> dict[str, object]:
         """The reply refusing ``name`` (authentication failed before it could run)."""

@@ -59,7 +59,6 @@ class Replay:
     frames: int = 0
     faces: int = 0
     calibrated_at_s: float | None = None  # when the neutral became known (None: never)
-    video_codec: str | None = None  # fourcc of the annotated video written
 
     def add(self, t_s: float, face: bool, result: StepResult, keep_samples: bool) -> None:
         """One step's result."""
@@ -96,11 +95,6 @@ def _number(value: str, column: str, where: str) -> float:
     from dms.settings import parse_number
 
     return parse_number(value, column, where, InputError)
-
-
-def read_poses_csv(path: Path) -> list[Any]:
-    """All observations of a poses CSV (see :func:`iter_poses_csv`)."""
-    return list(iter_poses_csv(path))
 
 
 def iter_poses_csv(path: Path) -> Generator[Any, None, None]:
@@ -303,8 +297,8 @@ def replay_video(
             if out_video is not None:
                 img = annotator.frame(frame.image, fr.face, result)
                 if writer is None:
-                    writer, res.video_codec = open_writer(out_video, video_fps(str(video)),
-                                                          img.shape[1::-1])
+                    writer, _ = open_writer(out_video, video_fps(str(video)),
+                                            img.shape[1::-1])
                 writer.write(img)
             if on_frame is not None:
                 on_frame(res.frames)

@@ -268,10 +268,6 @@ class OnlineNeutral:
         self._refresh_at_s = 0.0
 
     @property
-    def learned_s(self) -> float:
-        return self._learned_s
-
-    @property
     def ready(self) -> bool:
         return self._learned_s >= self.settings.online_refine_min_s
 
@@ -367,11 +363,6 @@ class DominantPoseNeutral:
     @property
     def settled(self) -> bool:
         return self._settled
-
-    @property
-    def learned_s(self) -> float:
-        """Learned weight (seconds, time-decayed)."""
-        return self._total
 
     @property
     def dominance(self) -> float:

@@ -460,12 +460,6 @@ class Buzzer:
             self._mutes[-1] = (self._mutes[-1][0], now)
         self._muted_until_s = -math.inf
 
-    def unmute(self, now_s: float | None = None) -> None:
-        now = self._clock() if now_s is None else now_s
-        with self._lock:
-            self._end_mute(now)
-        self._wake.set()
-
     def silence(self) -> None:
         """Stop the current pattern; the buzzer thread switches the line off."""
         with self._lock:

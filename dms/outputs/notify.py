@@ -106,7 +106,6 @@ class Watchdog:
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self._last_frame_s: float | None = None
         self._last_ping_s: float | None = None
-        self.pings = 0
         if self.timeout_s is None:
             log.debug("sd_notify: no WATCHDOG_USEC; watchdog pings are no-ops")
 
@@ -143,7 +142,4 @@ class Watchdog:
         if self._last_ping_s is not None and now_s - self._last_ping_s < self.timeout_s / 4:
             return False
         self._last_ping_s = now_s
-        if self.notifier.watchdog():
-            self.pings += 1
-            return True
-        return False
+        return self.notifier.watchdog()

@@ -44,14 +44,10 @@ from dms.engine.settings import EngineSettings, GlanceZone
 from dms.geometry import euler_from_rotation, rotation_from_euler
 from dms.sim.script import (
     AWAY_TARGET,
-    BLINK_S,
     CLOSE_DROOP_DEG,
-    EYE_MAX_PITCH_DEG,
-    EYE_MAX_YAW_DEG,
     FACE_VISIBLE_MAX_DEG,
     GLANCE_LOST_BEYOND_DEG,
     NOD_DEPTH_DEG,
-    YAWN_PITCH_DEG,
     Expectation,
     FaceTruth,
     Step,
@@ -210,30 +206,10 @@ class ScenarioBuilder:
         """No face at all (camera blocked, driver out of view) while frontal."""
         return self._add("lost", duration_s)
 
-    def blink(self) -> ScenarioBuilder:
-        """One blink (``BLINK_S``), head at the road."""
-        return self._add("blink", BLINK_S, eyes=_eye_step("blink", BLINK_S))
-
     def close(self, duration_s: float, droop_deg: float = CLOSE_DROOP_DEG) -> ScenarioBuilder:
         """Eyes shut for ``duration_s``; the head droops ``droop_deg``."""
         return self._add("close", duration_s, pitch_deg=-droop_deg,
                          eyes=_eye_step("close", duration_s))
-
-    def yawn(self, duration_s: float, eyes_closed: bool = False,
-             tilt_deg: float = YAWN_PITCH_DEG) -> ScenarioBuilder:
-        """A yawn: mouth wide open, head tilted back ``tilt_deg``; ``eyes_closed``: shut
-        through the hold."""
-        return self._add("yawn", duration_s, pitch_deg=tilt_deg,
-                         eyes=_eye_step("yawn", duration_s, value=float(eyes_closed)))
-
-    def look(self, target: str | tuple[float, float], duration_s: float) -> ScenarioBuilder:
-        """An eyes-only glance to a zone or (yaw_inboard, pitch): the head stays at the road,
-        the eyes turn (clamped to ``EYE_MAX_YAW_DEG`` / ``EYE_MAX_PITCH_DEG``)."""
-        yaw, pitch = self.target_deg(target)
-        yaw = max(-EYE_MAX_YAW_DEG, min(EYE_MAX_YAW_DEG, yaw))
-        pitch = max(-EYE_MAX_PITCH_DEG, min(EYE_MAX_PITCH_DEG, pitch))
-        return self._add("look", duration_s, target=str(target), yaw_inboard_deg=yaw,
-                         pitch_deg=pitch, eyes=_eye_step("look", duration_s, yaw, pitch))
 
     def sunglasses(self, on: bool) -> ScenarioBuilder:
         """From now on the eyes are (not) hidden behind dark glasses."""
