@@ -24,24 +24,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from dms.engine.calibration import CalibrationResult, NeutralPose, calibrate_neutral
-from dms.engine.settings import EngineSettings
+from dms.engine.calibration import CalibrationResult, NeutralPose
 from dms.errors import DmsError
 from dms.geometry import nearest_rotation, rotation_from_euler
-from dms.types import Observation
+from dms.private import FILE_MODE, private_dir
 
 SCHEMA_VERSION = 1
-FILE_MODE = 0o640
-DIR_CLEAR_BITS = 0o027  # removed from our directories' modes: group write, all of others
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -70,14 +65,6 @@ def profile_path(state_dir: str | Path, profile: str) -> Path:
     return Path(state_dir) / "calibration" / f"{profile}.json"
 
 
-def _private_dir(directory: Path) -> None:
-    """Create ``directory`` 0750; one we own loses group write and every bit for others."""
-    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-    st = directory.stat()
-    if st.st_uid == os.geteuid() and st.st_mode & DIR_CLEAR_BITS:
-        os.chmod(directory, stat.S_IMODE(st.st_mode) & ~DIR_CLEAR_BITS)
-
-
 def save_calibration(state_dir: str | Path, profile: str, result: CalibrationResult, *,
                      mount: str | None = None, now: datetime | None = None) -> Path:
     """Store ``result`` as ``profile`` atomically; returns the file's path."""
@@ -101,8 +88,8 @@ def save_calibration(state_dir: str | Path, profile: str, result: CalibrationRes
         else round(result.neutral.eye_openness, 4),
     }
     try:
-        _private_dir(Path(state_dir))
-        _private_dir(path.parent)
+        private_dir(Path(state_dir))
+        private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{profile}.", suffix=".tmp", dir=path.parent)
         try:
             os.fchmod(fd, FILE_MODE)
@@ -173,16 +160,6 @@ def parse_calibration(text: str, path: Path) -> StoredCalibration:
         profile=str(doc.get("profile", path.stem)), created_utc=created,
         neutral=NeutralPose(R, "explicit", sample_count, spread, eye), sample_count=sample_count,
         spread_deg=spread, mount=None if mount is None else str(mount), path=path)
-
-
-def calibrate_and_store(observations: Iterable[Observation], settings: EngineSettings,
-                        state_dir: str | Path, profile: str) -> tuple[CalibrationResult, Path]:
-    """What ``dms calibrate`` and the service do: calibrate from the observations (raises
-    :class:`dms.engine.calibration.CalibrationRefused` with a reason) and store the result
-    for ``profile``. Nothing is stored on a refusal."""
-    profile_path(state_dir, profile)  # check the name before collecting anything
-    result = calibrate_neutral(observations, settings.calibration, settings.mount)
-    return result, save_calibration(state_dir, profile, result, mount=settings.mount.name)
 
 
 def list_profiles(state_dir: str | Path) -> list[str]:

@@ -348,11 +348,16 @@ class FrameSource:
         through the back-off and ``restored`` once it opens again. A camera missing at start
         is lost from the start: the caller keeps running and monitoring begins when it
         appears."""
+        start = self._clock()
+
+        def clock() -> float:  # the run's clock: seconds since the source was started
+            return self._clock() - start
+
         reader: LatestFrameReader | None = None
         try:
-            reader = self._open_reader()
+            reader = self._open_reader(clock)
         except DmsError as exc:
-            yield SourceStatus(self._clock(), "lost", str(exc))
+            yield SourceStatus(clock(), "lost", str(exc))
         backoff = self.cfg.reconnect_min_s
         try:
             while not stop.is_set():
@@ -364,27 +369,27 @@ class FrameSource:
                         continue
                     why = "stream ended" if reader.failed else (
                         f"no frame for {self.cfg.frame_timeout_s:g} s")
-                    yield SourceStatus(self._clock(), "lost", f"{self.cfg.source}: {why}")
+                    yield SourceStatus(clock(), "lost", f"{self.cfg.source}: {why}")
                     reader.close()
                     reader = None
                 log.warning("camera %s unavailable; reopening in %.1f s", self.cfg.source,
                             backoff)
-                until = self._clock() + backoff
-                while (left := until - self._clock()) > 0:
+                until = clock() + backoff
+                while (left := until - clock()) > 0:
                     if stop.wait(min(left, self.HEARTBEAT_S)):
                         return
-                    yield SourceStatus(self._clock(), "waiting", self.cfg.source)
+                    yield SourceStatus(clock(), "waiting", self.cfg.source)
                 backoff = min(backoff * 2.0, self.cfg.reconnect_max_s)
                 try:
-                    reader = self._open_reader()
+                    reader = self._open_reader(clock)
                 except DmsError as exc:
                     log.debug("camera %s: %s", self.cfg.source, exc)
                     continue
                 self.reconnects += 1
-                yield SourceStatus(self._clock(), "restored", self.cfg.source)
+                yield SourceStatus(clock(), "restored", self.cfg.source)
         finally:
             if reader is not None:
                 reader.close()
 
-    def _open_reader(self) -> LatestFrameReader:
-        return LatestFrameReader(self.cfg.source, opener=self._opener, clock=self._clock)
+    def _open_reader(self, clock: Callable[[], float]) -> LatestFrameReader:
+        return LatestFrameReader(self.cfg.source, opener=self._opener, clock=clock)

@@ -25,7 +25,13 @@ from dms.engine.settings import EngineSettings
 from dms.errors import DmsError
 from dms.outputs.settings import BuzzerSettings, MqttSettings
 from dms.preview.settings import PreviewSettings
-from dms.settings import load_settings, parse_toml, read_text_file
+from dms.settings import (
+    check_range,
+    did_you_mean,
+    load_settings,
+    parse_toml,
+    read_text_file,
+)
 from dms.vision.settings import (
     DetectorSettings,
     EyeSettings,
@@ -33,6 +39,8 @@ from dms.vision.settings import (
     RuntimeSettings,
     TrackingSettings,
 )
+
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file is a few kB
 
 
 class ConfigError(DmsError):
@@ -65,10 +73,14 @@ class CameraSettings:
     reconnect_max_s: float = field(default=30.0, metadata={"doc": "longest reconnect back-off"})
 
     def validate(self) -> None:
-        if not self.source.strip():
-            raise ValueError("source must not be empty")
-        if self.frame_timeout_s <= 0 or not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("need frame_timeout_s > 0 and 0 < reconnect_min_s <= reconnect_max_s")
+        if not self.source.strip() or len(self.source) > 4096:
+            raise ValueError("source must be 1-4096 characters")
+        check_range("width", self.width, 0, 16384)
+        check_range("height", self.height, 0, 16384)
+        check_range("fps", self.fps, 0.0, 1000.0)
+        check_range("frame_timeout_s", self.frame_timeout_s, 0.0, 60.0, low_open=True)
+        check_range("reconnect_min_s", self.reconnect_min_s, 0.0, 60.0, low_open=True)
+        check_range("reconnect_max_s", self.reconnect_max_s, self.reconnect_min_s, 600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +123,10 @@ class ServiceSettings:
     )
 
     def validate(self) -> None:
-        if self.state_interval_s <= 0 or self.stop_drain_timeout_s < 0 or self.calibration_s <= 0:
-            raise ValueError("intervals must be positive")
+        check_range("state_interval_s", self.state_interval_s, 0.0, 3600.0, low_open=True)
+        check_range("stop_drain_timeout_s", self.stop_drain_timeout_s, 0.0, 60.0)
+        check_range("stop_deadline_s", self.stop_deadline_s, 0.0, 300.0, low_open=True)
+        check_range("calibration_s", self.calibration_s, 0.0, 60.0, low_open=True)
         if self.stop_deadline_s <= self.stop_drain_timeout_s:
             raise ValueError("stop_deadline_s must be greater than stop_drain_timeout_s")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.profile):
@@ -138,7 +152,8 @@ def parse_config(text: str, where: str = "config") -> Config:
     unknown = sorted(set(data) - known)
     if unknown:
         names = ", ".join(sorted(known))
-        raise ConfigError(f"{where}: unknown section [{unknown[0]}] (known: {names})")
+        raise ConfigError(f"{where}: unknown section [{unknown[0]}]"
+                          f"{did_you_mean(unknown[0], known)} (known: {names})")
     try:
         cfg = load_settings(Config, data, "")
     except DmsError as exc:
@@ -150,7 +165,8 @@ def load_config(path: str | Path | None) -> Config:
     """The configuration from ``path`` (None: all defaults)."""
     if path is None:
         return Config()
-    return parse_config(read_text_file(path, "configuration file", ConfigError), str(path))
+    return parse_config(read_text_file(path, "configuration file", ConfigError,
+                                       max_bytes=MAX_CONFIG_BYTES), str(path))
 
 
 def state_dir(cfg: Config, environ: Mapping[str, str] | None = None) -> Path:

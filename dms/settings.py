@@ -130,7 +130,8 @@ def load_settings(cls: type[T], mapping: Mapping[str, Any] | None, where: str = 
     if unknown:
         known = ", ".join(sorted(fields))
         raise SettingsError(
-            f"{where + '.' if where else ''}{unknown[0]}: unknown setting (known: {known})"
+            f"{where + '.' if where else ''}{unknown[0]}: unknown setting"
+            f"{did_you_mean(unknown[0], fields)} (known: {known})"
         )
     kwargs = {}
     for name, value in mapping.items():
@@ -146,6 +147,18 @@ def load_settings(cls: type[T], mapping: Mapping[str, Any] | None, where: str = 
         except ValueError as exc:
             raise SettingsError(f"{where or cls.__name__}: {exc}") from None
     return obj
+
+
+def did_you_mean(word: str, known: typing.Iterable[str]) -> str:
+    """``"; did you mean long_glance_s?"`` for the known name nearest ``word`` (a typo, a
+    missing unit suffix), or ``""`` when none is near."""
+    import difflib
+
+    names = list(known)
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if not close:  # a missing or extra suffix: long_glance -> long_glance_s
+        close = [n for n in names if n.startswith(word) or word.startswith(n)][:1]
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def settings_to_dict(obj: Any) -> Any:
@@ -179,16 +192,51 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-def read_text_file(path: str | Path, what: str, error: type[DmsError] = SettingsError) -> str:
+def check_range(name: str, value: float, low: float, high: float, *,
+                low_open: bool = False) -> None:
+    """ValueError ``"<name> <value> must be in [low, high]"`` (``low_open``: ``(low, high]``)
+    unless ``value`` is finite and within: the one wording of every range error."""
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        raise ValueError(f"{name} {value!r} must be in {'(' if low_open else '['}{low:g}, "
+                         f"{high:g}]")
+
+
+MAX_TEXT_FILE_BYTES = 256 << 20  # ground-truth tables; a configuration gets far less
+
+
+def read_text_file(path: str | Path, what: str, error: type[DmsError] = SettingsError,
+                   max_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
     """The text of ``path``, or ``error`` saying ``"<path>: <what> not found"`` or why it
-    cannot be read."""
+    cannot be read: only a regular file (a FIFO would hang, a device never end) of at most
+    ``max_bytes``."""
+    import os
+    import stat
+
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise error(f"{p}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"{p}: cannot read {what} ({exc})") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{p}: {what} is not a regular file")
+        if st.st_size > max_bytes:
+            raise error(f"{p}: {what} has {st.st_size} bytes, more than {max_bytes}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise error(f"{p}: {what} is larger than {max_bytes} bytes")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: cannot read {what} (not UTF-8: {exc.reason})") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
 
 
 def parse_toml(

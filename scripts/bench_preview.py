@@ -66,7 +66,7 @@ def free_port() -> int:
 def one_run(clip: Path, state: Path, case: str, warmup_s: float, window_s: float) -> dict:
     from dms.capture import FrameSource
     from dms.config import Config
-    from dms.service import Service
+    from dms.service import build_service
 
     port = free_port()
     cfg = Config()
@@ -74,7 +74,7 @@ def one_run(clip: Path, state: Path, case: str, warmup_s: float, window_s: float
                   mqtt=replace(cfg.mqtt, enabled=False),
                   service=replace(cfg.service, state_dir=str(state)),
                   preview=replace(cfg.preview, enabled=case != "off", port=port))
-    svc = Service(cfg, environ={"DMS_PREVIEW_TOKEN": TOKEN}, preview_required=True)
+    svc = build_service(cfg, environ={"DMS_PREVIEW_TOKEN": TOKEN}, preview_required=True)
     runner = threading.Thread(target=svc.run, kwargs={"source": FrameSource(cfg.camera)},
                               daemon=True)
     runner.start()

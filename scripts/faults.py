@@ -1,6 +1,8 @@
-"""Fault injection against the real service and a real mosquitto: every fault of issue 13,
-one row each, with the alerts raised, delivered, lost and duplicated, the ``(stream, seq)``
-pairs that named two different alerts, and the recovery time.
+"""Fault injection against the real service and a real mosquitto: every fault of issues 13
+and 21, one row each, with the alerts raised, delivered, lost and duplicated, the
+``(stream, seq)`` pairs that named two different alerts, the recovery time, and the delay
+from an alert's raise to the buzzer thread switching the line on (p50 / p99: the worst of
+the row's processes; from the ``summary:`` line ``dms run`` logs at exit).
 
     python scripts/faults.py --out out/faults --md docs/_bench_faults.md [--only NAME ...]
 
@@ -51,6 +53,23 @@ class Row:
     receipts: list[tuple[str, int, str]] = field(default_factory=list)  # stream, seq, id
     recovery_s: float | None = None
     note: str = ""
+    audible: int = 0  # records printed that sound the buzzer (level >= 2, not cleared)
+    sound_p50_ms: list[float] = field(default_factory=list)  # per process of the row
+    sound_p99_ms: list[float] = field(default_factory=list)
+    sounded: int = 0
+
+    def read_summaries(self, log: Path) -> None:
+        """The raise-to-sound figures of every ``dms run`` summary line in ``log``."""
+        if not log.exists():
+            return
+        for line in log.read_text(errors="replace").splitlines():
+            if "summary: " not in line:
+                continue
+            kv = dict(w.split("=", 1) for w in line.split("summary: ", 1)[1].split() if "=" in w)
+            self.sounded += int(kv.get("buzzer_sounded", 0))
+            if "raise_to_sound_p50_ms" in kv:
+                self.sound_p50_ms.append(float(kv["raise_to_sound_p50_ms"]))
+                self.sound_p99_ms.append(float(kv["raise_to_sound_p99_ms"]))
 
     def result(self) -> dict[str, Any]:
         delivered = {r[2] for r in self.receipts}
@@ -63,6 +82,9 @@ class Row:
                 "duplicates": len(self.receipts) - len(set(self.receipts)),
                 "reused_stream_seq": sum(len(ids) > 1 for ids in pairs.values()),
                 "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 2),
+                "sounded": self.sounded,
+                "sound_p50_ms": max(self.sound_p50_ms) if self.sound_p50_ms else None,
+                "sound_p99_ms": max(self.sound_p99_ms) if self.sound_p99_ms else None,
                 "note": self.note}
 
 
@@ -79,7 +101,7 @@ class Harness:
         state = state or self.out / name / "state"
         camera = camera or f'source = "{self.clip}"\nloop = true'
         text = (f'[service]\nstate_dir = "{state}"\nstate_interval_s = 0.5\n'
-                "stop_drain_timeout_s = 10\n"
+                "stop_drain_timeout_s = 10\nstop_deadline_s = 20\n"
                 f"[camera]\n{camera}\n"
                 f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
                 f'device_id = "{name}"\nkeepalive_s = 5\n')
@@ -103,17 +125,27 @@ class Harness:
                     row.receipts.append((doc["stream"], doc["seq"], doc["event"]["event_id"]))
             sub.close()
 
-    def start(self, cfg: Path, row: Row, *extra: str) -> subprocess.Popen[str]:
+    def start(self, cfg: Path, row: Row, *extra: str, env: dict[str, str] | None = None,
+              nofile: int | None = None) -> subprocess.Popen[str]:
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         proc = subprocess.Popen([sys.executable, "-m", "dms", "run", "--config", str(cfg),
                                  "--print-events", *extra], stdout=subprocess.PIPE,
                                 stderr=open(cfg.parent / "service.log", "a"),  # noqa: SIM115
-                                text=True)
+                                text=True, env=env, preexec_fn=limit)
 
         def read() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
                 with contextlib.suppress(ValueError, KeyError):
-                    row.raised.add(json.loads(line)["event_id"])
+                    rec = json.loads(line)
+                    row.raised.add(rec["event_id"])
+                    if rec.get("level", 0) >= 2 and rec.get("phase") != "cleared":
+                        row.audible += 1
 
         threading.Thread(target=read, daemon=True).start()
         return proc
@@ -360,16 +392,21 @@ def in_process(h: Harness, name: str, what: str,
     """The real Service in this process, frames from a scripted source (a camera stand-in),
     alerts through the real MQTT path to the broker."""
     from dms.config import load_config
-    from dms.service import Service
+    from dms.service import build_service
 
     row = Row(name, what)
     cfg = load_config(h.config(name))
     with h.subscriber(row) as sub:
         t0 = time.time()
-        svc = Service(cfg, on_event=lambda rec: row.raised.add(rec["event_id"]))
+        svc = build_service(cfg, on_event=lambda rec: row.raised.add(str(rec["event_id"])))
         source = make_source(cfg)
         svc.run(source=source)
         row.recovery_s = getattr(source, "recovery_s", None)
+        delays = sorted(1e3 * d for d in svc.buzzer.sound_delays_s())
+        row.sounded = len(delays)
+        if delays:
+            row.sound_p50_ms.append(delays[len(delays) // 2])
+            row.sound_p99_ms.append(delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))])
         row.note = (f"{svc.frames} frames, {svc.monitor.bad_frames if svc.monitor else 0} "
                     f"skipped, loop errors {svc.loop_errors}")
         wait_for(lambda: {json.loads(p)["event"]["event_id"] for t, p in sub.messages
@@ -470,6 +507,186 @@ def camera_lost_source(clip: Path) -> Callable[[Any], Any]:
     return make
 
 
+# ----------------------------------------------------------------------- issue 21's faults
+
+SOUNDS = 6  # audible alert records (level >= 2) each fault lasts for, for the delay figures
+
+
+def _row_with(h: Harness, name: str, what: str, fault: Callable[[Row, Collector], str],
+              sections: dict[str, str] | None = None, env: dict[str, str] | None = None,
+              nofile: int | None = None, state: Path | None = None) -> dict[str, Any]:
+    """Start the service, let it raise two alerts, run ``fault`` (it returns a note) while
+    alerts go on, stop, drain, and read the raise-to-sound figures from the log."""
+    row = Row(name, what)
+    cfg = h.config(name, state, **(sections or {}))
+    with h.subscriber(row) as sub:
+        proc = h.start(cfg, row, env=env, nofile=nofile)
+        wait_for(lambda: len(row.raised) >= 2, 120)
+        row.note = fault(row, sub)
+        h.stop(proc)
+        drain(h, row, sub, cfg)
+    row.read_summaries(cfg.parent / "service.log")
+    return row.result()
+
+
+def preview_flood(h: Harness) -> dict[str, Any]:
+    """1,100 idle connections without a token to the preview of a process limited to 1,024
+    descriptors, while alerts sound through a buzzer hook."""
+    import resource
+    import socket
+
+    from broker import free_port
+
+    port = free_port()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # this harness needs > 1,100 itself
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    env = {**os.environ, "DMS_PREVIEW_TOKEN": "faults-" + "p" * 24}
+
+    def fault(row: Row, sub: Collector) -> str:
+        idle: list[socket.socket] = []
+        try:
+            for _ in range(1100):
+                try:
+                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                except OSError:
+                    break
+            a = row.audible
+            wait_for(lambda: row.audible >= a + SOUNDS, 600)  # alerts sound meanwhile
+            ok = _status_answers(port, env["DMS_PREVIEW_TOKEN"])
+        finally:
+            for s in idle:
+                s.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return f"{len(idle)} idle connections; status answered: {ok}"
+
+    return _row_with(h, "previewflood", "1,100 idle preview connections, 1,024 descriptors",
+                     fault, {"preview": f"enabled = true\nport = {port}",
+                             "buzzer": 'backend = "command"\ncommand_on = ["true"]\n'
+                                       'command_off = ["true"]'}, env=env, nofile=1024)
+
+
+def _status_answers(port: int, token: str) -> bool:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/api/status", headers={"Authorization": f"Bearer {token}"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def slow_hook(h: Harness) -> dict[str, Any]:
+    """Buzzer hooks that take 1.5 s each (on and off)."""
+    slow = f'["{sys.executable}", "-c", "import time; time.sleep(1.5)"]'
+
+    def fault(row: Row, sub: Collector) -> str:
+        a = row.audible
+        wait_for(lambda: row.audible >= a + SOUNDS, 600)
+        return "hooks of 1.5 s on and off"
+
+    return _row_with(h, "slowhook", "buzzer hooks taking 1.5 s (on and off)", fault,
+                     {"buzzer": f'backend = "command"\ncommand_on = {slow}\n'
+                                f"command_off = {slow}\ncommand_timeout_s = 5.0"})
+
+
+def frozen_disk(h: Harness) -> dict[str, Any]:
+    """The state directory's file system frozen (fsfreeze) for 15 s while alerts come."""
+    row = Row("frozendisk", "state directory frozen 15 s (fsfreeze)")
+    mnt = h.out / "frozendisk" / "mnt"
+    image = h.out / "frozendisk" / "fs.img"
+    mnt.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True,
+                          text=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)],
+                             capture_output=True, text=True) if made.returncode == 0 else made
+    if mounted.returncode != 0:
+        row.note = f"skipped: cannot loop-mount an ext4 image here ({mounted.stderr.strip()})"
+        return row.result()
+
+    def fault(row: Row, sub: Collector) -> str:
+        n = len(row.raised)
+        subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < 15.0:
+                time.sleep(0.2)
+            during = len(row.raised) - n
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(mnt)], check=True)
+        t1 = time.time()
+        row.recovery_s = recovery_s(sub, t1)
+        wait_for(lambda: len(row.raised) >= n + during + 1, 120)
+        for _ in range(3):  # three more freezes, so that more alerts sound during one
+            a = row.audible
+            subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)
+            try:
+                wait_for(lambda a=a: row.audible >= a + 2, 120)  # type: ignore[misc]
+            finally:
+                subprocess.run(["fsfreeze", "-u", str(mnt)], check=True)
+        return f"{during} alert records raised during the first 15 s freeze"
+
+    try:
+        return _row_with(h, "frozendisk", row.fault, fault, state=mnt / "state")
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def command_flood(h: Harness) -> dict[str, Any]:
+    """1,000 unsigned commands a second (for 10 s, and until SOUNDS alerts sounded), a signed
+    `state` in the middle, and a SIGTERM while the flood goes on."""
+    import paho.mqtt.client as mqtt
+
+    from dms.outputs.command_auth import sign_command
+
+    key = "faults-" + "k" * 32
+    name = "cmdflood"
+    row = Row(name, "1,000 unsigned commands a second, a signed state, SIGTERM in the flood")
+    cfg = h.config(name)
+    env = {**os.environ, "DMS_COMMAND_KEY": key}
+    with h.subscriber(row) as sub:
+        proc = h.start(cfg, row, env=env)
+        wait_for(lambda: len(row.raised) >= 2, 120)
+        flood = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="faults-flood")
+        flood.connect("127.0.0.1", h.broker.port)
+        flood.loop_start()
+        topic = f"dms/{name}/cmd/mute"
+        t_state = t_reply = None
+        try:
+            t0 = time.monotonic()
+            sent, a = 0, row.audible
+            while time.monotonic() - t0 < 10.0 or (row.audible < a + SOUNDS and
+                                                    time.monotonic() - t0 < 600):
+                for _ in range(100):
+                    flood.publish(topic, b'{"duration_s": 600}', qos=0)
+                    sent += 1
+                if t_state is None and time.monotonic() - t0 > 5.0:
+                    t_state = time.monotonic()
+                    flood.publish(f"dms/{name}/cmd/state", sign_command(
+                        key.encode(), name, "state", request_id="through"), qos=1)
+                if t_reply is None and any(t.endswith("/reply") and b"through" in p
+                                           for t, p in sub.messages):
+                    t_reply = time.monotonic()
+                time.sleep(max(0.0, t0 + sent / 1000.0 - time.monotonic()))
+            code = h.stop(proc)  # SIGTERM while the last of the flood is still arriving
+        finally:
+            flood.loop_stop()
+            flood.disconnect()
+        replies = sum(t.endswith("/reply") for t, _ in sub.messages)
+        took = "-" if t_state is None or t_reply is None else f"{t_reply - t_state:.2f} s"
+        row.note = (f"{sent} sent; {replies} reply (the signed state, in {took}); "
+                    f"exit {code} after SIGTERM")
+        drain(h, row, sub, cfg)
+    row.read_summaries(cfg.parent / "service.log")
+    return row.result()
+
+
 FAULTS: dict[str, Callable[[Harness], dict[str, Any]]] = {
     "bad_frames": lambda h: in_process(h, "badframes", "GRAY8, 0x0, BGRA, NaN and 5-channel "
                                        "frames mixed into the drive", bad_frames_source(h.clip)),
@@ -493,17 +710,34 @@ FAULTS: dict[str, Callable[[Harness], dict[str, Any]]] = {
                                               "on the broker, then a start", retained=True),
     "unsigned_command": lambda h: command_row(h, "unsigned", "an unsigned mute while "
                                               "running", retained=False),
+    "preview_flood": preview_flood,
+    "slow_hook": slow_hook,
+    "frozen_disk": frozen_disk,
+    "command_flood": command_flood,
 }
+
+
+def with_sound(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A row's raise-to-sound figures from its processes' logs, when it has none yet."""
+    if result["sound_p99_ms"] is None:
+        row = Row(result["fault"], result["what"])
+        row.read_summaries(out / result["fault"] / "service.log")
+        result |= {k: v for k, v in row.result().items()
+                   if k in ("sounded", "sound_p50_ms", "sound_p99_ms")}
+    return result
 
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     lines = [f"Machine: {machine}. Command: `python scripts/faults.py`.", "",
              "| fault | raised | delivered | lost | duplicates | (stream, seq) reused | "
-             "recovery | note |", "|---|---|---|---|---|---|---|---|"]
+             "recovery | raise to buzzer p50 / p99 (sounded) | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f} s"
+        sound = ("-" if r["sound_p99_ms"] is None else
+                 f"{r['sound_p50_ms']:.1f} / {r['sound_p99_ms']:.1f} ms ({r['sounded']})")
         lines.append(f"| {r['what']} | {r['raised']} | {r['delivered']} | **{r['lost']}** | "
-                     f"{r['duplicates']} | **{r['reused_stream_seq']}** | {rec} | "
+                     f"{r['duplicates']} | **{r['reused_stream_seq']}** | {rec} | {sound} | "
                      f"{r['note']} |")
     return "\n".join(lines) + "\n"
 
@@ -524,7 +758,7 @@ def main() -> int:
     try:
         for name in args.only or list(FAULTS):
             print(f"faults: {name} ...", file=sys.stderr, flush=True)
-            rows.append(FAULTS[name](h))
+            rows.append(with_sound(FAULTS[name](h), args.out))
             print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     finally:
         h.broker.stop()

@@ -43,7 +43,7 @@ if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ] && [ "$DRY_RUN" = 0 ]; then
     echo "install.sh: run as root (or stage with --prefix DIR / DESTDIR=DIR, or --dry-run)" >&2
     exit 1
 fi
-for f in dms.service 99-dms-gpio.rules dms.example.toml; do
+for f in dms.service dms-failed.service 99-dms-gpio.rules dms.example.toml; do
     [ -f "$SRC/$f" ] || { echo "install.sh: missing $SRC/$f" >&2; exit 1; }
 done
 
@@ -113,6 +113,7 @@ install_once() {
 }
 
 install_file "$SRC/dms.service" "$ETC/systemd/system/dms.service" 0644
+install_file "$SRC/dms-failed.service" "$ETC/systemd/system/dms-failed.service" 0644
 install_file "$SRC/99-dms-gpio.rules" "$ETC/udev/rules.d/99-dms-gpio.rules" 0644
 install_file "$SRC/dms.example.toml" "$ETC/dms/dms.example.toml" 0644
 install_once "$SRC/dms.example.toml" "$ETC/dms/dms.toml" 0640

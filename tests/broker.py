@@ -146,10 +146,15 @@ class Collector:
         self.client.reconnect_delay_set(1, 1)
         if user:
             self.client.username_pw_set(user, f"{user}-pw")
+        self.subscribed = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        # what is published from here on reaches it (a message the broker gets before the
+        # SUBACK is not delivered to a new session): wait for the subscription, not a race
+        self.subscribed.wait(10)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         with self._cond:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from dms.outputs.buzzer import (
     BeepPattern,
     Buzzer,
     BuzzerSettings,
+    BuzzerThread,
     CommandLine,
     GpiodLine,
     JetsonGpioLine,
@@ -99,7 +102,8 @@ def test_mute_silences_now_and_is_bounded() -> None:
     buzzer.alert(1, now_s=0.0)
     assert buzzer.update(0.1)
     buzzer.mute(5.0, now_s=0.2)
-    assert line.writes[-1] is False  # off at once
+    assert line.writes[-1] is True  # mute only states what is wanted ...
+    assert not buzzer.update(0.2) and line.writes[-1] is False  # ... the buzzer thread writes
     assert not trace(buzzer, 0.2, 5.2).any()
     assert buzzer.update(6.1)  # the pattern resumes after the mute
     with pytest.raises(ValueError, match="60"):
@@ -113,6 +117,8 @@ def test_mute_silences_now_and_is_bounded() -> None:
 def test_force_off_and_close_switch_the_line_off() -> None:
     buzzer, line = make()
     buzzer.alert(3, now_s=0.0)
+    assert line.writes == []  # the buzzer thread writes the line, not the caller
+    buzzer.update(0.0)
     assert line.writes == [True]
     buzzer.force_off()
     assert line.writes[-1] is False
@@ -171,7 +177,7 @@ def test_settings_pick_the_backend_and_validate() -> None:
         load_settings(BuzzerSettings, {"backend": "gpiod"}, "buzzer")
     with pytest.raises(SettingsError, match="buzzer.backend"):
         load_settings(BuzzerSettings, {"backend": "pwm"}, "buzzer")
-    with pytest.raises(SettingsError, match="durations"):
+    with pytest.raises(SettingsError, match=r"on_off_s duration -1.0 must be in \[0, 60\]"):
         load_settings(BuzzerSettings, {"patterns": {"1": {"on_off_s": [-1.0]}}}, "buzzer")
     buzzer = open_buzzer(BuzzerSettings(), register_atexit=False)
     buzzer.alert(2, now_s=0.0)
@@ -237,6 +243,7 @@ def test_a_failed_off_is_retried_until_it_succeeds(tmp_path: Path) -> None:
     settings = BuzzerSettings(backend="command", command_on=tuple(on), command_off=tuple(off))
     buzzer = open_buzzer(settings, register_atexit=False)
     buzzer.alert(2, now_s=0.0)
+    buzzer.update(0.0)
     assert buzzer.is_on
     buzzer.force_off()  # fails (1)
     t = 1.0
@@ -246,3 +253,88 @@ def test_a_failed_off_is_retried_until_it_succeeds(tmp_path: Path) -> None:
     assert count.read_text() == "3" and not buzzer.is_on
     buzzer.update(t + 5.0)
     assert count.read_text() == "3"  # once off, no more retries
+
+
+class HangingLine(RecordingLine):
+    """A line whose writes hang until ``release`` is set (a slow or hung hook), recording
+    the thread each write ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.threads: list[str] = []
+
+    def set(self, on: bool) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.release.wait(30)
+        self.writes.append(on)
+
+
+def test_the_loops_calls_only_state_the_wanted_buzzer_and_its_thread_writes_the_line() -> None:
+    """issue 21, fault 2: a hook taking 1.5 s blocked the frame loop 1.5 s on alert() and
+    2.5 s on silence(). Now alert, silence and mute return while the line hangs, and every
+    write runs on the buzzer's own thread."""
+    line = HangingLine()
+    buzzer = Buzzer(BuzzerSettings(), line, register_atexit=False)
+
+    def loop() -> None:  # what the frame loop and the command handlers call
+        buzzer.alert(2)
+        buzzer.silence()
+        buzzer.alert(3)
+        buzzer.mute(10.0)
+
+    caller = threading.Thread(target=loop, name="frame-loop")
+    caller.start()
+    caller.join(timeout=10)  # a liveness bound: the line hangs for 30 s
+    returned = not caller.is_alive()
+    line.release.set()
+    caller.join()
+    assert returned, "the loop waited for the buzzer line"
+    assert line.threads == []  # nothing was written from the loop's thread
+    line.release.clear()
+    worker = BuzzerThread(buzzer).start()
+    for _ in range(500):  # the buzzer thread picks the wanted state up and writes it
+        if line.threads:
+            break
+        time.sleep(0.01)
+    line.release.set()
+    for _ in range(500):
+        if line.writes:
+            break
+        time.sleep(0.01)
+    written_by = set(line.threads)
+    worker.stop()  # the stop path may switch off itself (bounded): not the loop
+    assert line.threads and written_by == {"dms-buzzer"}
+    assert line.writes[0] is True  # level 3 sounds while muted
+
+
+def test_a_slow_off_hook_is_interrupted_when_a_new_alert_wants_the_line_on(
+        tmp_path: Path) -> None:
+    """A slow "off" must not delay the next alert's sound: it is killed with its group."""
+    calls, hang = tmp_path / "calls", tmp_path / "hang"
+    hang.touch()
+    on = _hook(tmp_path, "on", f"open({str(calls)!r}, 'a').write('on\\n')\n")
+    off = _hook(tmp_path, "off", f"import os, time\nopen({str(calls)!r}, 'a').write('off\\n')\n"
+                f"while os.path.exists({str(hang)!r}):\n    time.sleep(0.01)\n")
+    settings = BuzzerSettings(backend="command", command_on=tuple(on), command_off=tuple(off),
+                              command_timeout_s=30.0)
+    buzzer = open_buzzer(settings, register_atexit=False)
+    thread = BuzzerThread(buzzer).start()
+    try:
+        buzzer.alert(2)
+        for _ in range(1000):
+            if calls.exists() and calls.read_text().count("off") >= 1:
+                break  # the pattern's first "off" is running (and hangs)
+            time.sleep(0.01)
+        buzzer.alert(3)  # a new alert: the hanging "off" is killed, the line goes on
+        for _ in range(1000):
+            if calls.read_text().splitlines()[-1:] == ["on"] and \
+                    calls.read_text().count("on") >= 2:
+                break
+            time.sleep(0.01)
+        assert calls.read_text().splitlines()[:3] == ["on", "off", "on"]
+        assert len(buzzer.sound_delays_s()) == 2  # both raises sounded
+    finally:
+        hang.unlink()  # "off" hooks return at once from here on
+        buzzer.silence()
+        thread.stop()

@@ -19,8 +19,8 @@ from dms.calibration_store import (
 )
 from dms.engine import EngineSettings
 from dms.engine.calibration import calibrate_neutral
-from dms.engine.scenarios import ScenarioBuilder
 from dms.geometry import geodesic_deg
+from dms.sim.scenarios import ScenarioBuilder
 
 S = EngineSettings()
 

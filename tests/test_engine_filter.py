@@ -13,9 +13,9 @@ from dms.engine.filter import (
     rotvec_from_matrix,
     settle_delay_bound_s,
 )
-from dms.engine.scenarios import jitter_reduction
 from dms.engine.settings import EngineSettings, FilterSettings
 from dms.geometry import euler_from_rotation, geodesic_deg, rotation_from_euler
+from dms.sim.scenarios import jitter_reduction
 
 F = FilterSettings()
 

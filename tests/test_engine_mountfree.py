@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from dms.engine import Engine, EngineSettings, EventType, Phase
 from dms.engine.calibration import DominantPoseNeutral
-from dms.engine.mount_suite import hinted, run_suite
-from dms.engine.scenarios import ScenarioBuilder, long_glance_window_s, raised, run
 from dms.geometry import geodesic_deg, rotation_from_euler
+from dms.sim.mount_suite import hinted, run_suite
+from dms.sim.scenarios import ScenarioBuilder, long_glance_window_s, raised, run
 from dms.types import HeadPose, Observation
 
 S = EngineSettings()

@@ -16,7 +16,8 @@ import pytest
 
 from dms.engine import Engine, EngineSettings, EventType, Phase, Reason
 from dms.engine.events import Event
-from dms.engine.scenarios import (
+from dms.engine.settings import PolicySettings
+from dms.sim.scenarios import (
     ScenarioBuilder,
     crossing_delay_bound_s,
     library,
@@ -24,7 +25,6 @@ from dms.engine.scenarios import (
     raised,
     run,
 )
-from dms.engine.settings import PolicySettings
 
 S = EngineSettings()
 P = S.policy

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dms.engine import Engine, EngineSettings, NeutralPose, Phase
-from dms.engine.scenarios import ScenarioBuilder
+from dms.sim.scenarios import ScenarioBuilder
 
 S = EngineSettings()
 P, Z = S.policy, S.zones

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -523,3 +525,282 @@ def test_an_outbox_destroyed_while_stopped_is_rebuilt_from_the_spill(tmp_path: P
     got = _pairs_are_unique([a for a in sub.payloads("/alert") if "i" in a["event"]])
     assert sorted(e["i"] for e in got.values()) == list(range(15))  # type: ignore[index]
     assert list(state.glob("outbox.sqlite3.damaged-*"))  # the destroyed file set aside
+
+
+# -- issue 21, fault 3: a stalled disk froze monitoring ------------------------------------
+
+
+@contextlib.contextmanager
+def loop_mount(directory: Path, size_mb: int = 16) -> Iterator[Path]:
+    """An ext4 file system of its own, mounted at ``directory`` (so it can be frozen alone).
+    Skips without root, a loop device or mkfs.ext4."""
+    tools = [shutil.which(t) for t in ("mkfs.ext4", "fsfreeze", "mount", "umount")]
+    if not all(tools):
+        pytest.skip("needs mkfs.ext4, fsfreeze, mount and umount (util-linux, e2fsprogs)")
+    image = directory.with_suffix(".img")
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(directory)],
+                             capture_output=True, text=True) if made.returncode == 0 else made
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext4 image here (needs root and a loop device): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(directory)], capture_output=True)
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+@contextlib.contextmanager
+def frozen(mountpoint: Path) -> Iterator[None]:
+    """Every write to the file system blocks (``fsfreeze``, as a stalled disk) until exit."""
+    subprocess.run(["fsfreeze", "-f", str(mountpoint)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mountpoint)], check=True)
+
+
+def long_glance_results() -> list[Any]:
+    """The engine's step results of a driver with a stored neutral who looks away for 6 s:
+    a level-2 distraction raised (and escalated), then cleared."""
+    import numpy as np
+
+    from dms.engine.calibration import NeutralPose
+    from dms.engine.engine import Engine
+    from dms.geometry import rotation_from_euler
+    from dms.types import HeadPose, Observation
+
+    engine = Engine(neutral=NeutralPose(np.eye(3), "explicit"))
+    out = []
+    for i in range(int(10 * 30)):
+        t = i / 30.0
+        yaw = 55.0 if 1.0 <= t < 7.0 else 0.0
+        pose = HeadPose(rotation_from_euler(0.0, yaw, 0.0), 0.0, yaw, 0.0, 1.0)
+        out.append(engine.step(Observation(t_s=t, pose=pose)))
+    assert any(r.events for r in out)
+    return out
+
+
+def test_a_frozen_state_dir_never_holds_up_the_loop_and_no_alert_is_lost(
+        tmp_path: Path) -> None:
+    """issue 21, fault 3: with the state directory frozen (fsfreeze) a glance due at :47
+    was raised at :54 and its buzzer sounded at :55.8. Now the buzzer is stated first and
+    the durable write waits at most ``mqtt.alert_write_wait_s``: the loop goes on while the
+    disk is frozen, and every alert reaches the broker once it thaws."""
+    from dms.outputs.buzzer import Buzzer, NullLine
+    from dms.outputs.settings import BuzzerSettings
+
+    require_mosquitto()
+    results = long_glance_results()
+    events = [e for r in results for e in r.events]
+    with loop_mount(tmp_path / "mnt") as mnt, start_broker(tmp_path / "broker") as brk:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        comm = MqttCommunicator(_settings(brk.port), mnt / "state").start()
+        buzzer = Buzzer(BuzzerSettings(), NullLine(), register_atexit=False)
+        outputs = AlertOutputs(comm, buzzer)
+        try:
+            assert comm.wait_connected(10)
+            comm.publish_alert({"event_id": "before"})
+            assert comm.wait_drained(10)
+            first = next(i for i, r in enumerate(results)  # the first audible raise
+                         if any(e.level >= 2 for e in r.events))
+            loop = threading.Thread(target=lambda: [outputs.handle(r) for r in
+                                                    results[:first + 5]])
+            status: list[Any] = []
+            asked = threading.Thread(target=lambda: status.append(comm.stats()))
+            with frozen(mnt):
+                loop.start()
+                loop.join(timeout=20)  # a liveness bound: frozen, every write would block
+                went_on = not loop.is_alive()
+                sounds = buzzer.update()  # the buzzer thread's turn: the raise sounds
+                asked.start()
+                asked.join(timeout=5)
+            loop.join()
+            asked.join()
+            assert went_on, "the loop waited for the frozen disk"
+            assert status and "outbox" in status[0]  # the status answered while frozen
+            assert sounds and buzzer.sound_delays_s()
+            for r in results[first + 5:]:
+                outputs.handle(r)
+            assert comm.wait_drained(20), comm.stats()
+            want = {"before", *(e.event_id for e in events)}
+            assert sub.wait_for(lambda msgs: {json.loads(p)["event"]["event_id"]
+                                              for _, p in msgs} >= want, 15)
+            _pairs_are_unique([json.loads(p) for _, p in sub.messages])
+        finally:
+            comm.stop()
+            buzzer.close()
+            sub.close()
+
+
+STOP_WHILE_FROZEN = """
+import json, os, sys
+from pathlib import Path
+from dms.outputs.mqtt import MqttCommunicator, MqttSettings
+state, spill, port = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+comm = MqttCommunicator(MqttSettings(host="127.0.0.1", port=port, device_id="cab1",
+                                     spill_dir=spill), state).start()
+comm.publish_alert({"event_id": "a0"})
+print("ready", flush=True)
+sys.stdin.readline()  # the parent froze the state directory
+for i in (1, 2, 3):
+    comm.publish_alert({"event_id": f"a{i}"}, wait_s=0.1)
+comm.stop()
+print("stopped", flush=True)
+os._exit(0)
+"""
+
+
+def test_a_stop_while_the_disk_is_frozen_spills_what_was_not_written(tmp_path: Path) -> None:
+    """The stop does not hang on a stalled disk: alerts still waiting for it are spilled
+    (another file system) and the next start stores and delivers them, each once under its
+    own (stream, seq)."""
+    require_mosquitto()
+    port = free_port()
+    spill = tmp_path / "spill"
+    with loop_mount(tmp_path / "mnt") as mnt:
+        child = subprocess.Popen([sys.executable, "-c", STOP_WHILE_FROZEN, str(mnt / "state"),
+                                  str(spill), str(port)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            with frozen(mnt):
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                assert child.stdout.readline().strip() == "stopped"  # while still frozen
+                spilled = [json.loads(line) for f in spill.glob("*.spill")
+                           for line in f.read_text().splitlines()]
+            assert {"a1", "a2", "a3"} <= {d["event"]["event_id"] for d in spilled
+                                          if "event" in d}
+        finally:
+            child.wait(timeout=60)
+        sub_alerts: list[dict[str, Any]] = []
+        with start_broker(tmp_path / "broker", port=port) as brk:
+            sub = Collector(brk.port, "dms/cab1/alert")
+            try:
+                comm = MqttCommunicator(replace(_settings(port), spill_dir=str(spill)),
+                                        mnt / "state").start()
+                assert comm.wait_drained(20), comm.stats()
+                comm.stop()
+                assert sub.wait_for(lambda m: {json.loads(p)["event"]["event_id"]
+                                               for _, p in m} >= {"a1", "a2", "a3"}, 15)
+                sub_alerts = sub.payloads("/alert")
+            finally:
+                sub.close()
+    _pairs_are_unique(sub_alerts)
+    named: dict[str, set[tuple[str, int]]] = {}
+    for a in sub_alerts:
+        named.setdefault(a["event"]["event_id"], set()).add((a["stream"], a["seq"]))
+    assert sorted(named) == ["a0", "a1", "a2", "a3"]
+    assert all(len(p) == 1 for p in named.values())  # none stored twice (spilled and landed)
+
+
+# -- issue 21, fault 4: spill files trusted from a folder another local user made ----------
+
+
+def forged_line(topic: str, *, stream: str = "ab" * 16, seq: int = 7, qos: int = 1,
+                payload_seq: int | None = None) -> str:
+    """A spill-file line carrying a level-3 alert that this device never raised."""
+    payload = json.dumps({"schema": 1, "device": "cab1", "stream": stream,
+                          "seq": seq if payload_seq is None else payload_seq,
+                          "queued_wall_s": 0.0,
+                          "event": {"event_id": f"forged-{topic}-{qos}-{seq}",
+                                    "type": "slump", "level": 3, "phase": "raised"}})
+    return json.dumps({"topic": topic, "payload": payload, "qos": qos, "seq": seq,
+                       "created_wall_s": 0.0})
+
+
+def spill_path_of(db: Path, spill: Path) -> Path:
+    box = Outbox(db, spill_dir=spill)
+    path = box.spill_path
+    box.close()
+    assert path is not None
+    return path
+
+
+def test_a_spill_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    """issue 21, fault 4: outside systemd, another local user pre-created the spill folder
+    (/dev/shm/dms-<uid>) 0777, and a forged level-3 alert written there was published as
+    the device. A folder that is not ours alone is now neither read nor written."""
+    db, spill = tmp_path / "state" / "outbox.sqlite3", tmp_path / "spill"
+    path = spill_path_of(db, spill)
+    spill.mkdir()
+    os.chmod(spill, 0o777)
+    path.write_text(forged_line("dms/cab1/alert") + "\n")
+    os.chmod(path, 0o600)
+    box = Outbox(db, spill_dir=spill)
+    assert box.pending() == []  # the forged alert is not taken
+    box.put_alert("dms/cab1/alert", payload)
+    box.close()  # undelivered: not written into a folder others can write either
+    assert "forged" in path.read_text()
+    if os.geteuid() == 0:  # owned by another user, even if not writable by others
+        os.chmod(spill, 0o755)
+        os.chown(spill, 65534, 65534)
+        box = Outbox(db, spill_dir=spill)
+        assert [json.loads(r.payload).get("seq") for r in box.pending()] == [1]  # ours only
+        box.close()
+
+
+def test_spilled_rows_are_checked_one_by_one_and_a_bad_one_is_skipped(tmp_path: Path) -> None:
+    """A wildcard topic, another device's topic, QoS 0, a malformed stream, a payload whose
+    seq is not the row's: each is refused; the good row next to them is taken."""
+    require_mosquitto()
+    state, spill = tmp_path / "state", tmp_path / "spill"
+    settings = replace(_settings(free_port()), spill_dir=str(spill))
+    comm = MqttCommunicator(settings, state).start()  # no broker: the spill path is known
+    path = comm._outbox.spill_path if comm._outbox is not None else None
+    comm.stop()
+    assert path is not None
+    spill.mkdir(mode=0o750, exist_ok=True)
+    path.write_text("\n".join([
+        forged_line("dms/cab1/#"), forged_line("dms/other/alert", seq=2),
+        forged_line("dms/cab1/alert", qos=0, seq=3), forged_line("dms/cab1/alert", stream="x"),
+        forged_line("dms/cab1/alert", seq=5, payload_seq=6), "not json",
+        forged_line("dms/cab1/alert", seq=9)]) + "\n")
+    comm = MqttCommunicator(settings, state).start()
+    try:
+        assert comm.stats()["outbox"]["pending_alerts"] == 1  # only the well-formed row
+    finally:
+        comm.stop()
+
+
+def test_the_spill_never_follows_a_link_planted_in_its_place(tmp_path: Path) -> None:
+    """The temporary spill file followed a symbolic link, so a root-owned file was
+    overwritten. Now a link in its place is removed, never followed."""
+    db, spill = tmp_path / "state" / "outbox.sqlite3", tmp_path / "spill"
+    path = spill_path_of(db, spill)
+    victim = tmp_path / "victim"
+    victim.write_text("another user's file\n")
+    spill.mkdir(mode=0o750, exist_ok=True)
+    os.symlink(victim, path.with_name(path.name + ".tmp"))
+    box = Outbox(db, spill_dir=spill)
+    box.put_alert("dms/cab1/alert", payload)
+    box.close()  # spills the undelivered alert
+    assert victim.read_text() == "another user's file\n"
+    assert not path.is_symlink() and json.loads(path.read_text())["seq"] == 1
+
+
+def test_a_row_the_broker_cannot_take_never_blocks_the_queue(tmp_path: Path) -> None:
+    """A spilled row with a wildcard topic blocked the whole queue for good, even after a
+    restart. A row that can never be published is now logged and dropped."""
+    require_mosquitto()
+    state = tmp_path / "state"
+    box = Outbox(state / "outbox.sqlite3")  # a row that got in before the checks
+    box.put_alert("dms/cab1/#", lambda stream, seq: forged_line("x").encode())
+    box.close()
+    with start_broker(tmp_path / "broker") as brk:
+        sub = Collector(brk.port, "dms/cab1/alert")
+        comm = MqttCommunicator(_settings(brk.port), state).start()
+        try:
+            for i in range(3):
+                comm.publish_alert({"i": i})
+            assert comm.wait_drained(15), comm.stats()
+            assert sub.wait_for(lambda m: len(m) >= 3, 10)
+        finally:
+            comm.stop()
+            sub.close()

@@ -62,7 +62,7 @@ def ir_microsleep() -> tuple[Path, dict]:
 
 def test_gray8_camera_runs_end_to_end_and_raises_the_microsleep(tmp_path: Path,
                                                                  ir_microsleep) -> None:
-    from dms.service import Service
+    from dms.service import build_service
 
     video, want = ir_microsleep
     assert want["type"] == "drowsiness" and want["reason"] == "microsleep"
@@ -78,7 +78,7 @@ def test_gray8_camera_runs_end_to_end_and_raises_the_microsleep(tmp_path: Path,
         return cams[-1]
 
     events: list[dict] = []
-    service = Service(cfg, on_event=events.append)
+    service = build_service(cfg, on_event=events.append)
     frames = int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT))
     rc = service.run(FrameSource(cfg.camera, opener=opener), max_frames=frames)
     assert rc == 0

@@ -131,7 +131,7 @@ class ScriptedSource:
 
 def test_the_service_loop_survives_every_bad_frame(tmp_path: Path, face_frames) -> None:  # type: ignore[no-untyped-def]
     from dms.config import parse_config
-    from dms.service import Service
+    from dms.service import build_service
 
     cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[mqtt]\nenabled = false\n')
     good = face_frames[0]
@@ -139,11 +139,11 @@ def test_the_service_loop_survives_every_bad_frame(tmp_path: Path, face_frames) 
                             *bad_frames(good).values(), *face_frames[:3]]
     items: list[Frame | SourceStatus] = [Frame(img, k / 10.0, k)  # type: ignore[arg-type]
                                          for k, img in enumerate(images)]
-    svc = Service(cfg)
+    svc = build_service(cfg)
     assert svc.run(source=ScriptedSource(items)) == 0  # type: ignore[arg-type]
     assert svc.frames == len(images)
     assert svc.monitor is not None and svc.monitor.bad_frames == len(bad_frames(good))
-    assert svc.state_payload()["bad_frames"] == len(bad_frames(good))
+    assert svc.status()["bad_frames"] == len(bad_frames(good))
 
 
 def dms(*args: str) -> list[str]:
@@ -225,11 +225,13 @@ def test_a_signal_handler_can_set_the_stop_event_while_the_loop_holds_its_lock(k
 _HANGING_STOP = '''
 import os, signal, sys, threading, time
 from dms.config import parse_config
-from dms.service import Service
+from dms.service import build_service
 
 class HangingNotifier:  # a clean-up step that never returns (whatever it may be)
     enabled = False
-    def ready(self, status=None): return True
+    def ready(self, status=None):  # up (a loaded machine may take long): signal after argv[2]
+        threading.Timer(float(sys.argv[2]), os.kill, (os.getpid(), signal.SIGHUP)).start()
+        return True
     def status(self, text): return True
     def watchdog(self): return True
     def close(self): pass
@@ -237,8 +239,7 @@ class HangingNotifier:  # a clean-up step that never returns (whatever it may be
         time.sleep(600)
 
 cfg = parse_config(sys.argv[1])
-threading.Timer(float(sys.argv[2]), os.kill, (os.getpid(), signal.SIGHUP)).start()
-svc = Service(cfg, notifier=HangingNotifier())
+svc = build_service(cfg, notifier=HangingNotifier())
 sys.exit(svc.run(stop_deadline=True))
 '''
 
@@ -263,3 +264,24 @@ def test_a_stop_that_hangs_exits_at_the_deadline_with_its_code_and_the_stacks(
     assert f"stop not finished after {deadline:g} s" in p.stderr
     assert "in stopping" in p.stderr  # the hung frame is named in the stack dump
     assert took >= signal_after_s + deadline
+
+
+def test_a_stop_that_hangs_saves_the_undelivered_alerts_before_it_exits(
+        tmp_path: Path) -> None:
+    """issue 21, fault 5: a SIGTERM during a command-flood backlog hit the stop deadline,
+    whose os._exit came before the outbox spilled. The stop now saves every undelivered
+    alert to the spill file first, and the deadline does too before it exits."""
+    from broker import free_port
+
+    spill = tmp_path / "spill"
+    text = (f'[service]\nstate_dir = "{tmp_path / "state"}"\nstop_drain_timeout_s = 0.5\n'
+            'stop_deadline_s = 2.0\n[camera]\nsource = "/dev/video97"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\nspill_dir = "{spill}"\n')
+    p = subprocess.run([sys.executable, "-c", _HANGING_STOP, text, "0.5"],
+                       capture_output=True, text=True, timeout=120)
+    assert "stop not finished after" in p.stderr  # the deadline ended it
+    # no broker: the camera_lost alert is undelivered; it is in the spill file too
+    spilled = [json.loads(line) for f in spill.glob("*.spill")
+               for line in f.read_text().splitlines()]
+    assert any(b'"camera_lost"' in d["payload"].encode() for d in spilled if "payload" in d), \
+        p.stderr

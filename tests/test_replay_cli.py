@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dms.engine import EngineSettings
-from dms.engine.scenarios import ScenarioBuilder, csv_text, run
+from dms.sim.scenarios import ScenarioBuilder, csv_text, run
 
 ROOT = Path(__file__).resolve().parents[1]
 S = EngineSettings()
@@ -33,7 +33,10 @@ def long_glance_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_replay_prints_only_event_json_lines(long_glance_csv: Path) -> None:
     res = dms("replay", "--poses", long_glance_csv)
     assert res.returncode == 0, res.stderr
-    assert res.stderr == ""
+    # stderr: one summary line (issue 22), as at the end of dms run
+    (summary,) = res.stderr.splitlines()
+    assert summary.startswith("dms replay: neutral learned at ")
+    assert "summary: frames=380 face_found=100.0% alerts_raised=1 alert_records=4" in summary
     lines = res.stdout.splitlines()
     events = [json.loads(line) for line in lines]
     assert [(e["type"], e["phase"], e["level"]) for e in events] == [
@@ -95,7 +98,7 @@ def test_needs_poses_or_video() -> None:
 
 @pytest.mark.parametrize("profile", sorted((ROOT / "calibration").glob("*.toml")))
 def test_shipped_mount_profiles_load_and_replay(profile: Path, tmp_path: Path) -> None:
-    from dms.cli.replay import load_settings_files
+    from dms.replay import load_settings_files
 
     settings = load_settings_files([profile])
     assert settings.mount.name == profile.stem
@@ -141,6 +144,14 @@ def test_calibrate_from_poses_stores_the_profile(tmp_path: Path) -> None:
     assert out["yaw_deg"] == pytest.approx(S.mount.neutral_yaw_deg, abs=0.5)
     doc = json.loads((tmp_path / "calibration" / "alice.json").read_text())
     assert doc["schema_version"] == 1 and doc["mount"] == "dashboard-centre"
+    # issue 22: how the profile will be used (the built-in configuration names "default")
+    assert "`dms run` uses this one only with [service] profile = \"alice\"" in res.stderr
+    cfg = tmp_path / "dms.toml"
+    cfg.write_text('[service]\nprofile = "alice"\n')
+    res = dms("calibrate", "--poses", path, "--profile", "alice", "--state-dir", tmp_path,
+              "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    assert f"`dms run` with {cfg} ([service] profile = \"alice\") uses this" in res.stderr
 
 
 def test_calibrate_refuses_a_moving_driver(tmp_path: Path) -> None:

@@ -114,9 +114,31 @@ def test_video_replay_writes_annotated_video_and_plot(tmp_path):
     assert "OpenCV:" not in p.stderr and "[ERROR" not in p.stderr  # no codec noise
     png = cv2.imread(str(plot))
     assert png is not None and png.shape[0] > 200 and png.shape[1] > 400
-    assert f"dms replay: {n + 60} frames" in p.stderr  # the human summary, on stderr
+    assert f"summary: frames={n + 60} " in p.stderr  # the summary line, on stderr
     # the annotated copy's overlays cover the face: replaying it is refused, naming the clip
     again = dms("replay", str(out))
     assert again.returncode == 2 and again.stdout == ""
     assert "annotated output" in again.stderr and str(src) in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_a_replay_drives_the_buzzer_and_telemetry_as_dms_run_does(tmp_path, vats_csv):
+    """issue 21: replay drives the same AlertOutputs.handle as dms run, so the buzzer (a
+    command hook: this machine has no GPIO chip) and the telemetry run in a replay too."""
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook.py"
+    hook.write_text(f"import sys\nopen({str(calls)!r}, 'a').write(sys.argv[1] + '\\n')\n")
+    with start_broker(tmp_path / "broker") as b:
+        cfg = config(tmp_path, b.port)
+        cfg.write_text(cfg.read_text() + f'[buzzer]\nbackend = "command"\n'
+                       f'command_on = ["{sys.executable}", "{hook}", "on"]\n'
+                       f'command_off = ["{sys.executable}", "{hook}", "off"]\n')
+        sub = Collector(b.port, "dms/replay/telemetry")
+        p = dms("replay", "--poses", str(vats_csv), "--config", str(cfg), "--publish")
+        assert p.returncode == 0, p.stderr
+        assert sub.wait_for(lambda m: len(m) >= 10, 15)  # rate-limited pose telemetry
+        sub.close()
+    printed = [json.loads(line) for line in p.stdout.splitlines()]
+    assert any(e["level"] >= 2 for e in printed)  # an audible alert in the drive
+    assert calls.exists() and "on" in calls.read_text().split()
+    assert "buzzer_sounded=" in p.stderr and "buzzer_sounded=0 " not in p.stderr

@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from dms.cli.replay import json_line
-from dms.engine.scenarios import ScenarioBuilder, csv_text
 from dms.engine.settings import EngineSettings
+from dms.json_safe import json_line
+from dms.sim.scenarios import ScenarioBuilder, csv_text
 
 S = EngineSettings()
 

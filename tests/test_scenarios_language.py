@@ -1,4 +1,4 @@
-"""One scenario language (dms.engine.script) for the engine's pose stories and the renderer:
+"""One scenario language (dms.sim.script) for the engine's pose stories and the renderer:
 the same text means the same story in both, old engine scripts keep their meaning, and the
 expected alerts are declared in the scripts with their time windows."""
 
@@ -8,9 +8,9 @@ import pytest
 
 from dms.cli import main
 from dms.engine.events import EventType, Phase
-from dms.engine.scenarios import ScenarioBuilder, build_script, raised, run
-from dms.engine.script import NOD_S, ScriptError, parse
 from dms.engine.settings import EngineSettings
+from dms.sim.scenarios import ScenarioBuilder, build_script, raised, run
+from dms.sim.script import NOD_S, ScriptError, parse
 from dms.synth.script import list_scenarios, load_scenario
 
 S = EngineSettings()

@@ -9,16 +9,16 @@ import math
 import numpy as np
 import pytest
 
-from dms.engine import script as G
-from dms.engine.scenarios import (
+from dms.engine.settings import EngineSettings
+from dms.sim import script as G
+from dms.sim.scenarios import (
     EYE_BASELINE_RANGE,
     EYE_CONFIDENCE,
     ScenarioBuilder,
     bench_scenario,
     build_script,
 )
-from dms.engine.script import ScriptError, face_at, parse
-from dms.engine.settings import EngineSettings
+from dms.sim.script import ScriptError, face_at, parse
 
 S = EngineSettings()
 

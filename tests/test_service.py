@@ -301,3 +301,93 @@ def test_a_long_reconnect_back_off_still_yields_heartbeats():
     assert len(times) >= 5
     assert max(gaps) <= FrameSource.HEARTBEAT_S + 0.5
     assert calls["n"] >= 2  # it kept trying
+
+
+def test_dms_run_ends_with_a_summary_and_says_which_profile_it_loaded(tmp_path,
+                                                                       face_then_blank):
+    """issue 22: `dms run` ends with one summary line (frames, face found, alerts raised and
+    delivered, outbox left, raise-to-sound), and logs the calibration profile it loaded, or
+    that the named one does not exist."""
+    from dms.calibration_store import save_calibration
+    from dms.engine.calibration import CalibrationResult, NeutralPose
+
+    video, _ = face_then_blank
+    state = tmp_path / "state"
+    with start_broker(tmp_path / "broker") as b:
+        cfg = write_config(tmp_path / "dms.toml", state, camera="realtime = false",
+                           mqtt=f'host = "127.0.0.1"\nport = {b.port}\ndevice_id = "cab"')
+        cfg.write_text(cfg.read_text().replace("[service]\n", '[service]\nprofile = "alice"\n'))
+        missing = subprocess.run(dms_cmd("run", "--config", str(cfg), "--source", str(video)),
+                                 capture_output=True, text=True, timeout=120)
+        save_calibration(state, "alice", CalibrationResult(
+            NeutralPose.from_euler(2.0, -5.0, 0.0, "explicit", 100, 0.5), 100, 0, 0, 0.5, 5.0))
+        loaded = subprocess.run(dms_cmd("run", "--config", str(cfg), "--source", str(video),
+                                        "--max-frames", "10"),
+                                capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 0 and loaded.returncode == 0, missing.stderr + loaded.stderr
+    assert "calibration profile 'alice' does not exist" in missing.stderr
+    assert "dms calibrate --profile alice" in missing.stderr
+    assert "calibration profile 'alice' loaded from" in loaded.stderr
+    assert "yaw -5.0, pitch 2.0" in loaded.stderr
+    summary = [line for line in missing.stderr.splitlines() if "summary: " in line]
+    assert len(summary) == 1, missing.stderr
+    fields = dict(kv.split("=") for kv in summary[0].split("summary: ")[1].split())
+    assert int(fields["frames"]) == 7 * FPS and fields["face_found"].endswith("%")
+    assert 40.0 <= float(fields["face_found"][:-1]) <= 45.0  # the face is in 3 s of 7
+    assert int(fields["alerts_raised"]) >= 1  # driver_not_visible once the face is gone
+    assert int(fields["delivered"]) == int(fields["alert_records"])
+    assert fields["outbox_left"] == "0"
+    assert "frames=10" in loaded.stderr
+
+
+def test_every_record_of_a_run_uses_the_runs_clock(tmp_path):
+    """issue 22: camera_lost records carried t_s as seconds since boot while every other
+    record used the run's own clock. A camera missing at start, then found: its camera_lost
+    records and the engine's share one clock, seconds since the run started (docs/mqtt.md)."""
+    from dms.config import parse_config
+    from dms.errors import InputError
+    from dms.service import build_service
+
+    booted_long_ago = 50_000.0  # what the monotonic clock reads on a device up for 14 h
+    opens = []
+
+    def opener(_source: str) -> _FakeCamera:
+        opens.append(1)
+        if len(opens) == 1:
+            raise InputError("/dev/video0: camera cannot be opened")
+        return _FakeCamera(10_000)
+
+    cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[mqtt]\nenabled = false\n'
+                       '[camera]\nsource = "0"\nreconnect_min_s = 0.2\n')
+    source = FrameSource(cfg.camera, opener=opener,
+                         clock=lambda: booted_long_ago + time.monotonic())
+    records: list[dict] = []
+    svc = build_service(cfg, on_event=records.append)
+    svc.run(source=source, max_frames=120)  # blank frames: driver_not_visible after a while
+    lost = [r for r in records if r["reason"] == "camera_lost"]
+    others = [r for r in records if r["reason"] != "camera_lost"]
+    assert [r["phase"] for r in lost] == ["raised", "cleared"]
+    assert all(0.0 <= r["t_s"] < 60.0 for r in records), records  # not since boot
+    assert lost[1]["t_s"] <= min((r["t_s"] for r in others), default=60.0)
+
+
+def test_the_calibrate_command_captures_stores_and_applies_the_neutral(tmp_path,
+                                                                      face_then_blank):
+    """The one calibration capture in `dms run`: the command arms it, the next 2 s of frames
+    make the neutral, the engine takes it and the profile is stored."""
+    from dms.calibration_store import load_calibration
+    from dms.config import parse_config
+    from dms.service import build_service
+
+    video, _ = face_then_blank
+    cfg = parse_config(f'[service]\nstate_dir = "{tmp_path}"\nprofile = "bob"\n'
+                       'calibration_s = 2.0\n[mqtt]\nenabled = false\n'
+                       f'[camera]\nsource = "{video}"\nrealtime = false\n')
+    svc = build_service(cfg)
+    reply = svc.commands.run("calibrate", {"request_id": "c1"}, "test")
+    assert reply["ok"] and reply["request_id"] == "c1"
+    svc.run(max_frames=FPS * 3)
+    stored = load_calibration(tmp_path, "bob")
+    assert stored is not None and stored.sample_count >= FPS  # 2 s of frames, outliers out
+    assert svc.monitor is not None
+    assert svc.monitor.engine.state.neutral_source == "explicit"

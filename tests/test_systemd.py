@@ -43,6 +43,8 @@ def test_unit_has_the_service_contract() -> None:
     assert one["User"] == "dms" and set(one["SupplementaryGroups"].split()) == {"video", "gpio"}
     assert one["StateDirectory"] == "dms" and one["EnvironmentFile"] == "-/etc/dms/dms.env"
     assert one["ProtectSystem"] == "strict" and one["ProtectHome"] == "yes"
+    # issue 21, fault 1: the preview's connections never starve the alert path of descriptors
+    assert int(one["LimitNOFILE"]) >= 4096
     assert one["NoNewPrivileges"] == "yes"
     # Jetson: Argus needs the real /tmp; CUDA needs /dev/nvhost*, /dev/nvmap, /dev/nvgpu
     for forbidden in ("PrivateTmp", "DevicePolicy", "PrivateDevices", "MemoryDenyWriteExecute"):
@@ -61,11 +63,15 @@ def test_unit_verifies(systemd_analyze: str, tmp_path: Path) -> None:
     # The real ExecStart binary (/opt/dms/.venv/bin/dms) does not exist on a build machine, and
     # verify rightly complains about exactly that; verify a copy whose ExecStart points at an
     # existing executable, and check that the original fails for that reason only.
+    for unit in (UNIT, SYSTEMD / "dms-failed.service"):  # with its OnFailure= unit beside it
+        (tmp_path / unit.name).write_text(
+            unit.read_text().replace("/opt/dms/.venv/bin/dms", sys.executable))
     copy = tmp_path / "dms.service"
-    copy.write_text(UNIT.read_text().replace("/opt/dms/.venv/bin/dms", sys.executable))
-    done = subprocess.run([systemd_analyze, "verify", str(copy)], capture_output=True, text=True)
+    done = subprocess.run([systemd_analyze, "verify", str(copy),
+                           str(tmp_path / "dms-failed.service")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "dms.service" not in done.stderr, done.stderr  # no warnings about our unit
+    assert "dms-failed.service" not in done.stderr, done.stderr
 
     original = subprocess.run([systemd_analyze, "verify", str(UNIT)], capture_output=True,
                               text=True)
@@ -158,6 +164,37 @@ def test_unit_filters_system_calls_and_reloads_by_restart() -> None:
     text = UNIT.read_text()
     lines = {line.strip() for line in text.splitlines()}
     assert "SystemCallFilter=@system-service" in lines
+    assert "SystemCallFilter=~@privileged @resources" in lines  # issue 21, fault 6
     assert "SystemCallErrorNumber=EPERM" in lines
+    one = {k: v[-1] for k, v in unit_settings().items()}
+    assert one["ProcSubset"] == "pid" and one["PrivateMounts"] == "yes"
+    assert int(one["TasksMax"]) <= 512 and one["MemoryMax"].endswith(("M", "G"))
+    # out of restarts: a unit of its own sounds the buzzer (monitoring is off)
+    assert one["OnFailure"] == "dms-failed.service"
+    failed = (SYSTEMD / "dms-failed.service").read_text()
+    assert "ExecStart=/opt/dms/.venv/bin/dms alarm --config /etc/dms/dms.toml" in failed
+    # the BLAS and OpenMP pools are pinned (issue 21, item 7)
+    env = " ".join(unit_settings()["Environment"])
+    assert "OPENBLAS_NUM_THREADS=1" in env and "OMP_NUM_THREADS=1" in env
     assert "ExecReload=/bin/kill -HUP $MAINPID" in lines  # SIGHUP: clean stop, exit 75
     assert "Restart=on-failure" in lines  # ... which restarts with the config re-read
+
+
+def test_dms_alarm_sounds_the_configured_buzzer_then_switches_it_off(tmp_path: Path) -> None:
+    """What dms-failed.service runs: the level-3 pattern on the configured line (a command
+    hook here: this machine has no GPIO chip), then off."""
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook.py"
+    hook.write_text(f"import sys\nopen({str(calls)!r}, 'a').write(sys.argv[1] + '\\n')\n")
+    cfg = tmp_path / "dms.toml"
+    cfg.write_text(f'[buzzer]\nbackend = "command"\ncommand_on = ["{sys.executable}", '
+                   f'"{hook}", "on"]\ncommand_off = ["{sys.executable}", "{hook}", "off"]\n')
+    done = subprocess.run([sys.executable, "-m", "dms", "alarm", "--config", str(cfg),
+                           "--seconds", "1", "--reason", "test"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().split()
+    assert lines[0] == "on" and lines[-1] == "off"
+    none = subprocess.run([sys.executable, "-m", "dms", "alarm", "--seconds", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 0 and "no buzzer fitted" in none.stdout

@@ -4,14 +4,18 @@
     dms calibrate --source CAMERA_OR_VIDEO [--duration-s 5] ...
 
 The driver looks at the road for ``--duration-s`` seconds. Prints the stored result as JSON,
-or a refusal (exit 3) saying why: face missing, moved too much, not looking at the road.
+and on stderr how it will be used (``dms run`` loads the profile its configuration names in
+``[service] profile``), or a refusal (exit 3) saying why: face missing, moved too much, not
+looking at the road.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +46,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dms.calibration_store import calibrate_and_store, profile_path, save_calibration
-    from dms.cli.replay import load_settings_files, read_poses_csv
+    from dms.calibration_store import profile_path, save_calibration
     from dms.config import load_config
     from dms.config import state_dir as resolve_state_dir
-    from dms.engine.calibration import CalibrationRefused
+    from dms.engine.calibration import CalibrationCapture, CalibrationRefused
+    from dms.replay import iter_poses_csv, load_settings_files
 
     cfg = load_config(args.config)
     settings = cfg.engine if args.config and not args.settings else load_settings_files(
@@ -56,32 +60,47 @@ def run(args: argparse.Namespace) -> int:
     duration = args.duration_s if args.duration_s is not None else settings.calibration.duration_s
     if duration <= 0:
         raise InputError(f"--duration-s {duration:g}: must be > 0")
-    try:
-        if args.poses is not None:
-            observations = read_poses_csv(args.poses)
-            if observations:
-                t0 = observations[0].t_s
-                observations = [o for o in observations if o.t_s - t0 <= duration]
-            result, path = calibrate_and_store(observations, settings, state_dir, args.profile)
-        else:
-            result = _calibrate_source(args, cfg, settings, duration)
-            path = save_calibration(state_dir, args.profile, result, mount=settings.mount.name)
-    except CalibrationRefused as exc:
-        print(json.dumps({"ok": False, "profile": args.profile, "code": exc.code,
-                          "reason": str(exc)}))
-        print(f"dms calibrate: refused: {exc}", file=sys.stderr)
+    capture = CalibrationCapture(duration, settings.calibration, settings.mount)
+    observations = (iter_poses_csv(args.poses) if args.poses is not None
+                    else _source_observations(args, cfg, settings))
+    outcome = None
+    with contextlib.closing(observations):  # a camera is released as soon as it is done
+        for obs in observations:
+            outcome = capture.add(obs)
+            if outcome is not None:
+                break
+    if outcome is None:  # the file or the source ended first: what was collected
+        outcome = capture.finish()
+    if isinstance(outcome, CalibrationRefused):
+        print(json.dumps({"ok": False, "profile": args.profile, "code": outcome.code,
+                          "reason": str(outcome)}))
+        print(f"dms calibrate: refused: {outcome}", file=sys.stderr)
         return 3
+    result = outcome
+    path = save_calibration(state_dir, args.profile, result, mount=settings.mount.name)
     print(json.dumps({"ok": True, "profile": args.profile, "path": str(path),
                       **result.to_dict()}))
+    print(how_it_is_used(args.profile, cfg.service.profile, args.config), file=sys.stderr)
     return 0
 
 
-def _calibrate_source(args: argparse.Namespace, cfg: Any, settings: Any, duration: float) -> Any:
-    """The service's per-frame step on the source with a calibration armed; the result, or
-    CalibrationRefused raised."""
+def how_it_is_used(profile: str, configured: str, config: Path | None) -> str:
+    """What happens to a stored profile: `dms run` loads the one its configuration names."""
+    where = f"{config}" if config else "the configuration"
+    if profile == configured:
+        return (f"dms calibrate: stored profile {profile!r}; `dms run` with {where} "
+                f"([service] profile = \"{profile}\") uses this neutral pose from its first "
+                "frame (restart the service to load it)")
+    return (f"dms calibrate: stored profile {profile!r}; {where} names profile "
+            f"{configured!r}, so `dms run` uses this one only with [service] profile = "
+            f"\"{profile}\" (until then it is not used)")
+
+
+def _source_observations(args: argparse.Namespace, cfg: Any, settings: Any
+                         ) -> Generator[Any, None, None]:
+    """The observations of the service's per-frame step on ``--source``."""
     from dataclasses import replace
 
-    from dms.engine.calibration import CalibrationRefused
     from dms.pipeline import DriverMonitor, frames_from_source
 
     vision = cfg.vision
@@ -90,19 +109,9 @@ def _calibrate_source(args: argparse.Namespace, cfg: Any, settings: Any, duratio
     if args.pose_model:
         vision = replace(vision, pose=replace(vision.pose, model=args.pose_model))
     monitor = DriverMonitor.from_settings(vision, settings)
-    outcome: list[Any] = []
-    monitor.calibrate(duration, outcome.append)
     frames = frames_from_source(args.source)
     try:
         for frame in frames:
-            monitor.step(frame.image, frame.t_s)
-            if outcome:
-                break
+            yield monitor.step(frame.image, frame.t_s).frame.observation()
     finally:
         frames.close()  # type: ignore[attr-defined]
-    monitor.finish_calibration()  # the source ended first: use what was collected
-    if not outcome:
-        raise CalibrationRefused("no_frames", "no frames were received")
-    if isinstance(outcome[0], CalibrationRefused):
-        raise outcome[0]
-    return outcome[0]

@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dms preview: ${preview.token_env} is not set; this run's token is made up: "
               f"open http://{host}:{preview.port}/?token={token}", flush=True)
     from dms.capture import open_capture, source_kind
-    from dms.service import Service
+    from dms.service import build_service
 
     if source_kind(cfg.camera.source) == "file":
         open_capture(cfg.camera.source).release()
-    return Service(cfg, environ=environ, preview_required=True,
-                   store_calibration=False).run(stop_deadline=True)
+    return build_service(cfg, environ=environ, preview_required=True,
+                         store_calibration=False).run(stop_deadline=True)

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dms.config import load_config
-    from dms.service import Service
+    from dms.service import build_service
 
     cfg = load_config(args.config)
     if args.source:
@@ -36,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
 
     if source_kind(cfg.camera.source) == "file":
         open_capture(cfg.camera.source).release()
-    return Service(cfg, mqtt=args.mqtt, on_event=on_event).run(max_frames=args.max_frames,
-                                                               stop_deadline=True)
+    return build_service(cfg, mqtt=args.mqtt, on_event=on_event).run(
+        max_frames=args.max_frames, stop_deadline=True)

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     m = sub.add_parser("mounts", help="random camera mounts: recall, latency, false alerts",
                        description="The default engine on drives seen from random camera "
                        "mounts (neutral yaw +-35, pitch +-20 deg), with noise, dropped frames, "
-                       "outliers and flipped fits; see dms/engine/mount_suite.py.")
+                       "outliers and flipped fits; see dms/sim/mount_suite.py.")
     m.add_argument("--n", type=int, default=200, help="number of generated scenarios")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--wrong-mount-deg", type=float, default=None, metavar="DEG",
@@ -59,13 +59,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dms.engine import scenarios
+    from dms.sim import scenarios
 
     if args.scenarios_command == "list":
         for name in scenarios.library():
             print(name)
         return 0
-    from dms.cli.replay import load_settings_files
+    from dms.replay import load_settings_files
 
     settings = load_settings_files(args.settings)
     if args.scenarios_command == "write":
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write(args: argparse.Namespace, settings: Any) -> int:
     """A library story, a synth scenario's script, or an inline script -> poses CSV."""
-    from dms.engine import scenarios
+    from dms.sim import scenarios
     from dms.synth.script import list_scenarios, load_scenario
 
     lib = scenarios.library(settings, seed=args.seed, rate_hz=args.rate_hz)
@@ -130,7 +130,7 @@ def _write(args: argparse.Namespace, settings: Any) -> int:
 def _mounts(args: argparse.Namespace, settings: Any) -> int:
     import logging
 
-    from dms.engine.mount_suite import run_suite
+    from dms.sim.mount_suite import run_suite
 
     logging.getLogger("dms.engine").setLevel(logging.ERROR)  # one mismatch line per drive
 

@@ -1,8 +1,8 @@
 """The driver-state engine: pure (numpy + stdlib), no I/O, no clock.
 
 ``filter`` smooths the head rotation, ``calibration`` finds the neutral pose, ``policy`` is
-the state machine, ``events`` the records it emits, ``engine`` chains them, ``scenarios``
-builds synthetic driving stories for tests and the benchmark.
+the state machine, ``events`` the records it emits, ``engine`` chains them. The synthetic
+driving stories for tests and benchmarks are the simulator's (:mod:`dms.sim`).
 """
 
 from dms.engine.calibration import CalibrationRefused, CalibrationResult, NeutralPose

@@ -1,10 +1,11 @@
 """Neutral-pose calibration: the head rotation of *this* driver looking at the road.
 
-Two pure pieces (no I/O, no clock; storage is :mod:`dms.calibration_store`):
+Pure pieces (no I/O, no clock; storage is :mod:`dms.calibration_store`):
 
 * :func:`calibrate_neutral` - explicit calibration from a few seconds of poses (``dms
   calibrate``): robust centre, outlier rejection, and a refusal with a reason when the face was
-  missing or the driver moved too much.
+  missing or the driver moved too much; :class:`CalibrationCapture` collects those seconds
+  frame by frame (``dms run``'s calibrate command and ``dms calibrate``).
 * :class:`DominantPoseNeutral` - the default, which needs no mount: the neutral is the
   driver's own dominant pose while driving (at speed the road is where drivers look most of
   the time), found as the peak of a time-decayed histogram of (yaw, pitch), refined by the
@@ -121,6 +122,43 @@ def calibrate_neutral(
         spread_deg=spread, duration_s=duration)
 
 
+class CalibrationCapture:
+    """One explicit calibration being taken: the observations of ``duration_s`` seconds from
+    the first one added. ``add(obs)`` returns None while it collects, then, once, the outcome:
+    the :class:`CalibrationResult`, or the :class:`CalibrationRefused` saying why (returned,
+    not raised). ``finish()`` ends it now with what it has (a video that ended early).
+    What ``dms run`` (the ``calibrate`` command) and ``dms calibrate`` both use; pure."""
+
+    def __init__(self, duration_s: float, settings: CalibrationSettings,
+                 mount: MountSettings | None = None) -> None:
+        self.duration_s = duration_s
+        self._settings = settings
+        self._mount = mount
+        self._until_s: float | None = None
+        self._observations: list[Observation] = []
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def add(self, obs: Observation) -> CalibrationResult | CalibrationRefused | None:
+        if self._done:
+            return None
+        if self._until_s is None:
+            self._until_s = obs.t_s + self.duration_s
+        self._observations.append(obs)
+        return self.finish() if obs.t_s >= self._until_s else None
+
+    def finish(self) -> CalibrationResult | CalibrationRefused:
+        """The outcome with the observations added so far (they are let go)."""
+        observations, self._observations, self._done = self._observations, [], True
+        try:
+            return calibrate_neutral(observations, self._settings, self._mount)
+        except CalibrationRefused as refused:
+            return refused
+
+
 def open_eye_aperture(observations: Iterable[Observation],
                       min_confidence: float = 0.5) -> float | None:
     """The driver's open-eye aperture while looking at the road: the median openness of the
@@ -230,10 +268,6 @@ class OnlineNeutral:
         self._refresh_at_s = 0.0
 
     @property
-    def learned_s(self) -> float:
-        return self._learned_s
-
-    @property
     def ready(self) -> bool:
         return self._learned_s >= self.settings.online_refine_min_s
 
@@ -288,6 +322,7 @@ class DominantPoseNeutral:
 
     REFRESH_S = 0.25
     BIN_DEG = 1.0
+    MAX_GAIN = 1e12  # the stored weights are renormalised beyond this gain
 
     def __init__(self, settings: CalibrationSettings, hint: NeutralPose | None = None) -> None:
         s = self.settings = settings
@@ -301,9 +336,17 @@ class DominantPoseNeutral:
         self._wp = np.zeros(shape)  # weight * pitch
         self._wr = np.zeros(shape)  # weight * roll
         self._total = 0.0  # all learned weight, in range or not
+        # the per-bin arrays hold weight x _gain: fading divides the gain instead of every bin
+        # (renormalised when the gain grows large)
+        self._gain = 1.0
         sigma = max(s.online_cluster_radius_deg / 2.0, 0.5) / self.BIN_DEG
         self._ky = _gauss_matrix(len(self._yaw_c), sigma)
         self._kp = _gauss_matrix(len(self._pitch_c), sigma)
+        # the blurred histogram, kept up to date bin by bin (blurring is linear): weight
+        # learned since the last refresh waits in _pending, by bin
+        self._blurred = np.zeros(shape)
+        self._pending: dict[tuple[int, int], float] = {}
+        self._window_bins = int(math.ceil(s.online_cluster_radius_deg / self.BIN_DEG)) + 1
         self._dist_y = self._yaw_c[:, None]
         self._dist_p = self._pitch_c[None, :]
         self._t_s: float | None = None
@@ -320,11 +363,6 @@ class DominantPoseNeutral:
     @property
     def settled(self) -> bool:
         return self._settled
-
-    @property
-    def learned_s(self) -> float:
-        """Learned weight (seconds, time-decayed)."""
-        return self._total
 
     @property
     def dominance(self) -> float:
@@ -379,20 +417,39 @@ class DominantPoseNeutral:
         iy = int(math.floor((yaw - self._yaw_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
         ip = int(math.floor((pitch - self._pitch_c[0] + 0.5 * self.BIN_DEG) / self.BIN_DEG))
         if 0 <= iy < self._w.shape[0] and 0 <= ip < self._w.shape[1]:
-            self._w[iy, ip] += w
-            self._wy[iy, ip] += w * yaw
-            self._wp[iy, ip] += w * pitch
-            self._wr[iy, ip] += w * roll
+            g = w * self._gain
+            self._w[iy, ip] += g
+            self._wy[iy, ip] += g * yaw
+            self._wp[iy, ip] += g * pitch
+            self._wr[iy, ip] += g * roll
+            self._pending[(iy, ip)] = self._pending.get((iy, ip), 0.0) + g
+
+    def _blur_pending(self) -> None:
+        """Add the blur of the weight learned since the last refresh to the blurred histogram:
+        one separable Gaussian (an outer product) per bin that was hit, instead of blurring
+        the whole histogram (two large matrix products) every REFRESH_S."""
+        if not self._pending:
+            return
+        iys = [iy for iy, _ in self._pending]
+        ips = [ip for _, ip in self._pending]
+        ws = np.fromiter(self._pending.values(), float, len(self._pending))
+        # the sum over the bins hit of w * outer(ky[:, iy], kp[ip, :]): one small product
+        self._blurred += (self._ky[:, iys] * ws) @ self._kp[ips, :]
+        self._pending.clear()
 
     def _decay(self, t_s: float) -> None:
         assert self._decayed_t_s is not None
         k = math.exp(-(t_s - self._decayed_t_s) / self.settings.online_memory_s)
         self._decayed_t_s = t_s
+        self._blur_pending()  # what was learned since fades with the rest, as in _w
         if k < 1.0:
-            for a in (self._w, self._wy, self._wp, self._wr):
-                a *= k
+            self._gain /= k
             self._total *= k
             self._cluster_w *= k
+            if self._gain > self.MAX_GAIN:
+                for a in (self._w, self._wy, self._wp, self._wr, self._blurred):
+                    a /= self._gain
+                self._gain = 1.0
 
     def _shift(self, centre: tuple[float, float]) -> tuple[tuple[float, float], float, float]:
         """Mean shift from ``centre``: (centre, cluster weight, mean roll)."""
@@ -400,18 +457,27 @@ class DominantPoseNeutral:
         y, p = centre
         w_sum, roll = 0.0, 0.0
         for _ in range(6):
-            mask = (self._dist_y - y) ** 2 + (self._dist_p - p) ** 2 <= r2
-            w_sum = float(self._w[mask].sum())
-            if w_sum <= 0:
+            # only the bins around the centre can be within the radius
+            ys, ps = self._window(y, self._yaw_c), self._window(p, self._pitch_c)
+            mask = (self._dist_y[ys] - y) ** 2 + (self._dist_p[:, ps] - p) ** 2 <= r2
+            stored = float(self._w[ys, ps][mask].sum())
+            if stored <= 0:
                 return centre, 0.0, 0.0
-            ny = float(self._wy[mask].sum()) / w_sum
-            npitch = float(self._wp[mask].sum()) / w_sum
-            roll = float(self._wr[mask].sum()) / w_sum
+            w_sum = stored / self._gain
+            ny = float(self._wy[ys, ps][mask].sum()) / stored
+            npitch = float(self._wp[ys, ps][mask].sum()) / stored
+            roll = float(self._wr[ys, ps][mask].sum()) / stored
             moved = abs(ny - y) + abs(npitch - p)
             y, p = ny, npitch
             if moved < 0.01:
                 break
         return (y, p), w_sum, roll
+
+    def _window(self, centre: float, bins: np.ndarray) -> slice:
+        """The bins of ``bins`` (centres) that may lie within the cluster radius of
+        ``centre``."""
+        i = int(math.floor((centre - bins[0]) / self.BIN_DEG + 0.5))
+        return slice(max(0, i - self._window_bins), max(0, i + self._window_bins + 1))
 
     def _refresh(self) -> None:
         if self._total <= 0 or not self._w.any():
@@ -428,7 +494,7 @@ class DominantPoseNeutral:
         histogram, or, once settled, the current cluster unless the peak outweighs it by
         ``online_switch_ratio``."""
         s = self.settings
-        blurred = self._ky @ self._w @ self._kp
+        blurred = self._blurred
         iy, ip = np.unravel_index(int(np.argmax(blurred)), blurred.shape)
         peak, peak_w, peak_roll = self._shift((float(self._yaw_c[iy]), float(self._pitch_c[ip])))
         if self._settled and self._centre is not None:

@@ -88,6 +88,15 @@ class Event:
     settings_version: str
     schema_version: int = EVENT_SCHEMA_VERSION
 
+    @classmethod
+    def system(cls, reason: Reason, phase: Phase, t_s: float, started_t_s: float, level: int,
+               alert_id: int, event_id: str, settings_version: str = "") -> Event:
+        """A ``system_degraded`` record from outside the engine (the service's lost camera,
+        the communicator's damaged outbox), in the same schema: no pose. Its ``alert_id`` is
+        negative, so it never names one of the engine's alerts."""
+        return cls(EventType.SYSTEM_DEGRADED, reason, level, phase, t_s, started_t_s, alert_id,
+                   event_id, PoseSnapshot(None, None, None, None, False), settings_version)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,

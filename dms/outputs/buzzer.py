@@ -1,10 +1,12 @@
 """The in-cab buzzer: beep patterns per alert level, a bounded mute, a maximum continuous
 on-time, and backends for libgpiod v2, Jetson.GPIO, an external command, or none.
 
-The pattern logic is pure and driven by timestamps (``update(now_s)``), so tests need no sleep;
-:class:`BuzzerThread` drives it in the service. Hardware libraries are imported only when their
-backend is opened. The line is forced off on close, at interpreter exit (atexit), when muted,
-and by :meth:`Buzzer.force_off` (for the service's signal handlers).
+The pattern logic is pure and driven by timestamps (``update(now_s)``), so tests need no sleep.
+In the service the frame loop and the command handlers only state what they want (``alert``,
+``silence``, ``mute``; a signal handler ``request_off``): :class:`BuzzerThread`, the buzzer's
+own thread, makes every hook or GPIO call, so a slow or hung hook never holds up monitoring.
+Hardware libraries are imported only when their backend is opened. The line is forced off on
+close, at interpreter exit (atexit) and when the buzzer thread stops.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from dms.errors import DmsError
 from dms.outputs.settings import BeepPattern, BuzzerSettings
+from dms.settings import check_range
+from dms.sync import SignalSafeEvent
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +126,11 @@ class CommandLine:
 
     Each run gets its own process group; a run that outlives ``timeout_s`` is killed with its
     whole group (a hook that forks leaves nothing behind). ``set`` returns whether the program
-    succeeded, so a failed "off" is retried by the caller."""
+    succeeded, so a failed "off" is retried by the caller. An "off" still running when a new
+    alert is raised (:meth:`interrupt_off_when`) is killed the same way, so a slow "off" hook
+    never delays the next alert's sound."""
+
+    POLL_S = 0.005  # how often a running "off" checks whether a new alert wants the line on
 
     def __init__(self, on_argv: Sequence[str], off_argv: Sequence[str],
                  timeout_s: float = 2.0) -> None:
@@ -133,6 +142,11 @@ class CommandLine:
         self._on = list(on_argv)
         self._off = list(off_argv)
         self._timeout_s = timeout_s
+        self._interrupt_off: Callable[[], bool] = lambda: False
+
+    def interrupt_off_when(self, predicate: Callable[[], bool]) -> None:
+        """Kill a running "off" as soon as ``predicate()`` is true (a new alert was raised)."""
+        self._interrupt_off = predicate
 
     def set(self, on: bool) -> bool:
         argv = self._on if on else self._off
@@ -142,13 +156,23 @@ class CommandLine:
         except OSError as exc:
             log.error("buzzer command %s failed: %s", argv[0], exc)
             return False
-        try:
-            _, err = proc.communicate(timeout=self._timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            log.error("buzzer command %s took longer than %g s; killed with its children",
-                      argv[0], self._timeout_s)
-            return False
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            step = self._timeout_s if on else self.POLL_S
+            try:
+                _, err = proc.communicate(timeout=min(step, max(deadline - time.monotonic(), 0)))
+                break
+            except subprocess.TimeoutExpired:
+                if not on and self._interrupt_off():
+                    _kill_group(proc)
+                    log.info("buzzer command %s interrupted: a new alert wants the line on",
+                             argv[0])
+                    return False
+                if time.monotonic() >= deadline:
+                    _kill_group(proc)
+                    log.error("buzzer command %s took longer than %g s; killed with its "
+                              "children", argv[0], self._timeout_s)
+                    return False
         if proc.returncode != 0:
             log.error("buzzer command %s exited %d: %s", argv[0], proc.returncode,
                       err.decode(errors="replace").strip()[:200])
@@ -251,8 +275,18 @@ class PatternPlayer:
 class Buzzer:
     """Patterns + mute + max on-time on top of one line. Thread-safe.
 
-    ``clock`` (monotonic seconds) is used only where a call gives no ``now_s``.
+    The callers (the frame loop, command handlers, signal handlers) only *state* what they
+    want: :meth:`alert`, :meth:`silence`, :meth:`mute` and :meth:`request_off` change the
+    wanted state and wake the buzzer's own thread, and return at once. Only :meth:`update`
+    (the buzzer thread, :class:`BuzzerThread`) and :meth:`force_off` (exit paths) write the
+    line, so a slow or hanging hook never holds up monitoring.
+
+    ``clock`` (monotonic seconds) is used only where a call gives no ``now_s``, and to time
+    the delay from an alert's raise to the line being switched on (:meth:`sound_delays_s`).
     """
+
+    OFF_RETRY_S = 0.5  # a failed "off" is tried again this often until it succeeds
+    DELAYS_KEPT = 10_000  # raise-to-sound delays remembered for the statistics
 
     def __init__(self, settings: BuzzerSettings, line: BuzzerLine, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -263,62 +297,89 @@ class Buzzer:
         self._player = PatternPlayer(settings.patterns)
         self._lock = threading.RLock()  # the state; never held while a line is written
         self._io_lock = threading.Lock()  # one line write at a time
+        self._wake = SignalSafeEvent()  # set when the wanted state changed
         self._wanted = False
+        self._off_requested = False  # set by request_off (signal handlers: no lock taken)
         self._off_retry_at_s = -math.inf
-        self._is_on = False
+        self._is_on: bool | None = False  # None: unknown (a write failed)
         self._on_since_s: float | None = None
         self._guard_tripped = False
         self._muted_until_s = -math.inf
         self._mutes: list[tuple[float, float]] = []  # (start, end) of mutes in the last hour
         self._closed = False
+        self._raised_at: float | None = None  # clock() of a raise not yet sounding
+        self._delays: deque[float] = deque(maxlen=self.DELAYS_KEPT)
         self._atexit = register_atexit
+        if isinstance(line, CommandLine):
+            line.interrupt_off_when(lambda: self._raised_at is not None)
         if register_atexit:
             atexit.register(self.force_off)
 
     @property
     def is_on(self) -> bool:
-        return self._is_on
+        """The line is on, or its state is unknown (a failed switch)."""
+        return self._is_on is not False
 
-    OFF_RETRY_S = 0.5  # a failed "off" is tried again this often until it succeeds
+    @property
+    def has_line(self) -> bool:
+        """False when no buzzer is fitted (backend ``none``)."""
+        return not isinstance(self._line, NullLine)
 
-    def _write(self, on: bool) -> None:
-        """Record the wanted line state (under ``_lock``); :meth:`_apply` writes it."""
-        self._wanted = on
+    def pattern_s(self, level: object) -> float:
+        """How long the pattern ``level`` plays (an unknown level plays the highest)."""
+        return self.settings.patterns[self._player.resolve(level)].duration_s
+
+    def wait_for_change(self, timeout_s: float) -> bool:
+        """Block the buzzer thread until the wanted state changes or ``timeout_s`` passed."""
+        changed = self._wake.wait(timeout_s)
+        self._wake.clear()
+        return changed
 
     def _apply(self, now: float, block: bool) -> None:
-        """Write the wanted state to the line outside ``_lock`` (a slow or hanging hook never
-        blocks mute or the engine). ``block`` False: skip when a write is under way (the
-        buzzer thread applies the newest wanted state right after). A failed "off" leaves the
-        line counted as on, so it is retried every ``OFF_RETRY_S``."""
+        """Write the wanted state to the line outside ``_lock``. ``block`` False: skip when a
+        write is under way. A failed "off" leaves the line counted as on, so it is retried
+        every ``OFF_RETRY_S``."""
         if not self._io_lock.acquire(blocking=block):
             return
         try:
             want = self._wanted
+            if want and self._raised_at is not None:
+                # the line is switched on now (or already is): the raise sounds
+                self._delays.append(max(0.0, self._clock() - self._raised_at))
+                self._raised_at = None
             if want == self._is_on or (not want and now < self._off_retry_at_s):
                 return
             ok = self._line.set(want) is not False
             if ok:
                 self._is_on = want
                 self._off_retry_at_s = -math.inf
-            elif not want:
-                self._is_on = True  # unknown: keep trying to switch it off
-                self._off_retry_at_s = now + self.OFF_RETRY_S
-                log.error("buzzer: switching off failed; retrying every %.1f s",
-                          self.OFF_RETRY_S)
+            else:
+                self._is_on = None  # unknown: the next wanted state is written, whatever it is
+                if not want and self._raised_at is None:  # (not an "off" a new alert cut)
+                    self._off_retry_at_s = now + self.OFF_RETRY_S
+                    log.error("buzzer: switching off failed; retrying every %.1f s",
+                              self.OFF_RETRY_S)
         finally:
             self._io_lock.release()
 
     def alert(self, level: object, now_s: float | None = None) -> None:
-        """Start the beep pattern of ``level`` (e.g. an event's level) and update the line."""
+        """Start the beep pattern of ``level`` (e.g. an event's level); the buzzer thread
+        switches the line. Never waits for the line."""
         now = self._clock() if now_s is None else now_s
         with self._lock:
-            self._player.play(level, now)
+            if self._player.play(level, now):
+                self._raised_at = self._clock()
             self._update_state(now)
-        self._apply(now, block=False)
+        self._wake.set()
 
     def update(self, now_s: float | None = None, *, block: bool = True) -> bool:
-        """Drive the line for time ``now_s``; returns the wanted line state."""
+        """Drive the line for time ``now_s`` (the buzzer thread's job); returns the wanted
+        line state."""
         now = self._clock() if now_s is None else now_s
+        if self._off_requested:
+            self._off_requested = False
+            with self._lock:
+                self._player.stop()
         want = self._update_state(now)
         self._apply(now, block)
         return want
@@ -327,22 +388,30 @@ class Buzzer:
         with self._lock:
             if self._closed:
                 return False
-            want = self._player.desired(now) and not (
-                self.muted(now) and _rank(self._player.level or "") < NEVER_MUTED_LEVEL)
-            if not want:
+            muted = self.muted(now) and _rank(self._player.level or "") < NEVER_MUTED_LEVEL
+            want = self._player.desired(now) and not muted
+            if want:
+                want = self._within_max_on(now)
+            else:
                 self._guard_tripped = False
                 self._on_since_s = None
-            elif self._guard_tripped:
-                want = False
-            elif self._on_since_s is None:
-                self._on_since_s = now
-            elif now - self._on_since_s >= self.settings.max_on_s:
-                log.warning("buzzer: on for %.1f s, the maximum; forced off",
-                            now - self._on_since_s)
-                self._guard_tripped = True
-                want = False
-            self._write(want)
+                if muted or not self._player.playing(now):
+                    self._raised_at = None  # a muted (or finished) alert never sounds
+            self._wanted = want
             return want
+
+    def _within_max_on(self, now: float) -> bool:
+        """Whether the line may stay on: never longer than ``max_on_s`` continuously."""
+        if self._guard_tripped:
+            return False
+        if self._on_since_s is None:
+            self._on_since_s = now
+        elif now - self._on_since_s >= self.settings.max_on_s:
+            log.warning("buzzer: on for %.1f s, the maximum; forced off",
+                        now - self._on_since_s)
+            self._guard_tripped = True
+            return False
+        return True
 
     def muted(self, now_s: float | None = None) -> bool:
         now = self._clock() if now_s is None else now_s
@@ -360,16 +429,15 @@ class Buzzer:
         with self._lock:
             return max(0.0, self.settings.max_mute_per_hour_s - self._muted_in_last_hour(now))
 
-    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, Any]:
+    def mute(self, duration_s: float, now_s: float | None = None) -> dict[str, object]:
         """Silence levels below NEVER_MUTED_LEVEL for ``duration_s`` (0 < duration_s <=
         max_mute_s); a new mute replaces the one running. The muted time in any rolling hour
         stays within ``max_mute_per_hour_s``.
 
-        Raises ValueError beyond either bound (the MQTT dispatcher turns it into a reply).
+        Raises ValueError beyond either bound (the command dispatch turns it into a reply).
         """
-        if not (math.isfinite(duration_s) and 0 < duration_s <= self.settings.max_mute_s):
-            raise ValueError(f"mute duration_s must be in (0, {self.settings.max_mute_s:g}], "
-                             f"got {duration_s!r}")
+        check_range("mute: duration_s", duration_s, 0.0, self.settings.max_mute_s,
+                    low_open=True)
         now = self._clock() if now_s is None else now_s
         with self._lock:
             left = self.settings.max_mute_per_hour_s - self._muted_in_last_hour(now)
@@ -381,7 +449,7 @@ class Buzzer:
             self._muted_until_s = now + duration_s
             self._mutes.append((now, now + duration_s))
             self._update_state(now)
-        self._apply(now, block=False)
+        self._wake.set()
         log.info("buzzer muted for %.0f s (level %d and above still sound)", duration_s,
                  NEVER_MUTED_LEVEL)
         return {"muted_s": duration_s, "mute_budget_left_s": round(left - duration_s, 1)}
@@ -392,27 +460,33 @@ class Buzzer:
             self._mutes[-1] = (self._mutes[-1][0], now)
         self._muted_until_s = -math.inf
 
-    def unmute(self, now_s: float | None = None) -> None:
-        now = self._clock() if now_s is None else now_s
-        with self._lock:
-            self._end_mute(now)
-
     def silence(self) -> None:
-        """Stop the current pattern and switch the line off."""
+        """Stop the current pattern; the buzzer thread switches the line off."""
         with self._lock:
             self._player.stop()
-            self.force_off()
+            self._raised_at = None
+            self._wanted = False
+            self._on_since_s = None
+        self._wake.set()
+
+    def request_off(self) -> None:
+        """Ask the buzzer thread to stop the pattern and switch off. Safe in a signal handler:
+        it takes no lock (a flag and a re-entrant event)."""
+        self._off_requested = True
+        self._wanted = False
+        self._wake.set()
 
     def force_off(self) -> None:
-        """Switch the line off now. Never raises (safe in atexit and signal handlers); waits
-        at most for a write under way (bounded by the hook's timeout)."""
+        """Switch the line off now, on the caller's thread (exit paths: close, atexit, the
+        buzzer thread's end). Never raises; waits at most for a write under way (bounded by
+        the hook's timeout)."""
         self._wanted = False
         self._on_since_s = None
         got = self._io_lock.acquire(timeout=self.settings.command_timeout_s + 1.0)
         try:
             if self._line.set(False) is False:
                 log.error("buzzer: could not switch the line off (will retry)")
-                self._is_on = True
+                self._is_on = None
                 self._off_retry_at_s = -math.inf
             else:
                 self._is_on = False
@@ -421,6 +495,11 @@ class Buzzer:
         finally:
             if got:
                 self._io_lock.release()
+
+    def sound_delays_s(self) -> list[float]:
+        """Seconds from each raise (:meth:`alert` starting a pattern) to the buzzer thread
+        switching the line on, oldest first (muted raises are not counted)."""
+        return list(self._delays)
 
     def close(self) -> None:
         with self._lock:
@@ -437,13 +516,16 @@ class Buzzer:
             atexit.unregister(self.force_off)
 
 
-def open_buzzer(settings: BuzzerSettings, **kwargs: Any) -> Buzzer:
+def open_buzzer(settings: BuzzerSettings, *, clock: Callable[[], float] = time.monotonic,
+                register_atexit: bool = True) -> Buzzer:
     """A Buzzer on the configured backend (DmsError if its library or chip is missing)."""
-    return Buzzer(settings, open_line(settings), **kwargs)
+    return Buzzer(settings, open_line(settings), clock=clock, register_atexit=register_atexit)
 
 
 class BuzzerThread:
-    """Calls ``buzzer.update()`` every ``period_s`` on a daemon thread; forces off on stop."""
+    """The buzzer's own thread: every line write happens here. It wakes when the wanted
+    state changes (:meth:`Buzzer.alert`, ``silence``, ``mute``) and at least every
+    ``period_s`` (patterns, the maximum on-time, retries); forces the line off on stop."""
 
     def __init__(self, buzzer: Buzzer, period_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -461,8 +543,9 @@ class BuzzerThread:
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self._period_s):
+            while not self._stop.is_set():
                 self._buzzer.update(self._clock())
+                self._buzzer.wait_for_change(self._period_s)
         except Exception:
             log.exception("buzzer thread failed; line forced off")
         finally:
@@ -470,7 +553,8 @@ class BuzzerThread:
 
     def stop(self) -> None:
         self._stop.set()
+        self._buzzer.request_off()  # wakes the thread
         if self._thread is not None:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=self._buzzer.settings.command_timeout_s + 2.0)
             self._thread = None
         self._buzzer.force_off()

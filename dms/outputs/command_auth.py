@@ -22,49 +22,20 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dms.commands import CommandRejected, loads, short_repr
 from dms.errors import DmsError
 
 MIN_KEY_BYTES = 16
 MAX_NONCES = 1024  # nonces remembered at most (fail closed beyond: a flood cannot evict them)
 START_TOLERANCE_S = 2.0  # clock skew allowed for a command sent just after the device started
 AUTH_FIELDS = ("device", "command", "ts", "nonce")
-
-
-class CommandRejected(DmsError):
-    """A command is refused: malformed, not authentic, replayed, or refused by its handler.
-
-    ``request_id`` is the request id the sender gave, when one could be read (echoed in the
-    reply so the sender can match it; it is never trusted for anything else)."""
-
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a reply must not echo a huge payload)."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        return f"<deeply nested {type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def loads(text: str, what: str) -> Any:
-    """``json.loads`` that reports a deeply nested or malformed document as CommandRejected
-    (never a RecursionError traceback)."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise CommandRejected(f"{what}: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise CommandRejected(f"{what}: payload is not JSON: {exc}") from None
 
 
 def command_key(environ: Mapping[str, str], variable: str) -> bytes | None:
@@ -84,7 +55,8 @@ def signature(key: bytes, body: bytes) -> str:
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
-def sign_command(key: bytes, device: str, command: str, args: Mapping[str, Any] | None = None,
+def sign_command(key: bytes, device: str, command: str,
+                 args: Mapping[str, object] | None = None,
                  *, request_id: str | None = None, ts: float | None = None,
                  nonce: str | None = None) -> bytes:
     """The payload of a signed command for ``<prefix>/<device>/cmd/<command>``."""
@@ -100,6 +72,34 @@ def sign_command(key: bytes, device: str, command: str, args: Mapping[str, Any] 
     text = json.dumps(body, separators=(",", ":"))
     return json.dumps({"body": text, "sig": signature(key, text.encode())},
                       separators=(",", ":")).encode()
+
+
+_SIG = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_envelope(payload: bytes, max_bytes: int) -> bool:
+    """Whether ``payload`` is a well-formed signed envelope (``{"body": "...", "sig": "<64
+    hex digits>"}``, at most ``max_bytes``), whatever its signature's worth. Only these get
+    a reply: a flood of anything else is counted, not answered."""
+    if len(payload) > max_bytes or not payload.startswith(b"{"):
+        return False
+    try:
+        outer = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return (isinstance(outer, dict) and set(outer) == {"body", "sig"}
+            and isinstance(outer["body"], str) and isinstance(outer["sig"], str)
+            and _SIG.fullmatch(outer["sig"]) is not None)
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """The request id an envelope's (untrusted) body names, to echo in a refusal."""
+    try:
+        outer = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    body = outer.get("body") if isinstance(outer, dict) else None
+    return _request_id_hint(body) if isinstance(body, str) else None
 
 
 def _request_id_hint(text: str) -> str | None:
@@ -148,11 +148,19 @@ class CommandVerifier:
         body, sig = outer["body"], outer["sig"]
         if not isinstance(body, str) or not isinstance(sig, str):
             raise CommandRejected(f"{name}: body and sig must be strings")
+        if not _SIG.fullmatch(sig):
+            raise CommandRejected(f"{name}: sig must be 64 hex digits (HMAC-SHA256)")
         return body, sig
 
-    def _check_fresh(self, name: str, body: dict[str, Any], now: float) -> str:
-        ts, nonce = body.get("ts"), body.get("nonce")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+    def _timestamp(self, name: str, body: dict[str, object], now: float) -> float:
+        """The body's ``ts``, once it is Unix seconds within the window and after the start."""
+        raw = body.get("ts")
+        try:
+            ts = float(raw) if not isinstance(raw, bool) and isinstance(raw, (int, float)) \
+                else math.nan
+        except OverflowError:  # a 401-digit integer
+            ts = math.nan
+        if not math.isfinite(ts):
             raise CommandRejected(f"{name}: ts must be Unix seconds")
         if abs(now - ts) > self._window_s:
             raise CommandRejected(
@@ -161,6 +169,11 @@ class CommandVerifier:
         if ts < self._not_before:
             raise CommandRejected(f"{name}: timestamp {ts:.3f} is before this device started "
                                   "(a replay from before a restart?)")
+        return ts
+
+    def _check_fresh(self, name: str, body: dict[str, object], now: float) -> str:
+        self._timestamp(name, body, now)
+        nonce = body.get("nonce")
         if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
             raise CommandRejected(f"{name}: nonce must be a string of 8-128 characters")
         while self._nonces and next(iter(self._nonces.values())) < now:
@@ -174,7 +187,7 @@ class CommandVerifier:
                                   f"{self._window_s:g} s; refused")
         return nonce
 
-    def verify(self, name: str, text: str) -> dict[str, Any]:
+    def verify(self, name: str, text: str) -> dict[str, object]:
         """The authenticated body of a command on topic ``cmd/<name>`` without its
         authentication fields (its arguments and ``request_id``). Raises CommandRejected."""
         body_text, sig = self._envelope(name, text)

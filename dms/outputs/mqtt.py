@@ -1,10 +1,14 @@
 """The one MQTT communicator: status with Last Will, retained state, durable alerts, rate-limited
-telemetry, commands through one dispatcher table, optional Home Assistant discovery.
+telemetry, signed commands (verified here, then run by the one dispatch of
+:mod:`dms.commands`), optional Home Assistant discovery.
 
 Threads: the caller (service loop) calls ``publish_*``; paho's network thread runs the
-callbacks; one worker thread owns the hand-over of outbox rows to paho and the deletion of
-acknowledged rows. Callbacks only put items on the worker's queue (paho calls ``on_publish``
-with its own lock held, so taking ours there could deadlock with ``publish``).
+callbacks; a writer thread makes every durable write (an alert's row in the outbox, offline
+telemetry), so the loop never waits on the disk for longer than ``alert_write_wait_s``; one
+worker thread owns the hand-over of outbox rows to paho and the deletion of acknowledged rows.
+Callbacks only put items on the worker's queue (paho calls ``on_publish`` with its own lock
+held, so taking ours there could deadlock with ``publish``). Status queries never wait for a
+write under way: they read the last figures when the outbox is busy (a stalled disk).
 
 Delivery (see docs/mqtt.md): alerts are committed to the outbox before publishing and deleted
 on PUBACK: at-least-once; a crash between PUBACK and delete re-sends the alert on restart, so
@@ -13,7 +17,6 @@ subscribers de-duplicate on ``(stream, seq)``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,18 +27,18 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from dms.commands import CommandRejected, Commands, Handler, check_name, short_repr
+from dms.engine.events import Event, Phase, Reason
 from dms.errors import DmsError
-from dms.outputs.command_auth import (
-    CommandRejected,
-    CommandVerifier,
-    command_key,
-    loads,
-    short_repr,
-)
+from dms.json_safe import json_line, jsonable
+from dms.outputs.command_auth import CommandVerifier, command_key, is_envelope, request_id_of
 from dms.outputs.outbox import Outbox, OutboxStats
 from dms.outputs.settings import MqttSettings
 from dms.outputs.topics import Topics
@@ -43,131 +46,90 @@ from dms.outputs.topics import Topics
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA = 1
-_STOP = object()
+_STOP = "stop"  # on either queue: the thread ends
+STATUS_WAIT_S = 0.05  # a status query waits this long for a busy outbox, then reads the last
+STOP_WRITE_WAIT_S = 5.0  # on stop, alerts not yet written get this long, then are spilled
+MAX_OFFLINE_TELEMETRY_QUEUED = 100  # telemetry waiting for the writer beyond this is dropped
 
 
-# -- commands ----------------------------------------------------------------------------------
+class Refusals:
+    """Refused commands: counted; logged at once when they are rare, else as one line per
+    ``LOG_EVERY_S`` with their number and the last reason; answered at most
+    ``REPLIES_PER_S`` a second after a burst of ``REPLY_BURST``. A flood costs a count, not a
+    log line and a reply each."""
+
+    LOG_EVERY_S = 10.0
+    REPLIES_PER_S = 5.0
+    REPLY_BURST = 20.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._last = ""
+        self._logged_at = -math.inf
+        self._tokens = self.REPLY_BURST
+        self._tokens_at = clock()
+
+    def refused(self, what: str) -> None:
+        """Count one refusal (``what``: the command and why)."""
+        with self._lock:
+            self._unlogged += 1
+            self._last = what
+        self.flush()
+
+    def flush(self) -> None:
+        """Log what was counted, when a line is due (also called on the worker's ticks)."""
+        with self._lock:
+            now = self._clock()
+            if not self._unlogged or now - self._logged_at < self.LOG_EVERY_S:
+                return
+            n, last, since = self._unlogged, self._last, now - self._logged_at
+            self._unlogged, self._logged_at = 0, now
+        if n == 1:
+            log.warning("mqtt command rejected: %s", last)
+        else:
+            log.warning("mqtt: %d commands rejected in the last %.0f s; the last: %s", n,
+                        min(since, self.LOG_EVERY_S), last)
+
+    def may_reply(self) -> bool:
+        """A refusal may be answered now (a token of the reply budget)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.REPLY_BURST,
+                               self._tokens + (now - self._tokens_at) * self.REPLIES_PER_S)
+            self._tokens_at = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
 
 
 @dataclass(frozen=True, slots=True)
-class CalibrateCommand:
-    """Start neutral-pose calibration."""
+class _Ack:
+    """paho acknowledged a message (PUBACK): for the worker thread."""
 
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MuteCommand:
-    """Mute the buzzer for ``duration_s`` (the buzzer enforces its upper bound)."""
-
-    duration_s: float
-    request_id: str | None = None
+    mid: int
+    reason: ReasonCode
 
 
-@dataclass(frozen=True, slots=True)
-class StateRequest:
-    """Publish the current state again."""
+class _Unwritten:
+    """An alert handed to the writer thread, until it has its row (and seq) in the outbox."""
 
-    request_id: str | None = None
+    __slots__ = ("body", "done", "seq", "wall_s")
 
-
-Command = CalibrateCommand | MuteCommand | StateRequest
-CommandHandler = Callable[[Any], Mapping[str, Any] | None]
-
-
-def _no_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
-    if args:
-        raise CommandRejected(f"{name}: takes no arguments, got {sorted(args)}")
-    return CalibrateCommand(request_id) if name == "calibrate" else StateRequest(request_id)
-
-
-def _mute_args(name: str, args: dict[str, Any], request_id: str | None) -> Command:
-    unknown = sorted(set(args) - {"duration_s"})
-    if unknown:
-        raise CommandRejected(f"{name}: unknown argument {unknown[0]!r} (known: duration_s)")
-    value = args.get("duration_s")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CommandRejected(f"{name}: duration_s must be a number of seconds, got "
-                              f"{short_repr(value)}")
-    if not math.isfinite(value) or value <= 0:
-        raise CommandRejected(f"{name}: duration_s must be > 0 and finite, got {value!r}")
-    return MuteCommand(float(value), request_id)
-
-
-#: The dispatcher table: command name -> parser of its arguments. Handlers are injected.
-COMMAND_PARSERS: Mapping[str, Callable[[str, dict[str, Any], str | None], Command]] = {
-    "calibrate": _no_args,
-    "mute": _mute_args,
-    "state": _no_args,
-}
-
-
-def _check_name_and_size(name: str, payload: bytes, max_bytes: int) -> str:
-    """The payload as text, after the checks every command gets before anything else."""
-    if name not in COMMAND_PARSERS:
-        raise CommandRejected(f"unknown command {short_repr(name)} "
-                              f"(known: {', '.join(COMMAND_PARSERS)})")
-    if len(payload) > max_bytes:
-        raise CommandRejected(f"{name}: payload of {len(payload)} bytes exceeds {max_bytes}")
-    return payload.decode("utf-8", errors="strict").strip() if payload else ""
-
-
-def command_from_args(name: str, args: Any) -> Command:
-    """The command ``name`` from its decoded arguments (a dict with an optional
-    ``request_id``; for ``mute`` also a bare number of seconds)."""
-    if name == "mute" and isinstance(args, (int, float)) and not isinstance(args, bool):
-        args = {"duration_s": args}
-    if not isinstance(args, dict):
-        raise CommandRejected(f"{name}: payload must be a JSON object, got {type(args).__name__}")
-    args = dict(args)
-    request_id = args.pop("request_id", None)
-    if request_id is not None and (not isinstance(request_id, (str, int))
-                                   or isinstance(request_id, bool) or len(str(request_id)) > 64):
-        raise CommandRejected(f"{name}: request_id must be a string of at most 64 characters")
-    return COMMAND_PARSERS[name](name, args, None if request_id is None else str(request_id))
-
-
-def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
-    """Validate the arguments of one unsigned command payload (what a signed command's body
-    carries besides its authentication fields). Raises CommandRejected naming what is wrong.
-
-    The payload is empty, a JSON object (optional ``request_id`` plus the command's
-    arguments), or for ``mute`` a bare number of seconds. The communicator accepts only
-    signed commands (:mod:`dms.outputs.command_auth`).
-    """
-    text = _check_name_and_size(name, payload, max_bytes)
-    return command_from_args(name, loads(text, name) if text else {})
+    def __init__(self, body: dict[str, object], wall_s: float) -> None:
+        self.body = body
+        self.wall_s = wall_s
+        self.done = threading.Event()
+        self.seq: int | None = None
 
 
 # -- payloads ----------------------------------------------------------------------------------
 
 
-def jsonable(obj: Any) -> Any:
-    """A JSON-safe copy: enums by value, numpy scalars/arrays as numbers/lists, NaN/inf -> None.
-
-    An alert must never be lost to a serialisation error, so anything else becomes its str().
-    """
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Enum):
-        return jsonable(obj.value)
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars
-    if callable(tolist):
-        return jsonable(tolist())
-    to_dict = getattr(obj, "to_dict", None)
-    if callable(to_dict):
-        return jsonable(to_dict())
-    return str(obj)
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(jsonable(obj), separators=(",", ":"), allow_nan=False).encode()
+def dumps(obj: object) -> bytes:
+    return json_line(obj).encode()
 
 
 # -- the communicator --------------------------------------------------------------------------
@@ -185,26 +147,40 @@ class MqttCommunicator:
                  environ: Mapping[str, str] | None = None,
                  clock_wall: Callable[[], float] = time.time,
                  on_outbox_over_bound: Callable[[OutboxStats], None] | None = None,
-                 sw_version: str = "") -> None:
+                 sw_version: str = "",
+                 record_clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self._environ = environ
         self._clock_wall = clock_wall
         self._on_over_bound = on_outbox_over_bound
         self._sw_version = sw_version
+        # t_s of the records the communicator makes itself (outbox_damaged): the run's clock,
+        # as the engine's records (default: seconds since this communicator was made)
+        started = time.monotonic()
+        self._record_clock = record_clock or (lambda: time.monotonic() - started)
         device_id = settings.device_id or socket.gethostname().split(".")[0]
         self.topics = Topics(settings.prefix, device_id)
-        self._handlers: dict[str, CommandHandler] = {}
+        self._refusals = Refusals()
+        self.commands = Commands({"state": lambda _c: self._republish_state()},
+                                 on_refused=lambda _origin, name, why: self._refusals.refused(
+                                     f"{short_repr(name)}: {why}"))
         self._verifier: CommandVerifier | None = None  # None: no key, commands refused
         self._commands_off_why = "no command key configured"
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.Queue[_Ack | str] = queue.Queue()  # the worker's: acks, "kick"...
+        self._writes: queue.Queue[_Unwritten | bytes | str] = queue.Queue()  # the writer's
+        self._unwritten: dict[int, _Unwritten] = {}  # alerts queued for the writer, by id()
+        self._unwritten_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._outbox_figures: dict[str, int] = {}  # the last outbox stats read
+        self._stalled_logged = False
         self._connected = threading.Event()
         self._drained = threading.Condition()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (worker thread only)
         self._cursor = 0  # highest outbox row id handed to paho (worker thread only)
         self._state_payload: bytes | None = None
         self._last_telemetry_t_s: float | None = None
-        self._client: Any = None
+        self._client: mqtt.Client | None = None
         self._outbox: Outbox | None = None
         self._worker: threading.Thread | None = None
         self._stopping = False
@@ -213,6 +189,7 @@ class MqttCommunicator:
         self._damage_n = 0
         self._damage_open: list[tuple[int, float]] = []  # outbox damage not yet cleared
         self._counters = {"alerts_sent": 0, "alerts_acked": 0, "alerts_rejected": 0,
+                          "alerts_failed": 0,
                           "telemetry_sent": 0, "telemetry_dropped": 0, "commands_ok": 0,
                           "commands_rejected": 0, "connects": 0}
 
@@ -227,28 +204,31 @@ class MqttCommunicator:
         self._outbox = Outbox(self.state_dir / s.outbox_file, max_messages=s.outbox_max_messages,
                               max_telemetry=s.outbox_max_telemetry, clock_wall=self._clock_wall,
                               spill_dir=spill_dir(s, os.environ if self._environ is None
-                                                  else self._environ))
+                                                  else self._environ),
+                              alert_topic=self.topics.alert)
         pending = len(self._outbox)
         if pending:
             log.info("outbox %s: %d message(s) left by a previous run will be sent first",
                      self._outbox.path, pending)
-        self._client = self._build_client(os.environ if self._environ is None else self._environ)
+        client = self._client = self._build_client(os.environ if self._environ is None
+                                                   else self._environ)
+        self._outbox_figures = self._outbox.stats().as_dict()
+        self._writer = threading.Thread(target=self._write_loop, name="dms-mqtt-writer",
+                                        daemon=True)
+        self._writer.start()
+        for event in self._outbox.take_spilled_events():  # never given a seq: they get one
+            self.publish_alert(event, wait_s=0.0)
         self._worker = threading.Thread(target=self._work, name="dms-mqtt-outbox", daemon=True)
         self._worker.start()
-        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
-        self._client.loop_start()
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.loop_start()
         return self
 
-    def _build_client(self, environ: Mapping[str, str]) -> Any:
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise DmsError("mqtt: needs the paho-mqtt package (pip install 'paho-mqtt>=2')"
-                           ) from exc
+    def _build_client(self, environ: Mapping[str, str]) -> mqtt.Client:
         s = self.settings
         client_id = s.client_id or f"dms-{self.topics.device_id}"
         protocol = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=protocol)
         # paho logs expected states (e.g. "not connected" while the broker is away) as errors;
         # our callbacks report connection changes, so paho's own lines go to debug
@@ -273,7 +253,7 @@ class MqttCommunicator:
         client.on_message = self._on_message
         return client
 
-    def _setup_tls(self, client: Any) -> None:
+    def _setup_tls(self, client: mqtt.Client) -> None:
         s = self.settings
         for what, path in (("tls_ca_file", s.tls_ca_file), ("tls_cert_file", s.tls_cert_file),
                            ("tls_key_file", s.tls_key_file)):
@@ -308,13 +288,16 @@ class MqttCommunicator:
         """Optionally wait for the outbox to drain, publish ``offline``, disconnect, close.
 
         Whatever is still in the outbox is sent by the next process using the same state dir.
+        Alerts the writer could not store within STOP_WRITE_WAIT_S (a stalled disk) are
+        spilled (:meth:`save_unwritten`) and the outbox is left for the process exit to
+        release: a stop never hangs on the disk.
         """
         if self._outbox is None or self._stopping:
             return
         if drain_timeout_s > 0:
             self.wait_drained(drain_timeout_s)
         self._stopping = True
-        client = self._client
+        client = self._paho
         if self._connected.is_set():
             try:
                 info = client.publish(self.topics.status, "offline", qos=1, retain=True)
@@ -324,6 +307,15 @@ class MqttCommunicator:
         client.disconnect()
         client.loop_stop()
         self._queue.put(_STOP)
+        self._writes.put(_STOP)
+        if self._writer is not None:
+            self._writer.join(timeout=STOP_WRITE_WAIT_S)
+            if self._writer.is_alive():
+                saved = self.save_unwritten()
+                log.error("mqtt: the state directory did not take the alerts within %g s "
+                          "(a stalled disk?); %d undelivered alert(s) spilled to %s for the "
+                          "next start", STOP_WRITE_WAIT_S, saved, self._outbox.spill_path)
+                return
         if self._worker is not None:
             self._worker.join(timeout=5.0)
         left = len(self._outbox)
@@ -331,6 +323,16 @@ class MqttCommunicator:
         if left - lost > 0:
             log.warning("mqtt: %d message(s) remain in %s for the next run", left - lost,
                         self._outbox.path)
+
+    def save_unwritten(self) -> int:
+        """Spill every undelivered alert, also those still waiting for the writer, to the
+        spill file now (another file system), without waiting for a write under way: what
+        a stop does before the process may be ended. Returns how many were written."""
+        if self._outbox is None:
+            return 0
+        with self._unwritten_lock:
+            waiting = [u.body for u in self._unwritten.values()]
+        return self._outbox.spill_now(waiting)
 
     def __enter__(self) -> MqttCommunicator:
         return self.start()
@@ -340,53 +342,108 @@ class MqttCommunicator:
 
     # -- publishing ----------------------------------------------------------------------------
 
+    @property
+    def _paho(self) -> mqtt.Client:
+        assert self._client is not None, "start() first"
+        return self._client
+
     def _require_started(self) -> Outbox:
         if self._outbox is None or self._stopping:
             raise RuntimeError("MqttCommunicator is not running (call start() first)")
         return self._outbox
 
-    def publish_alert(self, event: Mapping[str, Any]) -> int:
+    def publish_alert(self, event: Mapping[str, object],
+                      wait_s: float | None = None) -> int | None:
         """Store ``event`` (a JSON-able dict, e.g. ``Event.to_dict()``) durably, then send it.
 
-        Returns its sequence number. The alert is on disk when this returns, or, while the
-        disk refuses writes (read-only state directory, disk full), kept in memory, published
-        from there and written once the disk takes writes again (see :mod:`.outbox`).
+        The writer thread stores it; this waits for that at most ``wait_s`` seconds (None:
+        until it is stored) and returns its sequence number, or None when the wait ran out.
+        It never waits while earlier alerts still wait for the disk (a stalled disk costs the
+        caller one ``wait_s``, not one per alert). An alert not yet stored is kept in memory,
+        stored and sent as soon as the disk allows, and spilled if the process stops first.
+        While the disk refuses writes (read-only state directory, disk full) the outbox keeps
+        alerts in memory and publishes them from there (see :mod:`.outbox`).
         """
-        outbox = self._require_started()
-        body = jsonable(event)
+        self._require_started()
+        item = _Unwritten(jsonable(event), self._clock_wall())
+        with self._unwritten_lock:
+            behind = bool(self._unwritten)
+            self._unwritten[id(item)] = item
+        self._writes.put(item)
+        if wait_s is not None and (behind or wait_s <= 0):
+            return None
+        if item.done.wait(wait_s):
+            self._stalled_logged = False
+            return item.seq
+        if not self._stalled_logged:
+            self._stalled_logged = True
+            log.error("mqtt: an alert was not on disk within %g s (a stalled disk?); alerts "
+                      "wait in memory and are stored and sent as soon as the disk answers",
+                      wait_s)
+        return None
+
+    def _store_alert(self, item: _Unwritten) -> None:
+        """The writer thread: the alert's row (and seq) in the outbox."""
+        outbox = self._outbox
+        assert outbox is not None
+        body = item.body
 
         def build(stream: str, seq: int) -> bytes:
             return dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
                           "stream": stream, "seq": seq,
-                          "queued_wall_s": round(self._clock_wall(), 3), "event": body})
+                          "queued_wall_s": round(item.wall_s, 3), "event": body})
 
-        result = outbox.put_alert(self.topics.alert, build, qos=1)
-        if result.over_bound:
-            stats = outbox.stats()
-            log.error("mqtt outbox %s holds %d undelivered alerts, above its bound of %d; "
-                      "keeping them all (alerts are never dropped); %d over so far",
-                      outbox.path, stats.pending_alerts, outbox.max_messages,
-                      stats.alerts_over_bound)
-            if self._on_over_bound is not None:
-                self._on_over_bound(stats)
-        self._queue.put(("kick",))
-        assert result.row.seq is not None
-        return result.row.seq
+        try:
+            result = outbox.put_alert(self.topics.alert, build, qos=1)
+        except Exception:  # never expected (the payload is JSON-able): logged, counted
+            self._counters["alerts_failed"] += 1
+            log.exception("mqtt: alert %s could not be stored", body.get("event_id")
+                          if isinstance(body, dict) else "?")
+        else:
+            item.seq = result.row.seq
+            if result.over_bound:
+                stats = outbox.stats()
+                log.error("mqtt outbox %s holds %d undelivered alerts, above its bound of %d; "
+                          "keeping them all (alerts are never dropped); %d over so far",
+                          outbox.path, stats.pending_alerts, outbox.max_messages,
+                          stats.alerts_over_bound)
+                if self._on_over_bound is not None:
+                    self._on_over_bound(stats)
+        with self._unwritten_lock:
+            self._unwritten.pop(id(item), None)
+        item.done.set()
+        self._queue.put("kick")
 
-    def publish_state(self, state: Mapping[str, Any]) -> None:
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is _STOP:
+                return
+            try:
+                if isinstance(item, _Unwritten):
+                    self._store_alert(item)
+                elif isinstance(item, bytes) and self._outbox is not None and \
+                        self._outbox.put_telemetry(self.topics.telemetry, item, qos=0) is None:
+                    self._counters["telemetry_dropped"] += 1
+                else:
+                    self._queue.put("kick")
+            except Exception:  # keep the writer alive; the outbox keeps the data
+                log.exception("mqtt writer: unexpected error")
+
+    def publish_state(self, state: Mapping[str, object]) -> None:
         """Publish the retained state (also re-sent on every reconnect)."""
         self._require_started()
         payload = dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
                          "wall_s": round(self._clock_wall(), 3), "state": state})
         self._state_payload = payload
         if self._connected.is_set():
-            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+            self._paho.publish(self.topics.state, payload, qos=1, retain=True)
 
-    def publish_telemetry(self, data: Mapping[str, Any], t_s: float) -> bool:
+    def publish_telemetry(self, data: Mapping[str, object], t_s: float) -> bool:
         """Send pose telemetry at QoS 0 if at least ``telemetry_interval_s`` passed since the
         last one (``t_s``: monotonic seconds). Offline, it is queued in the outbox while there
         is room. Returns whether it was sent or queued."""
-        outbox = self._require_started()
+        self._require_started()
         interval = self.settings.telemetry_interval_s
         if interval <= 0:
             return False
@@ -397,86 +454,63 @@ class MqttCommunicator:
         payload = dumps({"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id, "t_s": t_s,
                          "wall_s": round(self._clock_wall(), 3), "telemetry": data})
         if self._connected.is_set():
-            self._client.publish(self.topics.telemetry, payload, qos=0)
+            self._paho.publish(self.topics.telemetry, payload, qos=0)
             self._counters["telemetry_sent"] += 1
             return True
-        if outbox.put_telemetry(self.topics.telemetry, payload, qos=0) is None:
+        if self._writes.qsize() >= MAX_OFFLINE_TELEMETRY_QUEUED:  # the writer is behind
             self._counters["telemetry_dropped"] += 1
             return False
-        self._queue.put(("kick",))
+        self._writes.put(payload)  # stored in the outbox while there is room
         return True
 
     # -- commands ------------------------------------------------------------------------------
 
-    def set_command_handler(self, name: str, handler: CommandHandler) -> None:
-        """Route command ``name`` (a key of COMMAND_PARSERS) to ``handler(command)``.
+    def set_command_handler(self, name: str, handler: Handler) -> None:
+        """Route command ``name`` to ``handler(command)`` (see :class:`dms.commands.Commands`).
 
         Handlers run on paho's network thread: they must return quickly (hand work to the
-        service loop). A returned mapping is sent back as the reply's ``result``; raising
-        CommandRejected or ValueError rejects the command with that reason.
+        service loop).
         """
-        if name not in COMMAND_PARSERS:
-            raise ValueError(f"unknown command {name!r} (known: {', '.join(COMMAND_PARSERS)})")
-        self._handlers[name] = handler
+        self.commands.set(name, handler)
 
-    def set_command_handlers(self, handlers: Mapping[str, CommandHandler]) -> None:
+    def set_command_handlers(self, handlers: Mapping[str, Handler]) -> None:
         for name, handler in handlers.items():
             self.set_command_handler(name, handler)
 
-    def _authenticated(self, name: str, payload: bytes) -> Command:
-        """The command, once its payload is checked, signed and fresh (CommandRejected if
-        not). Without a key every command is refused (the buzzer must not be silenced by
-        anyone who can reach the broker)."""
-        text = _check_name_and_size(name, payload, self.settings.command_max_bytes)
+    def _verified_args(self, name: str, payload: bytes) -> dict[str, object]:
+        """The arguments of a command once its envelope is signed and fresh
+        (CommandRejected if not). Without a key every command is refused (the buzzer must
+        not be silenced by anyone who can reach the broker)."""
+        check_name(name)
+        text = payload.decode("utf-8", errors="strict").strip()
         if self._verifier is None:
             raise CommandRejected(f"{name}: refused: {self._commands_off_why}")
-        args = self._verifier.verify(name, text)
-        try:
-            return command_from_args(name, args)
-        except CommandRejected as exc:
-            rid = args.get("request_id")
-            exc.request_id = str(rid) if isinstance(rid, (str, int)) else None
-            raise
+        return self._verifier.verify(name, text)
 
-    def _dispatch(self, name: str, payload: bytes) -> dict[str, Any]:
-        request_id = None
+    def _dispatch(self, name: str, payload: bytes) -> dict[str, object]:
+        """Verify, then run through the one dispatch; the reply. A refusal echoes the
+        request id its (even unverified) body names, so the sender can match it."""
         try:
-            command = self._authenticated(name, payload)
-            request_id = command.request_id
-            handler = self._handlers.get(name)
-            if handler is None:
-                result: Mapping[str, Any] | None
-                if name == "state":
-                    result = self._republish_state()
-                else:
-                    raise CommandRejected(f"{name}: not available on this device")
-            else:
-                result = handler(command)
+            args = self._verified_args(name, payload)
         except (CommandRejected, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            request_id = request_id or getattr(exc, "request_id", None)
             self._counters["commands_rejected"] += 1
-            log.warning("mqtt command %r rejected: %s", name, exc)
-            return {"command": name, "request_id": request_id, "ok": False, "error": str(exc)}
-        except Exception as exc:  # a handler bug must not kill the network thread
-            self._counters["commands_rejected"] += 1
-            log.exception("mqtt command %r: handler failed", name)
-            return {"command": name, "request_id": request_id, "ok": False,
-                    "error": f"internal error: {type(exc).__name__}: {exc}"}
-        self._counters["commands_ok"] += 1
-        log.info("mqtt command %r accepted", name)
-        return {"command": name, "request_id": request_id, "ok": True, "error": None,
-                "result": dict(result) if result else None}
+            rid = (exc.request_id if isinstance(exc, CommandRejected) else None) or \
+                request_id_of(payload)
+            return self.commands.refuse("mqtt", name, rid, str(exc))
+        out = self.commands.run(name, args, "mqtt", request_id_of(payload))
+        self._counters["commands_ok" if out["ok"] else "commands_rejected"] += 1
+        return out
 
-    def _republish_state(self) -> dict[str, Any]:
+    def _republish_state(self) -> dict[str, object]:
         if self._state_payload is None:
             return {"published": False}
-        self._client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        self._paho.publish(self.topics.state, self._state_payload, qos=1, retain=True)
         return {"published": True}
 
     # -- paho callbacks (network thread) -------------------------------------------------------
 
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any,
-                    _properties: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, _properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("mqtt: broker %s:%d refused the connection: %s", self.settings.host,
                       self.settings.port, reason_code)
@@ -495,66 +529,74 @@ class MqttCommunicator:
             for topic, config in configs:
                 client.publish(topic, dumps(config), qos=1, retain=True)
         self._connected.set()
-        self._queue.put(("connected",))
+        self._queue.put("connected")
 
-    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
         self._connect_failures += 1
         level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
         log.log(level, "mqtt: cannot reach broker %s:%d (attempt %d); alerts wait in the outbox",
                 self.settings.host, self.settings.port, self._connect_failures)
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any,
-                       _properties: Any) -> None:
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object,
+                       _flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
+                       _properties: Properties | None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and not self._stopping:
             log.warning("mqtt: disconnected (%s); reconnecting, alerts wait in the outbox",
                         reason_code)
 
-    def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any,
-                    _properties: Any) -> None:
-        self._queue.put(("ack", mid, reason_code))
+    def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int,
+                    reason_code: ReasonCode, _properties: Properties) -> None:
+        self._queue.put(_Ack(mid, reason_code))
 
-    def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
+    def _on_message(self, client: mqtt.Client, _userdata: object,
+                    message: mqtt.MQTTMessage) -> None:
+        """A command: only a well-formed signed envelope is looked at further and answered;
+        anything else is counted (a flood never costs a log line or a reply each)."""
         name = self.topics.command_name(message.topic)
         if name is None:
+            return
+        payload = bytes(message.payload)
+        if not is_envelope(payload, self.settings.command_max_bytes):
+            self._counters["commands_rejected"] += 1
+            self._refusals.refused(f"{short_repr(name)}: not a signed command (no reply)")
             return
         if message.retain:
             # a retained command would be re-applied at every (re)connect, e.g. re-mute the
             # buzzer after each restart: the broker keeps it, so it is never acted upon
             self._counters["commands_rejected"] += 1
-            log.warning("mqtt command %r ignored: retained message (commands must not be "
-                        "retained)", short_repr(name))
-            reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
-                     "wall_s": round(self._clock_wall(), 3), "command": name,
-                     "request_id": None, "ok": False,
+            self._refusals.refused(f"{short_repr(name)}: retained message")
+            reply: dict[str, object] = {"command": name, "request_id": None, "ok": False,
                      "error": f"{short_repr(name)}: retained command ignored (publish commands "
                               "without the retain flag)"}
-            client.publish(self.topics.reply, dumps(reply), qos=1)
-            return
-        reply = {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
-                 "wall_s": round(self._clock_wall(), 3),
-                 **self._dispatch(name, bytes(message.payload))}
-        client.publish(self.topics.reply, dumps(reply), qos=1)
+        else:
+            reply = self._dispatch(name, payload)
+        if reply["ok"] or self._refusals.may_reply():
+            client.publish(self.topics.reply, dumps(
+                {"schema": PAYLOAD_SCHEMA, "device": self.topics.device_id,
+                 "wall_s": round(self._clock_wall(), 3), **reply}), qos=1)
 
     # -- outbox worker -------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=0.5)
+                item: _Ack | str = self._queue.get(timeout=0.5)
             except queue.Empty:
-                item = ("tick",)
-            if item is _STOP:
+                item = "tick"
+            if item == _STOP:
                 return
             try:
-                if item[0] == "ack":
-                    self._handle_ack(item[1], item[2])
+                self._refusals.flush()
+                if isinstance(item, _Ack):
+                    self._handle_ack(item.mid, item.reason)
                 assert self._outbox is not None
                 # finds a damaged file, writes what a refusing disk kept back (rate-limited)
                 self._outbox.sync()
                 self._report_outbox_damage(self._outbox)
                 self._fill()
+                self._outbox_figures = self._outbox.stats().as_dict()
             except Exception:  # keep the worker alive; the outbox keeps the data
                 log.exception("mqtt outbox worker: unexpected error")
 
@@ -563,24 +605,25 @@ class MqttCommunicator:
         found, and its ``cleared`` record once the outbox has a usable file again."""
         for why in outbox.take_damage():
             self._damage_n += 1
-            now = time.monotonic()
+            now = self._record_clock()
             self._damage_open.append((self._damage_n, now))
-            record = outbox_damaged_record(self._damage_n, "raised", now, now, self._run_id)
-            seq = self.publish_alert(record)
-            log.error("mqtt: system_degraded (outbox_damaged) raised, seq %d: %s", seq, why)
+            record = outbox_damaged_record(self._damage_n, Phase.RAISED, now, now,
+                                           self._run_id)
+            self.publish_alert(record, wait_s=0.0)
+            log.error("mqtt: system_degraded (outbox_damaged) raised: %s", why)
         if self._damage_open and outbox.healthy:
             for n, started in self._damage_open:
-                self.publish_alert(outbox_damaged_record(n, "cleared", time.monotonic(),
-                                                         started, self._run_id))
+                self.publish_alert(outbox_damaged_record(n, Phase.CLEARED, self._record_clock(),
+                                                         started, self._run_id), wait_s=0.0)
             self._damage_open.clear()
 
-    def _handle_ack(self, mid: int, reason_code: Any) -> None:
+    def _handle_ack(self, mid: int, reason_code: ReasonCode) -> None:
         row_id = self._inflight.pop(mid, None)
         if row_id is None:
             return  # status, state, replies: not from the outbox
         outbox = self._outbox
         assert outbox is not None
-        if getattr(reason_code, "is_failure", False):
+        if reason_code.is_failure:
             self._counters["alerts_rejected"] += 1
             log.error("mqtt: broker refused outbox message %d (%s); check the broker ACL for "
                       "%s; the message is dropped", row_id, reason_code, self.topics.alert)
@@ -596,10 +639,16 @@ class MqttCommunicator:
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0 or not self._connected.is_set():
             return
-        import paho.mqtt.client as mqtt
-
         for row in outbox.pending(after_id=self._cursor, limit=room):
-            info = self._client.publish(row.topic, row.payload, qos=row.qos)
+            try:
+                info = self._paho.publish(row.topic, row.payload, qos=row.qos)
+            except ValueError as exc:  # a topic or payload no broker can take: never block
+                self._counters["alerts_rejected"] += 1
+                log.error("mqtt: outbox row %d can never be published (%s); dropped",
+                          row.id, exc)
+                outbox.delete(row.id)
+                self._cursor = row.id
+                continue
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id,
                             mqtt.error_string(info.rc))
@@ -620,24 +669,32 @@ class MqttCommunicator:
         return self._connected.wait(timeout_s)
 
     def wait_drained(self, timeout_s: float) -> bool:
-        """Wait at most ``timeout_s`` for every outbox row to be acknowledged; True if empty."""
+        """Wait at most ``timeout_s`` for every alert to be stored and every outbox row to be
+        acknowledged; True if nothing is left. Never blocks longer on a stalled disk."""
         outbox = self._require_started()
         deadline = time.monotonic() + timeout_s
         with self._drained:
-            while len(outbox):
+            while True:
                 left = deadline - time.monotonic()
+                if not self._unwritten and outbox.pending_count(max(0.0, min(left, 0.1))) == 0:
+                    return True
                 if left <= 0:
                     return False
                 self._drained.wait(min(left, 0.1))
-        return True
 
     flush = wait_drained
 
-    def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self._counters)
+    def stats(self) -> dict[str, object]:
+        """Counters and the outbox's figures; never waits for a write under way (then the
+        last figures read, and ``outbox_busy`` true)."""
+        out: dict[str, object] = dict(self._counters)
         out["connected"] = self.connected
         if self._outbox is not None and not self._stopping:
-            out["outbox"] = self._outbox.stats().as_dict()
+            fresh = self._outbox.try_stats(STATUS_WAIT_S)
+            if fresh is not None:
+                self._outbox_figures = fresh.as_dict()
+            out["outbox"] = dict(self._outbox_figures, alerts_unwritten=len(self._unwritten),
+                                 outbox_busy=int(fresh is None))
         return out
 
 
@@ -654,23 +711,16 @@ def spill_dir(settings: MqttSettings, environ: Mapping[str, str]) -> Path | None
     return shm / f"dms-{os.getuid()}" if shm.is_dir() else None
 
 
-def outbox_damaged_record(n: int, phase: str, t_s: float, started_t_s: float,
-                          run_id: str) -> dict[str, Any]:
-    """A ``system_degraded`` record in the engine's event schema (docs/engine.md) saying the
-    outbox file was damaged and set aside. ``alert_id`` is negative (not the engine's) and
-    distinct from the service's own system records."""
-    return {
-        "schema_version": 1, "event_id": f"{run_id}-outbox{n}", "alert_id": -1000 - n,
-        "type": "system_degraded", "reason": "outbox_damaged", "level": 1, "phase": phase,
-        "t_s": round(t_s, 4), "started_t_s": round(started_t_s, 4),
-        "pose": {"yaw_deg": None, "pitch_deg": None, "roll_deg": None,
-                 "yaw_inboard_deg": None, "on_road": False, "zone": None},
-        "settings_version": "",
-    }
+def outbox_damaged_record(n: int, phase: Phase, t_s: float, started_t_s: float,
+                          run_id: str) -> dict[str, object]:
+    """A ``system_degraded`` / ``outbox_damaged`` record saying the outbox file was damaged
+    and set aside; ``alert_id`` -1000 - n (distinct from the service's own records)."""
+    return Event.system(Reason.OUTBOX_DAMAGED, phase, t_s, started_t_s, 1, -1000 - n,
+                        f"{run_id}-outbox{n}-{phase.value}").to_dict()
 
 
 def ha_discovery_configs(topics: Topics, discovery_prefix: str,
-                         sw_version: str = "") -> list[tuple[str, dict[str, Any]]]:
+                         sw_version: str = "") -> list[tuple[str, dict[str, object]]]:
     """Home Assistant MQTT discovery configs (retained), reading the ``state`` topic."""
     node = topics.ha_node_id()
     device = {"identifiers": [node], "name": f"DMS {topics.device_id}", "manufacturer": "dms",
@@ -679,7 +729,7 @@ def ha_discovery_configs(topics: Topics, discovery_prefix: str,
         device["sw_version"] = sw_version
     common = {"availability_topic": topics.status, "payload_available": "online",
               "payload_not_available": "offline", "device": device}
-    entities: list[tuple[str, str, dict[str, Any]]] = [
+    entities: list[tuple[str, str, dict[str, object]]] = [
         ("sensor", "driver_state", {"name": "Driver state", "state_topic": topics.state,
                                     "value_template": "{{ value_json.state.driver_state }}"}),
         ("binary_sensor", "calibrated", {

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,21 @@ def socket_address(value: str) -> str | bytes:
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
     return value
+
+
+class Notify(Protocol):
+    """What the service tells systemd (:class:`Notifier`)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def ready(self, status: str | None = None) -> bool: ...
+
+    def status(self, text: str) -> bool: ...
+
+    def stopping(self, status: str | None = None) -> bool: ...
+
+    def watchdog(self) -> bool: ...
 
 
 class Notifier:
@@ -85,17 +101,16 @@ class Watchdog:
     ``timeout_s / 2``, at most once per ``timeout_s / 4``.
     """
 
-    def __init__(self, notifier: Notifier, timeout_s: float | None) -> None:
+    def __init__(self, notifier: Notify, timeout_s: float | None) -> None:
         self.notifier = notifier
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self._last_frame_s: float | None = None
         self._last_ping_s: float | None = None
-        self.pings = 0
         if self.timeout_s is None:
             log.debug("sd_notify: no WATCHDOG_USEC; watchdog pings are no-ops")
 
     @classmethod
-    def from_environ(cls, notifier: Notifier,
+    def from_environ(cls, notifier: Notify,
                      environ: Mapping[str, str] | None = None) -> Watchdog:
         env = os.environ if environ is None else environ
         timeout_s = None
@@ -127,7 +142,4 @@ class Watchdog:
         if self._last_ping_s is not None and now_s - self._last_ping_s < self.timeout_s / 4:
             return False
         self._last_ping_s = now_s
-        if self.notifier.watchdog():
-            self.pings += 1
-            return True
-        return False
+        return self.notifier.watchdog()

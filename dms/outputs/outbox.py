@@ -39,6 +39,13 @@ copy in memory) is written to it with its original stream and seq, so nothing is
 re-sends still de-duplicate. :meth:`take_damage` reports each such event once (the
 communicator publishes a ``system_degraded`` / ``outbox_damaged`` record).
 
+The outbox is three parts and a policy: the database file (:mod:`.outbox_store`), the spill
+file (:mod:`.spill`) and the watch on the file (:mod:`.file_watch`); this module decides. Its
+:class:`Mode` is ``on disk`` (the file takes writes), ``in memory`` (the disk refuses writes:
+alerts wait in memory in a new stream, retried every ``RETRY_S``) or ``rebuilding`` (the file
+was damaged and set aside: a new one is due, with every undelivered alert), and it changes
+only as :data:`TRANSITIONS` says.
+
 Files are created 0640 and the directory holding them is made 0750 (no access for others),
 whatever the umask.
 
@@ -47,58 +54,62 @@ Thread safety: one connection guarded by a lock; every method is safe to call fr
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sqlite3
-import stat
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from dms.errors import DmsError
+from dms.outputs.file_watch import FileWatch
+from dms.outputs.outbox_store import (
+    Kind,
+    OutboxRow,
+    SqliteStore,
+    is_corrupt,
+    secure_dir,
+    set_aside,
+    wal_of,
+)
+from dms.outputs.spill import SpilledAlert, SpillFile
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+__all__ = ["Kind", "Mode", "Outbox", "OutboxRow", "OutboxStats", "PutResult", "secure_dir"]
+
 RETRY_S = 1.0  # while the disk refuses writes, try it again at most this often
-FILE_MODE = 0o640  # outbox files: owner read/write, group read, others nothing
-DIR_CLEAR_BITS = 0o027  # removed from the directory's mode: group write, all of others
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL CHECK (kind IN ('alert', 'telemetry')),
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    seq INTEGER,
-    created_wall_s REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
-"""
 
 
-class Kind(str, Enum):
-    ALERT = "alert"
-    TELEMETRY = "telemetry"
+class Mode(Enum):
+    ON_DISK = "on disk"  # the file takes writes; nothing waits in memory
+    IN_MEMORY = "in memory"  # the disk refuses writes: alerts wait in memory, retried
+    REBUILDING = "rebuilding"  # the file was damaged and set aside: a new one is due
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    kind: Kind
-    topic: str
-    payload: bytes
-    qos: int
-    seq: int | None
-    created_wall_s: float
+class Change(Enum):
+    REFUSED = "the disk refused a write"
+    DAMAGED = "the file is damaged"
+    WRITTEN = "everything held is on disk"
+    SPILL_TAKEN = "alerts a previous process spilled were taken back"
+
+
+#: the only ways the mode changes
+TRANSITIONS: Mapping[tuple[Mode, Change], Mode] = {
+    (Mode.ON_DISK, Change.REFUSED): Mode.IN_MEMORY,
+    (Mode.ON_DISK, Change.DAMAGED): Mode.REBUILDING,
+    (Mode.ON_DISK, Change.SPILL_TAKEN): Mode.IN_MEMORY,
+    (Mode.IN_MEMORY, Change.REFUSED): Mode.IN_MEMORY,
+    (Mode.IN_MEMORY, Change.DAMAGED): Mode.REBUILDING,
+    (Mode.IN_MEMORY, Change.WRITTEN): Mode.ON_DISK,
+    (Mode.IN_MEMORY, Change.SPILL_TAKEN): Mode.IN_MEMORY,
+    (Mode.REBUILDING, Change.REFUSED): Mode.REBUILDING,
+    (Mode.REBUILDING, Change.WRITTEN): Mode.ON_DISK,
+    (Mode.REBUILDING, Change.SPILL_TAKEN): Mode.REBUILDING,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,58 +140,55 @@ class OutboxStats:
         return {f: getattr(self, f) for f in self.__slots__}
 
 
-def _is_corrupt(exc: BaseException) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB (Python < 3.11 has no error code: by message)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and (code & 0xFF) in (11, 26):
-        return True
-    text = str(exc)
-    return "malformed" in text or "not a database" in text
+@dataclass(slots=True)
+class _Counters:
+    telemetry_refused: int = 0
+    telemetry_evicted: int = 0
+    alerts_over_bound: int = 0
+    alerts_not_persisted: int = 0
+    streams_started: int = 0
+    damaged: int = 0
+    alerts_lost: int = 0
 
 
-def secure_dir(directory: Path) -> None:
-    """Create ``directory`` 0750; an existing one we own loses group write and every bit for
-    others. Failures are logged, never raised (the files are what matters)."""
-    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+@dataclass(slots=True)
+class _Stream:
+    """The alert stream being written: its id, its next seq, and whether it is on disk."""
+
+    id: str = ""
+    next_seq: int = 1
+    on_disk: bool = True  # False: it exists only in memory so far (never continue it there)
+
+
+@dataclass(slots=True)
+class _Held:
+    """What this process holds beside the file."""
+
+    memory: list[OutboxRow] = field(default_factory=list)  # alerts not on disk, oldest first
+    deletes: set[int] = field(default_factory=set)  # acknowledged rows still on disk
+    # every undelivered alert (on disk or not), newest max_messages: what a damaged file
+    # would otherwise take with it
+    copy: OrderedDict[int, OutboxRow] = field(default_factory=OrderedDict)
+
+
+def _event_id(payload: bytes) -> str | None:
+    """The ``event.event_id`` an alert row's payload carries, if any."""
+    import json
+
     try:
-        st = directory.stat()
-        if st.st_uid == os.geteuid() and st.st_mode & DIR_CLEAR_BITS:
-            os.chmod(directory, stat.S_IMODE(st.st_mode) & ~DIR_CLEAR_BITS)
-    except OSError as exc:
-        log.warning("%s: cannot restrict the directory's permissions: %s", directory, exc)
-
-
-def _private_file(path: Path) -> None:
-    """``path`` exists with mode 0640 (at most), made so before SQLite opens it: SQLite gives
-    the -wal file the database's mode. A file this process may hold SQLite locks on is never
-    opened here (closing any descriptor drops them): an existing one is only chmod-ed."""
-    try:
-        if path.exists():
-            mode = stat.S_IMODE(path.stat().st_mode)
-            if mode & ~FILE_MODE:
-                os.chmod(path, mode & FILE_MODE)
-            return
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # whatever the umask
-        finally:
-            os.close(fd)
-    except OSError as exc:  # SQLite reports what matters when it opens the file
-        log.debug("%s: cannot set mode %o: %s", path, FILE_MODE, exc)
+        eid = json.loads(payload)["event"]["event_id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return eid if isinstance(eid, str) else None
 
 
 class Outbox:
-    """A bounded, durable FIFO of MQTT messages in ``path`` (SQLite, WAL journal, exclusive
-    lock: one process at a time).
-
-    ``synchronous=FULL``: a committed alert survives power loss, not only a process crash
-    (ignition-off is the common way a vehicle computer stops).
-    """
+    """A bounded, durable FIFO of MQTT messages in ``path`` (see the module doc)."""
 
     def __init__(self, path: Path | str, *, max_messages: int = 10_000,
                  max_telemetry: int = 600,
                  clock_wall: Callable[[], float] = time.time,
-                 spill_dir: Path | str | None = None) -> None:
+                 spill_dir: Path | str | None = None, alert_topic: str | None = None) -> None:
         if max_messages < 1 or max_telemetry < 0:
             raise DmsError(f"outbox {path}: max_messages must be >= 1 and max_telemetry >= 0")
         self.path = Path(path)
@@ -189,48 +197,79 @@ class Outbox:
         self.max_telemetry = max_telemetry
         self._clock_wall = clock_wall
         self._lock = threading.Lock()
-        self._telemetry_refused = 0
-        self._telemetry_evicted = 0
-        self._alerts_over_bound = 0
-        self._memory: list[OutboxRow] = []  # alerts not on disk, oldest first
-        self._unsynced_deletes: set[int] = set()  # acknowledged rows the disk kept
-        self._disk_error: str | None = None  # set while the disk refuses writes
-        self._retry_at = 0.0  # time.monotonic() of the next write attempt while refused
-        self._alerts_not_persisted = 0
-        # every undelivered alert (on disk or not), newest max_messages: what a damaged file
-        # would otherwise take with it
-        self._copy: OrderedDict[int, OutboxRow] = OrderedDict()
-        self._stream_on_disk = True  # False: self.stream_id exists only in memory so far
-        self._file_lost: str | None = None  # damaged and set aside; a new file is due
+        self._spill = None if self.spill_path is None else SpillFile(self.spill_path,
+                                                                     alert_topic)
+        self._watch = FileWatch(self.path, wal_of(self.path))
+        self.mode = Mode.ON_DISK
+        self._why = ""  # why not on disk
+        self._retry_at = 0.0  # time.monotonic() of the next write attempt while not on disk
+        self._stream = _Stream()
+        self._last_id = 0  # the highest row id handed out
+        self._held = _Held()
+        self._n = _Counters()
         self._damage: list[str] = []  # not yet taken by take_damage()
-        self._streams_started = 0
-        self._damaged = 0
-        self._alerts_lost = 0
-        self._main_size = 0  # largest sizes seen: SQLite never shrinks either file while open
-        self._wal_size = 0
-        self._file_id: tuple[int, int] | None = None
-        self._wal_id: tuple[int, int] | None = None
-        self.stream_id = ""
-        self._next_seq = 1
-        self._last_id = 0
+        self._spilled_events: list[dict[str, object]] = []
+        self._store = self._open_at_start()
+        self._load_spill()
+
+    # -- the mode ----------------------------------------------------------------------------
+
+    def _change(self, change: Change, why: str) -> None:
+        self.mode = TRANSITIONS[(self.mode, change)]
+        self._why = "" if self.mode is Mode.ON_DISK else why
+
+    @property
+    def stream_id(self) -> str:
+        return self._stream.id
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the file does not take writes (None while it does)."""
+        return None if self.mode is Mode.ON_DISK else self._why
+
+    @property
+    def healthy(self) -> bool:
+        """The file is in place and takes writes (nothing waits in memory)."""
+        return self.mode is Mode.ON_DISK
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _open_at_start(self) -> SqliteStore:
+        import sqlite3
+
         try:
             try:
-                self._open_db(keep_stream=False)
+                return self._open(keep_stream=False)
             except sqlite3.DatabaseError as exc:
-                if not _is_corrupt(exc):
+                if not is_corrupt(exc):
                     raise
                 why = f"{self.path.name} cannot be read at start: {exc}"
-                self._set_aside(why)
-                self._open_db(keep_stream=False)
+                set_aside(self.path, self._stamp(), why)
+                store = self._open(keep_stream=False)
                 self._record_damage(why, lost_on_disk=None)
+                return store
         except (sqlite3.Error, OSError) as exc:
             hint = (" (is another dms process using this state directory?)"
                     if "locked" in str(exc) else "")
             raise DmsError(f"outbox {self.path}: cannot open the SQLite database: {exc}{hint}"
                            ) from exc
-        self._load_spill()
 
-    # -- the spill file: alerts the disk refused, kept across a restart -------------------------
+    def _open(self, keep_stream: bool) -> SqliteStore:
+        """Open (or create) the file. ``keep_stream``: the file is new and takes this
+        process's stream and counter (written by the next sync) instead of its own."""
+        store, opened = SqliteStore.open(self.path, self.max_messages)
+        if not keep_stream:
+            self._stream = _Stream(opened.stream_id, opened.next_seq)
+            self._last_id = opened.last_id
+            for r in opened.alerts:
+                self._held.copy[r.id] = r
+        self._watch.note()
+        return store
+
+    def _stamp(self) -> str:
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock_wall()))
+
+    # -- the spill file: alerts the disk refused, kept across a restart -----------------------
 
     @property
     def spill_path(self) -> Path | None:
@@ -244,190 +283,96 @@ class Outbox:
         tag = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
         return self.spill_dir / f"{self.path.name}-{tag}.spill"
 
-    def _spill_locked(self, rows: list[OutboxRow]) -> int:
-        """Write ``rows`` to the spill file; how many were written."""
-        path = self.spill_path
-        if path is None or not rows:
+    def _spill_rows(self, rows: list[OutboxRow],
+                    events: list[dict[str, object]] | None = None) -> int:
+        """Write ``rows`` (and ``events``: alerts never given a seq, e.g. still waiting for a
+        stalled disk) to the spill file; how many were written."""
+        if self._spill is None:
             return 0
-        import json
+        return self._spill.write([SpilledAlert(r.topic, r.payload, r.qos, r.seq or 0,
+                                               r.created_wall_s) for r in rows], events or [])
 
+    def spill_now(self, events: list[dict[str, object]], lock_timeout_s: float = 0.5) -> int:
+        """Write every undelivered alert, and ``events`` (alerts not yet given a seq), to the
+        spill file now, for the next start: what a stop that cannot wait for a stalled disk
+        does before the process ends. Does not wait longer than ``lock_timeout_s`` for a
+        write under way (the rows are then copied without the lock). Returns how many."""
+        got = self._lock.acquire(timeout=lock_timeout_s)
         try:
-            secure_dir(path.parent)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps({"topic": r.topic, "payload": r.payload.decode("utf-8"),
-                                        "qos": r.qos, "seq": r.seq,
-                                        "created_wall_s": r.created_wall_s}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("outbox %s: cannot spill %d alert(s) to %s: %s", self.path, len(rows),
-                      path, exc)
-            return 0
-        return len(rows)
+            rows: dict[int, OutboxRow] = {}
+            for _attempt in range(3):
+                try:
+                    rows = {r.id: r for r in list(self._held.copy.values())}
+                    rows |= {r.id: r for r in list(self._held.memory)}
+                    break
+                except RuntimeError:  # changed size while copied without the lock
+                    continue
+            return self._spill_rows([rows[k] for k in sorted(rows)], events)
+        finally:
+            if got:
+                self._lock.release()
+
+    def take_spilled_events(self) -> list[dict[str, object]]:
+        """Alerts a previous process spilled before they had a seq (each is queued again by
+        the caller, with a new seq); each is returned once."""
+        out, self._spilled_events = self._spilled_events, []
+        return out
 
     def _load_spill(self) -> None:
         """Take back the alerts a previous process spilled: into the database, or (while the
         disk refuses writes) into memory to be published and stored later. Their payloads keep
         their own ``(stream, seq)``: a stream that only ever existed in memory, never
-        continued by anyone, so no pair is reused."""
-        path = self.spill_path
-        if path is None or not path.is_file():
+        continued by anyone, so no pair is reused. Every line is checked
+        (:mod:`dms.outputs.spill`); one that is not a well-formed alert of ours is skipped."""
+        if self._spill is None or not self._spill.exists():
             return
-        import json
-
-        rows: list[OutboxRow] = []
-        stored = {r.payload for r in self._copy.values()}  # already in the database
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            log.error("outbox %s: cannot read the spill file %s: %s", self.path, path, exc)
-            return
-        for n, line in enumerate(lines, start=1):
-            try:
-                d = json.loads(line)
-                payload = str(d["payload"]).encode("utf-8")
-                if payload in stored:
-                    continue
-                self._last_id += 1
-                rows.append(OutboxRow(self._last_id, Kind.ALERT, str(d["topic"]), payload,
-                                      int(d["qos"]), int(d["seq"]), float(d["created_wall_s"])))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("outbox %s: spill file %s line %d unreadable (%s); skipped",
-                          self.path, path, n, exc)
+        spilled, events = self._spill.read()
+        self._spilled_events = self._not_stored_events(events)
+        rows = self._not_stored_rows(spilled)
         if not rows:  # all of them are in the database (a clean stop's mirror)
-            path.unlink(missing_ok=True)
+            self._spill.remove()
             return
         with self._lock:
-            self._memory.extend(rows)
-            for r in rows:
-                self._remember(r)
-            self._disk_error = self._disk_error or "alerts spilled by a previous process"
+            self._held.memory.extend(rows)
+            for row in rows:
+                self._remember(row)
+            self._change(Change.SPILL_TAKEN, self._why or "alerts spilled by a previous process")
             self._retry_at = 0.0
             self._sync_locked(force=True)  # removes the spill file once they are on disk
         log.warning("outbox %s: %d alert(s) spilled by the previous process taken back from "
-                    "%s", self.path, len(rows), path)
+                    "%s", self.path, len(rows), self._spill.path)
 
-    # -- the database file ---------------------------------------------------------------------
+    def _not_stored_events(self, events: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Spilled alerts that had no row yet, less those whose stalled write reached the
+        database after all (the process ended as it completed): their event ids are there."""
+        stored = {_event_id(r.payload) for r in self._held.copy.values()} - {None}
+        out = [e for e in events if e.get("event_id") not in stored]
+        if out:
+            log.warning("outbox %s: %d alert(s) the previous process could not store are "
+                        "queued again from %s", self.path, len(out), self.spill_path)
+        return out
 
-    @property
-    def _wal(self) -> Path:
-        return self.path.with_name(self.path.name + "-wal")
+    def _not_stored_rows(self, spilled: list[SpilledAlert]) -> list[OutboxRow]:
+        """Spilled alert rows the database does not have, as new rows (ids after its)."""
+        stored = {r.payload for r in self._held.copy.values()}
+        rows: list[OutboxRow] = []
+        for r in spilled:
+            if r.payload not in stored:
+                self._last_id += 1
+                rows.append(OutboxRow(self._last_id, Kind.ALERT, r.topic, r.payload, r.qos,
+                                      r.seq, r.created_wall_s))
+        return rows
 
-    def _open_db(self, keep_stream: bool) -> None:
-        """Open (or create) the database file; on success it replaces ``self._db``.
-        ``keep_stream``: the file is new and takes this process's stream and counter (they
-        are written by the next sync) instead of the file's own."""
-        secure_dir(self.path.parent)
-        _private_file(self.path)
-        if self._wal.exists():
-            _private_file(self._wal)
-        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                             timeout=10.0)
-        try:
-            # exclusive: one process owns the outbox (the sequence counter lives in it), and
-            # WAL keeps its index in heap memory instead of a mmapped -shm file, so a state
-            # directory that turns read-only cannot kill the process with SIGBUS
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed "
-                                            f"(quick_check: {check and check[0]})")
-            meta = self._init_meta(db)
-            rows = db.execute(
-                "SELECT id, kind, topic, payload, qos, seq, created_wall_s FROM outbox "
-                "WHERE kind = 'alert' ORDER BY id DESC LIMIT ?", (self.max_messages,)
-            ).fetchall()
-            last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-            raise
-        old = getattr(self, "_db", None)
-        self._db = db
-        if old is not None:
-            with contextlib.suppress(sqlite3.Error):
-                old.close()
-        if not keep_stream:
-            self.stream_id, self._next_seq = meta["stream_id"], int(meta["next_seq"])
-            self._last_id = int(last[0]) if last else 0
-            for r in reversed(rows):
-                self._copy[r[0]] = OutboxRow(r[0], Kind(r[1]), r[2], bytes(r[3]), r[4], r[5],
-                                             r[6])
-        self._note_file()
-
-    def _init_meta(self, db: sqlite3.Connection) -> dict[str, str]:
-        with Outbox._Tx(db):
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            version = int(meta.get("schema_version", SCHEMA_VERSION))
-            if version != SCHEMA_VERSION:
-                raise DmsError(f"outbox {self.path}: schema version {version}, this dms "
-                               f"understands {SCHEMA_VERSION}")
-            defaults = {"schema_version": str(SCHEMA_VERSION), "stream_id": uuid.uuid4().hex,
-                        "next_seq": "1"}
-            for key, value in defaults.items():
-                if key not in meta:
-                    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
-                    meta[key] = value
-        return meta
-
-    def _note_file(self) -> None:
-        """Remember the file's identity and sizes (what :meth:`check` compares with)."""
-        try:
-            st = os.stat(self.path)
-            self._file_id, self._main_size = (st.st_dev, st.st_ino), st.st_size
-        except OSError:
-            self._file_id, self._main_size = None, 0  # taken at the next check
-        try:
-            wal = os.stat(self._wal)
-            self._wal_id, self._wal_size = (wal.st_dev, wal.st_ino), wal.st_size
-        except OSError:
-            self._wal_id, self._wal_size = None, 0
-
-    def _file_problem(self) -> str | None:
-        """What is wrong with the file under the running process, or None."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return f"{self.path.name} was deleted while in use"
-        except OSError:
-            return None  # cannot tell; SQLite reports real trouble
-        if self._file_id is None:
-            self._file_id = (st.st_dev, st.st_ino)
-        if (st.st_dev, st.st_ino) != self._file_id:
-            return f"{self.path.name} was replaced by another file while in use"
-        if st.st_size < self._main_size:
-            return (f"{self.path.name} was truncated while in use ({st.st_size} bytes, "
-                    f"was {self._main_size})")
-        self._main_size = st.st_size
-        try:
-            wal = os.stat(self._wal)
-        except FileNotFoundError:
-            return f"{self._wal.name} was deleted while in use" if self._wal_id else None
-        except OSError:
-            return None
-        if self._wal_id is not None and (wal.st_dev, wal.st_ino) != self._wal_id:
-            return f"{self._wal.name} was replaced while in use"
-        if wal.st_size < self._wal_size:
-            return (f"{self._wal.name} was truncated while in use ({wal.st_size} bytes, "
-                    f"was {self._wal_size})")
-        self._wal_id, self._wal_size = (wal.st_dev, wal.st_ino), wal.st_size
-        return None
+    # -- damage --------------------------------------------------------------------------------
 
     def _check_locked(self) -> bool:
         """Detect a damaged file and recover (see the module doc); True when the file is
         usable now."""
-        if self._file_lost is None:
-            why = self._file_problem()
+        if self.mode is not Mode.REBUILDING:
+            why = self._watch.problem()
             if why is not None:
                 self._on_damage(why)
-        return self._file_lost is None
+        return self.mode is not Mode.REBUILDING
 
     def check(self) -> bool:
         """Look for a deleted, replaced or truncated file and recover from it; True when the
@@ -441,201 +386,130 @@ class Outbox:
             out, self._damage = self._damage, []
             return out
 
-    @property
-    def healthy(self) -> bool:
-        """The file is in place and takes writes (nothing waits in memory)."""
-        return self._file_lost is None and self._disk_error is None
-
-    def _set_aside(self, why: str) -> list[Path]:
-        """Rename the database and its -wal aside (``<name>.damaged-<UTC time>``)."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock_wall()))
-        moved = []
-        for src in (self.path, self._wal):
-            dst = src.with_name(f"{src.name}.damaged-{stamp}")
-            n = 1
-            while dst.exists():
-                n += 1
-                dst = src.with_name(f"{src.name}.damaged-{stamp}-{n}")
-            try:
-                os.rename(src, dst)
-                moved.append(dst)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("outbox %s: cannot set %s aside (%s): %s", self.path, src, why, exc)
-        return moved
-
     def _record_damage(self, why: str, lost_on_disk: int | None) -> None:
-        self._damaged += 1
+        self._n.damaged += 1
         self._damage.append(why)
         lost = ("; alerts it held are lost (it could not be read)" if lost_on_disk is None
                 else f"; {lost_on_disk} alert(s) beyond the in-memory copy are lost"
                 if lost_on_disk else "")
         log.error("outbox %s: %s; set aside, alerts continue in new stream %s%s", self.path,
-                  why, self.stream_id, lost)
+                  why, self._stream.id, lost)
 
     def _on_damage(self, why: str) -> None:
         """The file is damaged: set it aside, keep every undelivered alert held in memory,
         start a new stream and write a new file right away (or as soon as the disk allows)."""
+        import sqlite3
+
         try:
             on_disk, _ = self._pending_counts()
         except sqlite3.Error:
-            on_disk = len(self._copy)
-        held = {r.id: r for r in self._copy.values()} | {r.id: r for r in self._memory}
+            on_disk = len(self._held.copy)
+        held = {r.id: r for r in self._held.copy.values()} | {r.id: r for r in
+                                                              self._held.memory}
         lost = max(0, on_disk - len(held))
-        self._alerts_lost += lost
-        self._set_aside(why)
-        placeholder = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        placeholder.executescript(_SCHEMA)
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()  # its last checkpoint goes to the renamed (or deleted) inode
-        self._db = placeholder
-        self._memory = [held[k] for k in sorted(held)]
-        self._unsynced_deletes.clear()
-        self._file_lost = why
+        self._n.alerts_lost += lost
+        set_aside(self.path, self._stamp(), why)
+        self._store.close()  # its last checkpoint goes to the renamed (or deleted) inode
+        self._store = SqliteStore.in_memory()
+        self._held.memory = [held[k] for k in sorted(held)]
+        self._held.deletes.clear()
+        self._change(Change.DAMAGED, why)
         self._new_stream(why)
         self._record_damage(why, lost)
-        self._disk_error = why
         self._sync_locked(force=True)
 
     def _new_stream(self, why: str) -> None:
-        old, end = self.stream_id, self._next_seq - 1
-        self.stream_id, self._next_seq = uuid.uuid4().hex, 1
-        self._stream_on_disk = False
-        self._streams_started += 1
+        old, end = self._stream.id, self._stream.next_seq - 1
+        self._stream = _Stream(uuid.uuid4().hex, 1, on_disk=False)
+        self._n.streams_started += 1
         log.error("outbox %s: new alert stream %s from seq 1 (%s); stream %s ended at seq %d",
-                  self.path, self.stream_id, why, old, end)
-
-    def _meta(self, key: str) -> str:
-        return str(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
-
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def __enter__(self) -> None:
-            self.db.execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, exc_type: object, *_: object) -> None:
-            try:
-                self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            except sqlite3.Error:
-                if self.db.in_transaction:  # a failed COMMIT may leave it open
-                    with contextlib.suppress(sqlite3.Error):
-                        self.db.execute("ROLLBACK")
-                if exc_type is None:
-                    raise
-
-    def _tx(self) -> Outbox._Tx:
-        return Outbox._Tx(self._db)
-
-    def _counts(self) -> tuple[int, int]:
-        rows = dict(self._db.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall())
-        return int(rows.get("alert", 0)), int(rows.get("telemetry", 0))
+                  self.path, self._stream.id, why, old, end)
 
     # -- when the disk refuses writes --------------------------------------------------------
 
-    @property
-    def degraded(self) -> str | None:
-        """Why the disk refuses writes (None while it takes them)."""
-        return self._disk_error
-
     def _refused(self, why: str) -> None:
-        if self._disk_error is None:
+        if self.mode is Mode.ON_DISK:
             log.error("outbox %s: the disk refuses writes (%s); alerts are kept in memory and "
                       "still published, writes are retried every %.0f s; alerts kept in memory "
                       "are lost if the process stops before the disk takes writes again",
                       self.path, why, RETRY_S)
-        self._disk_error = why
+        self._change(Change.REFUSED, why)
         self._retry_at = time.monotonic() + RETRY_S
 
-    def _write_failed(self, exc: sqlite3.Error) -> None:
-        if _is_corrupt(exc) and self._file_lost is None:
+    def _write_failed(self, exc: Exception) -> None:
+        if is_corrupt(exc) and self.mode is not Mode.REBUILDING:
             self._on_damage(f"{self.path.name} is damaged: {exc}")
         else:
             self._refused(str(exc))
 
     def _keep_in_memory(self, topic: str, build_payload: Callable[[str, int], bytes],
                         qos: int) -> PutResult:
-        if self._stream_on_disk:  # its counter cannot move on disk: do not continue it
-            self._new_stream(f"the disk refuses writes: {self._disk_error}")
-        seq = self._next_seq
-        payload = build_payload(self.stream_id, seq)  # may raise: nothing kept
+        if self._stream.on_disk:  # its counter cannot move on disk: do not continue it
+            self._new_stream(f"the disk refuses writes: {self._why}")
+        seq = self._stream.next_seq
+        payload = build_payload(self._stream.id, seq)  # may raise: nothing kept
         self._last_id += 1
         row = OutboxRow(self._last_id, Kind.ALERT, topic, payload, qos, seq, self._clock_wall())
-        self._memory.append(row)
+        self._held.memory.append(row)
         self._remember(row)
-        self._next_seq = seq + 1
-        self._alerts_not_persisted += 1
+        self._stream.next_seq = seq + 1
+        self._n.alerts_not_persisted += 1
         log.warning("outbox %s: alert seq %d of stream %s kept in memory (%d there now): %s",
-                    self.path, seq, self.stream_id, len(self._memory), self._disk_error)
+                    self.path, seq, self._stream.id, len(self._held.memory), self._why)
         return PutResult(row, 0, False, persisted=False)
 
     def _remember(self, row: OutboxRow) -> None:
-        self._copy[row.id] = row
-        while len(self._copy) > self.max_messages:
-            self._copy.popitem(last=False)
-
-    def _write_kept(self) -> None:
-        """One transaction: the rows kept in memory, the stream and its counter, the deletes."""
-        with self._tx():
-            for r in self._memory:  # OR IGNORE: a COMMIT reported failed may have landed
-                self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (id, kind, topic, payload, qos, seq, "
-                    "created_wall_s) VALUES (?, 'alert', ?, ?, ?, ?, ?)",
-                    (r.id, r.topic, r.payload, r.qos, r.seq, r.created_wall_s))
-            # always a real write: a transaction that changes nothing would "succeed" on
-            # a disk that still refuses writes
-            for key, value in (("stream_id", self.stream_id), ("next_seq", str(self._next_seq)),
-                               ("synced_wall_s", repr(self._clock_wall()))):
-                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                                 (key, value))
-            # ids handed out from memory are used even when those rows were delivered
-            # before they reached the disk: new rows must come after them (the sender's
-            # cursor is past them), so the id counter moves on too
-            if self._db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name "
-                                "= 'outbox'", (self._last_id,)).rowcount == 0:
-                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES "
-                                 "('outbox', ?)", (self._last_id,))
-            for row_id in self._unsynced_deletes:
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+        self._held.copy[row.id] = row
+        while len(self._held.copy) > self.max_messages:
+            self._held.copy.popitem(last=False)
 
     def _sync_locked(self, force: bool = False) -> bool:
         """Write what the disk refused before (making a new file after damage); True once
         nothing is left to write."""
-        if self._disk_error is None:
+        if self.mode is Mode.ON_DISK:
             return True
         if not force and time.monotonic() < self._retry_at:
             return False
+        rebuilding = self.mode is Mode.REBUILDING
+        if not self._write_held(rebuilding):
+            return self.healthy  # a damaged file may have been replaced at once
+        if rebuilding:
+            log.warning("outbox %s: new file made after damage (%s); %d undelivered alert(s) "
+                        "written to it", self.path, self._why, len(self._held.memory))
+        else:
+            log.warning("outbox %s: the disk takes writes again; %d alert(s) kept in memory "
+                        "are now stored, %d delivered row(s) removed", self.path,
+                        len(self._held.memory), len(self._held.deletes))
+        self._held.memory.clear()
+        self._held.deletes.clear()
+        self._stream.on_disk = True
+        self._change(Change.WRITTEN, "")
+        self._watch.note()
+        if self._spill is not None:  # whatever was spilled is on disk now
+            self._spill.remove()
+        return True
+
+    def _write_held(self, rebuilding: bool) -> bool:
+        """One try at writing what is held (into a new file when rebuilding); False when the
+        disk refused it (or the file turned out damaged: handled)."""
+        import sqlite3
+
         try:
-            if self._file_lost is not None:
-                self._open_db(keep_stream=True)
-            self._write_kept()
+            if rebuilding:  # the new file first: the stand-in goes only once it exists
+                store = self._open(keep_stream=True)
+                self._store.close()
+                self._store = store
+            self._store.write_kept(self._held.memory, self._stream.id, self._stream.next_seq,
+                                   self._last_id, self._held.deletes, self._clock_wall())
         except sqlite3.Error as exc:
-            if self._file_lost is None and _is_corrupt(exc):
+            if not rebuilding and is_corrupt(exc):
                 self._on_damage(f"{self.path.name} is damaged: {exc}")
-                return self._disk_error is None
-            self._refused(str(exc))
+            else:
+                self._refused(str(exc))
             return False
         except OSError as exc:
             self._refused(str(exc))
             return False
-        if self._file_lost is not None:
-            log.warning("outbox %s: new file made after damage (%s); %d undelivered alert(s) "
-                        "written to it", self.path, self._file_lost, len(self._memory))
-        else:
-            log.warning("outbox %s: the disk takes writes again; %d alert(s) kept in memory "
-                        "are now stored, %d delivered row(s) removed", self.path,
-                        len(self._memory), len(self._unsynced_deletes))
-        self._memory.clear()
-        self._unsynced_deletes.clear()
-        self._disk_error = None
-        self._file_lost = None
-        self._stream_on_disk = True
-        self._note_file()
-        if self.spill_path is not None:  # whatever was spilled is on disk now
-            with contextlib.suppress(OSError):
-                self.spill_path.unlink(missing_ok=True)
         return True
 
     def sync(self, force: bool = False) -> bool:
@@ -648,29 +522,14 @@ class Outbox:
     # -- writing -----------------------------------------------------------------------------
 
     def _insert_alert(self, topic: str, payload: bytes, qos: int, seq: int) -> PutResult:
-        with self._tx():
-            alerts, telemetry = self._counts()
-            evicted = 0
-            over = False
-            if alerts + telemetry >= self.max_messages:
-                if telemetry:
-                    self._db.execute(
-                        "DELETE FROM outbox WHERE id = (SELECT MIN(id) FROM outbox "
-                        "WHERE kind = 'telemetry')")
-                    evicted = 1
-                else:
-                    over = True
-            now = self._clock_wall()
-            cur = self._db.execute(
-                "INSERT INTO outbox (kind, topic, payload, qos, seq, created_wall_s) "
-                "VALUES ('alert', ?, ?, ?, ?, ?)", (topic, payload, qos, seq, now))
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
-        self._next_seq = seq + 1
-        self._last_id = int(cur.lastrowid or 0)
-        self._telemetry_evicted += evicted
-        if over:
-            self._alerts_over_bound += 1
-        row = OutboxRow(self._last_id, Kind.ALERT, topic, payload, qos, seq, now)
+        now = self._clock_wall()
+        row_id, evicted, over = self._store.insert_alert(topic, payload, qos, seq, now,
+                                                          self.max_messages)
+        self._stream.next_seq = seq + 1
+        self._last_id = row_id
+        self._n.telemetry_evicted += evicted
+        self._n.alerts_over_bound += over
+        row = OutboxRow(row_id, Kind.ALERT, topic, payload, qos, seq, now)
         self._remember(row)
         return PutResult(row, evicted, over)
 
@@ -683,14 +542,16 @@ class Outbox:
         in a new stream (``PutResult.persisted`` False). Never refuses an alert (see the
         module policy).
         """
+        import sqlite3
+
         if qos < 1:
             raise ValueError("alerts need QoS >= 1 to be acknowledged")
         with self._lock:
             for _attempt in range(2):  # a second time after a damaged file was replaced
                 if not (self._check_locked() and self._sync_locked()):
                     break
-                seq = self._next_seq
-                payload = build_payload(self.stream_id, seq)  # may raise: nothing stored
+                seq = self._stream.next_seq
+                payload = build_payload(self._stream.id, seq)  # may raise: nothing stored
                 try:
                     return self._insert_alert(topic, payload, qos, seq)
                 except sqlite3.Error as exc:
@@ -699,119 +560,133 @@ class Outbox:
 
     def put_telemetry(self, topic: str, payload: bytes, qos: int = 0) -> OutboxRow | None:
         """Queue telemetry if there is room; None (and counted) when refused."""
+        import sqlite3
+
         with self._lock:
-            if not self._sync_locked():  # the disk refuses writes: telemetry is best effort
-                self._telemetry_refused += 1
+            row_id = None
+            if self._sync_locked():  # the disk refuses writes: telemetry is best effort
+                now = self._clock_wall()
+                try:
+                    row_id = self._store.insert_telemetry(topic, payload, qos, now,
+                                                          self.max_messages, self.max_telemetry)
+                except sqlite3.Error as exc:
+                    self._write_failed(exc)
+            if row_id is None:
+                self._n.telemetry_refused += 1
                 return None
-            try:
-                with self._tx():
-                    alerts, telemetry = self._counts()
-                    if alerts + telemetry >= self.max_messages or telemetry >= self.max_telemetry:
-                        self._telemetry_refused += 1
-                        return None
-                    now = self._clock_wall()
-                    cur = self._db.execute(
-                        "INSERT INTO outbox (kind, topic, payload, qos, seq, created_wall_s) "
-                        "VALUES ('telemetry', ?, ?, ?, NULL, ?)", (topic, payload, qos, now))
-            except sqlite3.Error as exc:
-                self._write_failed(exc)
-                self._telemetry_refused += 1
-                return None
-            self._last_id = int(cur.lastrowid or 0)
-            return OutboxRow(self._last_id, Kind.TELEMETRY, topic, payload, qos, None, now)
+            self._last_id = row_id
+            return OutboxRow(row_id, Kind.TELEMETRY, topic, payload, qos, None, now)
 
     def delete(self, row_id: int) -> None:
         """Remove an acknowledged row (no-op if it is already gone). Never raises: a delete
         the disk refuses is remembered and written later."""
+        import sqlite3
+
         with self._lock:
-            self._copy.pop(row_id, None)
-            for i, row in enumerate(self._memory):
+            self._held.copy.pop(row_id, None)
+            for i, row in enumerate(self._held.memory):
                 if row.id == row_id:
-                    del self._memory[i]
+                    del self._held.memory[i]
                     return
             if self._sync_locked():
                 try:
-                    self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                    self._store.delete(row_id)
                     return
                 except sqlite3.Error as exc:
                     self._write_failed(exc)
-            self._unsynced_deletes.add(row_id)
+            self._held.deletes.add(row_id)
 
     # -- reading -----------------------------------------------------------------------------
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Rows with ``id > after_id`` in insertion order (the order they must be sent in)."""
+        import sqlite3
+
         with self._lock:
             try:
-                rows = self._db.execute(
-                    "SELECT id, kind, topic, payload, qos, seq, created_wall_s FROM outbox "
-                    "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+                rows = self._store.pending(after_id, limit)
             except sqlite3.Error as exc:
                 log.warning("outbox %s: cannot read pending rows: %s", self.path, exc)
-                if _is_corrupt(exc) and self._file_lost is None:
+                if is_corrupt(exc) and self.mode is not Mode.REBUILDING:
                     self._on_damage(f"{self.path.name} is damaged: {exc}")
                 rows = []
-            out = [OutboxRow(r[0], Kind(r[1]), r[2], bytes(r[3]), r[4], r[5], r[6])
-                   for r in rows if r[0] not in self._unsynced_deletes]
+            out = [r for r in rows if r.id not in self._held.deletes]
             seen = {r.id for r in out}
-            out += [r for r in self._memory if r.id > after_id and r.id not in seen]
+            out += [r for r in self._held.memory if r.id > after_id and r.id not in seen]
         out.sort(key=lambda r: r.id)
         return out[:limit]
 
     def _pending_counts(self) -> tuple[int, int]:
         """(alerts, telemetry) still to deliver, counting memory and remembered deletes."""
-        alerts, telemetry = self._counts()
-        if self._unsynced_deletes:
-            marks = ",".join("?" * len(self._unsynced_deletes))
-            gone = dict(self._db.execute(
-                f"SELECT kind, COUNT(*) FROM outbox WHERE id IN ({marks}) GROUP BY kind",
-                tuple(self._unsynced_deletes)).fetchall())
-            alerts -= int(gone.get("alert", 0))
-            telemetry -= int(gone.get("telemetry", 0))
-        return alerts + len(self._memory), telemetry
+        alerts, telemetry = self._store.counts(self._held.deletes)
+        return alerts + len(self._held.memory), telemetry
+
+    def _pending_total(self) -> int:
+        import sqlite3
+
+        try:
+            return sum(self._pending_counts())
+        except sqlite3.Error as exc:  # unreadable: not known to be drained
+            log.warning("outbox %s: cannot count rows: %s", self.path, exc)
+            return len(self._held.memory) + 1
 
     def __len__(self) -> int:
         with self._lock:
-            try:
-                return sum(self._pending_counts())
-            except sqlite3.Error as exc:  # unreadable: not known to be drained
-                log.warning("outbox %s: cannot count rows: %s", self.path, exc)
-                return len(self._memory) + 1
+            return self._pending_total()
+
+    def pending_count(self, timeout_s: float) -> int | None:
+        """``len(self)``, or None when a write under way holds the outbox longer than
+        ``timeout_s``."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return None
+        try:
+            return self._pending_total()
+        finally:
+            self._lock.release()
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            alerts, telemetry = self._pending_counts()
-            return OutboxStats(alerts, telemetry, self._telemetry_refused,
-                               self._telemetry_evicted, self._alerts_over_bound, self._next_seq,
-                               len(self._memory), self._alerts_not_persisted,
-                               self._streams_started, self._damaged, self._alerts_lost)
+            return self._stats_locked()
+
+    def try_stats(self, timeout_s: float) -> OutboxStats | None:
+        """:meth:`stats`, or None when a write under way (a stalled disk) holds the outbox
+        longer than ``timeout_s``."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return None
+        try:
+            return self._stats_locked()
+        finally:
+            self._lock.release()
+
+    def _stats_locked(self) -> OutboxStats:
+        alerts, telemetry = self._pending_counts()
+        n = self._n
+        return OutboxStats(alerts, telemetry, n.telemetry_refused, n.telemetry_evicted,
+                           n.alerts_over_bound, self._stream.next_seq, len(self._held.memory),
+                           n.alerts_not_persisted, n.streams_started, n.damaged, n.alerts_lost)
 
     def close(self) -> int:
         """Write what is still held (after a last check for damage) and close. Returns how
         many undelivered alerts could not be written and are lost (logged at ERROR)."""
         with self._lock:
             self._check_locked()
-            lost = 0
             synced = self._sync_locked(force=True)
             # every undelivered alert goes to the spill file too (another filesystem): the
             # next start takes back those the database no longer has (the disk refused
             # them, or the file was damaged or deleted while stopped)
-            undelivered = sorted(self._copy.values(), key=lambda r: r.id)
-            spilled = self._spill_locked(undelivered)
+            undelivered = sorted(self._held.copy.values(), key=lambda r: r.id)
+            spilled = self._spill_rows(undelivered)
+            memory = self._held.memory
             if spilled and not synced:
                 log.warning("outbox %s: the disk still refuses writes; %d undelivered "
                             "alert(s) spilled to %s for the next start", self.path,
-                            len(self._memory), self.spill_path)
-            if not undelivered and self.spill_path is not None:
-                with contextlib.suppress(OSError):
-                    self.spill_path.unlink(missing_ok=True)
-            if not synced and self._memory and not spilled:
-                lost = len(self._memory)
+                            len(memory), self.spill_path)
+            if not undelivered and self._spill is not None:
+                self._spill.remove()
+            lost = len(memory) if not synced and memory and not spilled else 0
+            if lost:
                 log.error("outbox %s: closing while the disk refuses writes: %d undelivered "
                           "alert(s) kept in memory are lost (stream %s, seq %s)", self.path,
-                          lost, self.stream_id, ", ".join(str(r.seq) for r in self._memory))
-            try:
-                self._db.close()
-            except sqlite3.Error as exc:  # pragma: no cover - closing a broken db
-                log.warning("outbox %s: close failed: %s", self.path, exc)
+                          lost, self._stream.id, ", ".join(str(r.seq) for r in memory))
+            self._store.close()
             return lost

@@ -3,18 +3,10 @@ the components, so the configuration (:mod:`dms.config`) sits below them in the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-
-def _check_range(name: str, value: float, low: float, high: float,
-                 low_open: bool = False) -> None:
-    """ValueError unless ``value`` is finite and in [low, high] (``low_open``: (low, high])."""
-    above = value > low if low_open else value >= low
-    if not (math.isfinite(value) and above and value <= high):
-        raise ValueError(f"{name} {value!r} must be in {'(' if low_open else '['}{low:g}, "
-                         f"{high:g}]")
+from dms.settings import check_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +52,11 @@ class MqttSettings:
                                          "alerts are kept beyond it and reported"})
     outbox_max_telemetry: int = field(
         default=600, metadata={"doc": "telemetry rows kept while offline (10 min at 1 Hz)"})
+    alert_write_wait_s: float = field(
+        default=0.2, metadata={"doc": "the frame loop waits at most this long for an alert to be "
+                                      "on disk (a stalled disk: it is kept in memory, stored "
+                                      "and sent as soon as the disk answers, spilled if the "
+                                      "process stops first); range [0, 2]"})
     max_inflight: int = field(default=20,
                               metadata={"doc": "outbox rows handed to paho before PUBACKs"})
     command_max_bytes: int = field(default=4096,
@@ -78,30 +75,35 @@ class MqttSettings:
                                      metadata={"doc": "Home Assistant discovery prefix"})
 
     def validate(self) -> None:
+        self._validate_names()
+        check_range("port", self.port, 1, 65535)
+        check_range("keepalive_s", self.keepalive_s, 5, 3600)
+        check_range("reconnect_min_s", self.reconnect_min_s, 1, 600)
+        check_range("reconnect_max_s", self.reconnect_max_s, self.reconnect_min_s, 600)
+        check_range("telemetry_interval_s", self.telemetry_interval_s, 0.0, 3600.0)
+        check_range("outbox_max_messages", self.outbox_max_messages, 1, 1_000_000)
+        check_range("outbox_max_telemetry", self.outbox_max_telemetry, 0, 100_000)
+        check_range("max_inflight", self.max_inflight, 1, 1000)
+        check_range("command_max_bytes", self.command_max_bytes, 256, 65536)
+        check_range("command_window_s", self.command_window_s, 1.0, 600.0)
+        check_range("alert_write_wait_s", self.alert_write_wait_s, 0.0, 2.0)
+        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+
+    def _validate_names(self) -> None:
         from dms.errors import DmsError
         from dms.outputs.topics import Topics
 
         try:  # the same rules the topics are built with: no wildcard, one level for the id
-            Topics(self.prefix, self.device_id or "device")
+            Topics(self.prefix[:128], self.device_id[:64] or "device")
         except DmsError as exc:
             raise ValueError(str(exc).removeprefix("mqtt ")) from None
+        if len(self.device_id) > 64 or len(self.prefix) > 128:
+            raise ValueError("device_id must be at most 64 characters and prefix at most 128")
+        if len(self.host) > 253 or len(self.username) > 256:
+            raise ValueError("host must be at most 253 characters and username at most 256")
         if self.client_id and (len(self.client_id) > 64 or not self.client_id.isprintable()):
             raise ValueError(f"client_id {self.client_id!r}: at most 64 printable characters")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is not in 1..65535")
-        if self.keepalive_s < 5:
-            raise ValueError("keepalive_s must be >= 5")
-        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("need 1 <= reconnect_min_s <= reconnect_max_s")
-        if self.telemetry_interval_s < 0:
-            raise ValueError("telemetry_interval_s must be >= 0")
-        if self.outbox_max_messages < 1 or self.outbox_max_telemetry < 0:
-            raise ValueError("outbox_max_messages must be >= 1 and outbox_max_telemetry >= 0")
-        if self.max_inflight < 1:
-            raise ValueError("max_inflight must be >= 1")
-        _check_range("command_window_s", self.command_window_s, 1.0, 600.0)
-        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
-            raise ValueError("tls_cert_file and tls_key_file go together")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,11 @@ class BeepPattern:
     def validate(self) -> None:
         if not self.on_off_s:
             raise ValueError("on_off_s must not be empty")
-        if any(not math.isfinite(d) or d < 0 for d in self.on_off_s):
-            raise ValueError(f"on_off_s {self.on_off_s}: durations must be finite and >= 0")
-        if self.repeat < 0:
-            raise ValueError("repeat must be >= 0")
+        if len(self.on_off_s) > 64:
+            raise ValueError("on_off_s: at most 64 durations")
+        for d in self.on_off_s:
+            check_range("on_off_s duration", d, 0.0, 60.0)
+        check_range("repeat", self.repeat, 0, 1000)
 
     @property
     def duration_s(self) -> float:
@@ -173,15 +176,13 @@ class BuzzerSettings:
             raise ValueError("backend 'jetson' needs jetson_pin")
         if self.backend == "command" and not (self.command_on and self.command_off):
             raise ValueError("backend 'command' needs command_on and command_off (argv lists)")
-        if not self.max_on_s > 0 or not self.max_mute_s > 0 or not self.update_period_s > 0:
-            raise ValueError("max_on_s, max_mute_s and update_period_s must be > 0")
-        _check_range("max_mute_per_hour_s", self.max_mute_per_hour_s, 0.0, 3600.0,
-                     low_open=True)
-        if not 0 < self.command_timeout_s <= 60:
-            raise ValueError(f"command_timeout_s must be in (0, 60], got {self.command_timeout_s}")
+        check_range("max_on_s", self.max_on_s, 0.0, 60.0, low_open=True)
+        check_range("max_mute_s", self.max_mute_s, 0.0, 3600.0, low_open=True)
+        check_range("max_mute_per_hour_s", self.max_mute_per_hour_s, 0.0, 3600.0,
+                    low_open=True)
+        check_range("command_timeout_s", self.command_timeout_s, 0.0, 60.0, low_open=True)
+        check_range("update_period_s", self.update_period_s, 0.0, 0.5, low_open=True)
         if not self.update_period_s <= min(0.5, self.max_on_s):
             # the thread that enforces max_on_s runs this often: a longer period bypasses it
             raise ValueError(f"update_period_s must be <= 0.5 and <= max_on_s, got "
                              f"{self.update_period_s}")
-        if not self.max_on_s <= 60:
-            raise ValueError(f"max_on_s must be <= 60, got {self.max_on_s}")

@@ -3,9 +3,10 @@ the page, the MJPEG stream, the status as JSON and the two operator buttons.
 
 Every request needs the token (``[preview] token_env``), compared in constant time, else 401:
 
-* ``GET /?token=T`` checks T, sets an HttpOnly, SameSite=Strict cookie (a keyed hash of the
-  token, never the token itself) and redirects to ``/#token=T``: the fragment stays in the
-  browser, where the page's buttons read it; the address bar is then cleared;
+* ``GET /?token=T`` checks T, sets an HttpOnly, SameSite=Strict cookie (a random value made
+  for this viewing session, valid ``session_max_age_s``, never the token) and redirects to
+  ``/#token=T``: the fragment stays in the browser, where the page's buttons read it; the
+  address bar is then cleared;
 * ``GET /``, ``/stream.mjpg``, ``/api/status``: the cookie or ``Authorization: Bearer T``;
 * ``POST /api/command/calibrate|mute``: ``Authorization: Bearer T`` only (a cookie alone is
   refused: another site cannot make the browser press a button). The command then goes to the
@@ -15,14 +16,23 @@ Every request needs the token (``[preview] token_env``), compared in constant ti
 Each viewer of the stream is logged with its address when it connects and leaves; the stream
 carries a "LIVE VIEW" mark while anyone watches (:mod:`dms.preview.hub`). The query string
 (which may hold the token) is never logged.
+
+No client can take the process's resources: every connection that sends nothing for
+``request_timeout_s`` is closed, and at most ``max_connections`` are served at once: a new one
+beyond closes the oldest connection still waiting for its request (so a flood of idle
+connections never locks a real request out), or, when all are busy with requests, gets ``503``
+and is closed at once (logged once per ``REFUSAL_LOG_S``). A flood never reaches the descriptor
+limit the alert path needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -44,6 +54,10 @@ COOKIE = "dms_preview"
 BOUNDARY = "dmsframe"
 MAX_BODY_BYTES = 4096  # as the MQTT command payload bound
 BUTTON_COMMANDS = ("calibrate", "mute")
+MAX_SESSIONS = 64  # viewing sessions remembered at once (the oldest is forgotten first)
+REFUSAL_LOG_S = 10.0  # connections refused beyond max_connections: one log line per this
+BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+              b"Content-Length: 18\r\nConnection: close\r\n\r\ntoo many clients\r\n")
 
 StatusFn = Callable[[], Mapping[str, Any]]
 CommandFn = Callable[[str, Any, str], Mapping[str, Any]]
@@ -56,11 +70,14 @@ class PreviewServer:
     operator command and returns its reply (``ok``, ``error``, ``result``)."""
 
     def __init__(self, settings: PreviewSettings, token: bytes, hub: FrameHub,
-                 status: StatusFn, command: CommandFn) -> None:
+                 status: StatusFn, command: CommandFn, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.hub = hub
         self._token = token
-        self._cookie = hmac.new(token, b"dms-preview-view", hashlib.sha256).hexdigest()
+        self._clock = clock
+        self._sessions: dict[str, float] = {}  # sha256 of a session cookie -> ends at (clock)
+        self._sessions_lock = threading.Lock()
         self._status = status
         self._command = command
         self._httpd: ThreadingHTTPServer | None = None
@@ -80,10 +97,12 @@ class PreviewServer:
 
     def start(self) -> PreviewServer:
         """Bind and serve in a daemon thread. DmsError when the address cannot be bound."""
-        handler = type("Handler", (_Handler,), {"app": self})
+        handler = type("Handler", (_Handler,), {"app": self,
+                                                "timeout": self.settings.request_timeout_s})
         server_cls = _Server6 if ":" in self.settings.host else _Server
         try:
             self._httpd = server_cls((self.settings.host, self.settings.port), handler)
+            self._httpd.max_connections = self.settings.max_connections
         except OSError as exc:
             raise DmsError(f"preview: cannot listen on {self.settings.host}:"
                            f"{self.settings.port} ({exc.strerror or exc})") from None
@@ -111,6 +130,7 @@ class PreviewServer:
         return token is not None and hmac.compare_digest(token.encode("utf-8"), self._token)
 
     def cookie_ok(self, header: str | None) -> bool:
+        """The request carries the cookie of a viewing session that has not ended."""
         if not header:
             return False
         try:
@@ -118,12 +138,27 @@ class PreviewServer:
         except Exception:  # noqa: BLE001 - a malformed cookie is no cookie
             return False
         morsel = jar.get(COOKIE)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(),
-                                                          self._cookie.encode())
+        if morsel is None:
+            return False
+        key = hashlib.sha256(morsel.value.encode()).hexdigest()
+        with self._sessions_lock:
+            ends = self._sessions.get(key)
+            if ends is not None and ends <= self._clock():
+                del self._sessions[key]
+                ends = None
+        return ends is not None
 
-    @property
-    def cookie_value(self) -> str:
-        return self._cookie
+    def new_session(self) -> str:
+        """A random cookie value for one viewing session, valid ``session_max_age_s``."""
+        value = secrets.token_urlsafe(32)
+        now = self._clock()
+        with self._sessions_lock:
+            self._sessions = {k: t for k, t in self._sessions.items() if t > now}
+            while len(self._sessions) >= MAX_SESSIONS:
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[hashlib.sha256(value.encode()).hexdigest()] = \
+                now + self.settings.session_max_age_s
+        return value
 
     def status(self) -> Mapping[str, Any]:
         return self._status()
@@ -133,7 +168,83 @@ class PreviewServer:
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` at once. A new connection
+    beyond that closes the oldest one that is still waiting for its request (an idle or slow
+    client: its thread ends at once), so a flood of idle connections never locks a real
+    request out; only when every connection is busy with a request is the new one answered
+    503 and closed, on the accepting thread, without a thread of its own."""
+
     daemon_threads = True
+    max_connections = 16
+    request_queue_size = 64  # a burst of connections waits to be accepted
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._active = 0
+        self._lock = threading.Lock()
+        self._waiting: dict[socket.socket, float] = {}  # waiting for a request, oldest first
+        self._dropped = 0
+        self._dropped_logged_at = -REFUSAL_LOG_S
+
+    def waiting(self, conn: socket.socket) -> None:
+        """``conn``'s thread waits for its next request (it may be closed for a new one)."""
+        with self._lock:
+            self._waiting.pop(conn, None)
+            self._waiting[conn] = time.monotonic()
+
+    def busy(self, conn: socket.socket) -> None:
+        """``conn`` sent a whole request (or is gone): it is no longer closed for others."""
+        with self._lock:
+            self._waiting.pop(conn, None)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        victim: socket.socket | None = None
+        with self._lock:
+            full = self._active >= self.max_connections
+            if full and self._waiting:
+                victim = next(iter(self._waiting))
+                del self._waiting[victim]
+            if not full or victim is not None:
+                self._active += 1
+        if victim is not None:
+            with contextlib.suppress(OSError):  # its thread reads EOF and ends
+                victim.shutdown(socket.SHUT_RDWR)
+            self._note_dropped(client_address, "closed the oldest idle connection")
+        elif full:
+            self._refuse(request)
+            self._note_dropped(client_address, "refused (503): every connection is busy")
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: this connection is not served
+            with self._lock:
+                self._active -= 1
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.busy(request)
+            with self._lock:
+                self._active -= 1
+
+    def _refuse(self, request: socket.socket) -> None:
+        try:
+            request.setblocking(False)  # never wait for a client that does not read
+            request.send(BUSY_REPLY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def _note_dropped(self, client_address: Any, what: str) -> None:
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= REFUSAL_LOG_S:
+            self._dropped_logged_at = now
+            log.warning("preview: %d connection(s) beyond max_connections (%d) so far; the "
+                        "last %s, for %s", self._dropped, self.max_connections, what,
+                        client_address[0])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("preview: error while serving %s", client_address)
@@ -148,7 +259,17 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "dms-preview"
     protocol_version = "HTTP/1.1"
 
+    server: _Server
+
     # -- helpers --------------------------------------------------------------------------------
+    def handle_one_request(self) -> None:
+        self.server.waiting(self.connection)  # idle until its request is in
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.server.busy(self.connection)
+        return super().parse_request()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         pass  # requests are logged by what they do (viewers, commands, refusals), not here
 
@@ -195,7 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not self.app.token_ok(token):
                 return self._unauthorised("page")
             assert token is not None
-            cookie = (f"{COOKIE}={self.app.cookie_value}; HttpOnly; SameSite=Strict; Path=/")
+            cookie = (f"{COOKIE}={self.app.new_session()}; HttpOnly; SameSite=Strict; Path=/; "
+                      f"Max-Age={int(self.app.settings.session_max_age_s)}")
             return self._send(HTTPStatus.SEE_OTHER, b"", "text/plain",
                               {"Location": "/#token=" + quote(token, safe=""),
                                "Set-Cookie": cookie})

@@ -3,18 +3,13 @@ that imports nothing of the server, OpenCV or numpy, so ``dms config check`` sta
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dms.errors import DmsError
+from dms.settings import check_range
 
 MIN_TOKEN_BYTES = 16  # as the MQTT command key: a guessable token is worse than none
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{name} {value!r} must be in [{low:g}, {high:g}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +41,16 @@ class PreviewSettings:
                "network round trip); range [0.1, 5]"})
     client_timeout_s: float = field(default=10.0, metadata={
         "doc": "a viewer that accepts no data for this long is dropped; range [1, 120]"})
+    request_timeout_s: float = field(default=5.0, metadata={
+        "doc": "a connection that sends nothing for this long is closed (an idle or slow "
+               "client never holds a thread for ever); range [1, 60]"})
+    max_connections: int = field(default=16, metadata={
+        "doc": "connections served at once, viewers included; a new one beyond closes the "
+               "oldest still waiting for its request (503 when all are busy), so the preview "
+               "never takes the descriptors the alert path needs; range [4, 128]"})
+    session_max_age_s: float = field(default=43200.0, metadata={
+        "doc": "a viewing session (the cookie the token link sets, random per link) ends "
+               "after this long; range [60, 604800]"})
 
     def validate(self) -> None:
         if not self.host.strip():
@@ -55,12 +60,18 @@ class PreviewSettings:
         if not self.token_env.strip():
             raise ValueError("token_env must name an environment variable (the page always "
                              "needs a token)")
-        _check_range("max_fps", self.max_fps, 0.5, 15.0)
-        _check_range("max_width", self.max_width, 160, 1920)
-        _check_range("jpeg_quality", self.jpeg_quality, 20, 95)
-        _check_range("max_viewers", self.max_viewers, 1, 8)
-        _check_range("status_poll_s", self.status_poll_s, 0.1, 5.0)
-        _check_range("client_timeout_s", self.client_timeout_s, 1.0, 120.0)
+        check_range("max_fps", self.max_fps, 0.5, 15.0)
+        check_range("max_width", self.max_width, 160, 1920)
+        check_range("jpeg_quality", self.jpeg_quality, 20, 95)
+        check_range("max_viewers", self.max_viewers, 1, 8)
+        check_range("status_poll_s", self.status_poll_s, 0.1, 5.0)
+        check_range("client_timeout_s", self.client_timeout_s, 1.0, 120.0)
+        check_range("request_timeout_s", self.request_timeout_s, 1.0, 60.0)
+        check_range("max_connections", self.max_connections, 4, 128)
+        check_range("session_max_age_s", self.session_max_age_s, 60.0, 604800.0)
+        if self.max_viewers >= self.max_connections:
+            raise ValueError(f"max_viewers {self.max_viewers} must be below max_connections "
+                             f"{self.max_connections} (the page and its status need one)")
 
 
 def preview_token(environ: Mapping[str, str], variable: str) -> bytes:

@@ -48,9 +48,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dms.engine import script as grammar
 from dms.errors import InputError
 from dms.paths import models_dir, photo_path
+from dms.sim import script as grammar
 from dms.synth.lift import LiftedFace, lift_photo
 from dms.synth.script import (
     FrameTruth,

@@ -1,6 +1,6 @@
 """Driver scripts -> a rendered head's trajectory, ground truth and the declared expected events.
 
-The script language is :mod:`dms.engine.script` (one grammar for the engine's stories and
+The script language is :mod:`dms.sim.script` (one grammar for the engine's stories and
 this renderer; its module doc lists every step)::
 
     road 5s; glance left-mirror 1.2s; road 3s; glance infotainment 4s
@@ -12,9 +12,9 @@ way (minimum jerk) and is tilted by ``ROLL_PER_YAW`` unless a roll is given; a n
 ``NOD_DROP_S``, holds ``NOD_HOLD_S`` and returns in ``NOD_RISE_S``; a slump drops in
 ``SLUMP_DROP_S`` and comes back over the last ``SLUMP_RISE_S``; ``occlude`` moves a hand in
 over ``HAND_IN_S``; ``lost`` renders as ``block``. The eyes and the mouth (``blink``,
-``close``, ``yawn``, ``look``) follow :func:`dms.engine.script.face_at`, the same truth the
+``close``, ``yawn``, ``look``) follow :func:`dms.sim.script.face_at`, the same truth the
 engine's stories measure; the droop of ``close`` and the tilt of ``yawn`` follow
-:func:`dms.engine.script.head_pitch_k`. ``speed`` and ``steering`` are ignored
+:func:`dms.sim.script.head_pitch_k`. ``speed`` and ``steering`` are ignored
 (the rendered clip carries no vehicle signals); ``glance_lost`` cannot be rendered (a
 detector losing a visible face is not something a picture can script) and is refused.
 
@@ -22,7 +22,7 @@ The head pose seen by the camera is ``R = R_neutral @ rotation_from_euler(pitch,
 with (pitch, yaw, roll) relative to the driver's neutral pose and ``R_neutral`` the camera
 mount's prior (:class:`dms.engine.settings.MountSettings`); for a left-hand-drive car the
 relative yaw is the inboard yaw. This is exactly how the engine's own stories
-(:mod:`dms.engine.scenarios`) and its zones read poses, so a glance scripted to a named target
+(:mod:`dms.sim.scenarios`) and its zones read poses, so a glance scripted to a named target
 lands in the engine's zone of that name. Transitions are minimum-jerk ramps; a small,
 seeded sway (a few slow sinusoids, about 1 deg) keeps the head alive. The sway and the
 script are deterministic for a given seed.
@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from dms.engine import script as grammar
-from dms.engine.script import Expectation, ScriptError
 from dms.errors import InputError
 from dms.geometry import euler_from_rotation, rotation_from_euler
+from dms.sim import script as grammar
+from dms.sim.script import Expectation, ScriptError
 from dms.types import EyeObservation
 
 GLANCE_TURN_S = 0.4  # ramp out / back of a glance
@@ -131,7 +131,7 @@ def _segment(step: grammar.Step) -> Segment:
 
 
 def parse_script(text: str, *, source: str = "script") -> Script:
-    """Parse a script (:mod:`dms.engine.script`) into rendered segments and switches.
+    """Parse a script (:mod:`dms.sim.script`) into rendered segments and switches.
     Errors name ``source``, the line and the step."""
     parsed = grammar.parse(text, source=source)
     segments: list[Segment] = []
@@ -271,7 +271,7 @@ class FrameTruth:
     ``eye_open`` (0 shut .. 1 fully open, both eyes), ``gaze_yaw_deg``/``gaze_pitch_deg``
     (eye-in-head, signs as the head pose's: yaw > 0 toward the image left = the driver's
     right = inboard here, pitch > 0 up) and ``mouth_open`` (0 closed .. 1 a full yawn) are
-    the script's eyes and mouth (:func:`dms.engine.script.face_at`)."""
+    the script's eyes and mouth (:func:`dms.sim.script.face_at`)."""
 
     t_s: float
     rotation: np.ndarray = field(repr=False)

@@ -4,7 +4,7 @@ A story is a list of segments in seconds::
 
     ScenarioBuilder(settings, rate_hz=20).road(5).glance("left_mirror", 1.2).road(3).build()
 
-or the same in the scenario language (:mod:`dms.engine.script`, shared with the renderer):
+or the same in the scenario language (:mod:`dms.sim.script`, shared with the renderer):
 ``ScenarioBuilder(settings).script("road 5s; glance left-mirror 1.2s; road 3s").build()``.
 Glance targets are the named zones of the settings (``zones.glance``) or
 ``(yaw_inboard_deg, pitch_deg)`` pairs, relative to the simulated driver's neutral pose, which
@@ -17,7 +17,7 @@ axis), dropped frames (``drop_prob``: no observation at all) and single-frame ou
 (``outlier_prob``: a pose ``outlier_deg`` off in a random direction).
 
 Every observation with a face carries ``eyes`` (:class:`dms.types.EyeObservation`) measured
-from the script's truth (:func:`dms.engine.script.face_at`: blinks, closures, yawns,
+from the script's truth (:func:`dms.sim.script.face_at`: blinks, closures, yawns,
 eyes-only ``look`` glances): openness = the story's open-eye baseline (seeded, within
 ``EYE_BASELINE_RANGE``) x the truth's ``eye_open`` + ``eye_noise``; confidence
 ``EYE_CONFIDENCE``, falling beyond ``EYE_CONFIDENCE_YAW_DEG`` of head yaw; gaze with
@@ -40,16 +40,14 @@ import numpy as np
 from dms.engine.engine import Engine
 from dms.engine.events import Event, EventType, Phase
 from dms.engine.filter import settle_delay_bound_s, smoothing_alpha
-from dms.engine.script import (
+from dms.engine.settings import EngineSettings, GlanceZone
+from dms.geometry import euler_from_rotation, rotation_from_euler
+from dms.sim.script import (
     AWAY_TARGET,
-    BLINK_S,
     CLOSE_DROOP_DEG,
-    EYE_MAX_PITCH_DEG,
-    EYE_MAX_YAW_DEG,
     FACE_VISIBLE_MAX_DEG,
     GLANCE_LOST_BEYOND_DEG,
     NOD_DEPTH_DEG,
-    YAWN_PITCH_DEG,
     Expectation,
     FaceTruth,
     Step,
@@ -58,8 +56,6 @@ from dms.engine.script import (
     parse,
     zone_targets,
 )
-from dms.engine.settings import EngineSettings, GlanceZone
-from dms.geometry import euler_from_rotation, rotation_from_euler
 from dms.types import EyeObservation, HeadPose, Observation
 
 EYE_BASELINE_RANGE = (0.24, 0.34)  # a driver's open-eye openness, drawn per story
@@ -73,7 +69,7 @@ EYE_SEED = 0xE7E5  # mixed with the story's seed: the eyes' own noise generator
 class Segment:
     """One piece of a story. Angles are the target, relative to neutral (inboard yaw); for
     ``look`` they are the eyes' target in the head (the head stays at the road). ``eyes``:
-    the step whose eyes and mouth the segment shows (:func:`dms.engine.script.face_at`;
+    the step whose eyes and mouth the segment shows (:func:`dms.sim.script.face_at`;
     None = open eyes, straight ahead)."""
 
     kind: str  # road | glance | nod | slump | lost | glance_lost | away | blink | close |
@@ -210,30 +206,10 @@ class ScenarioBuilder:
         """No face at all (camera blocked, driver out of view) while frontal."""
         return self._add("lost", duration_s)
 
-    def blink(self) -> ScenarioBuilder:
-        """One blink (``BLINK_S``), head at the road."""
-        return self._add("blink", BLINK_S, eyes=_eye_step("blink", BLINK_S))
-
     def close(self, duration_s: float, droop_deg: float = CLOSE_DROOP_DEG) -> ScenarioBuilder:
         """Eyes shut for ``duration_s``; the head droops ``droop_deg``."""
         return self._add("close", duration_s, pitch_deg=-droop_deg,
                          eyes=_eye_step("close", duration_s))
-
-    def yawn(self, duration_s: float, eyes_closed: bool = False,
-             tilt_deg: float = YAWN_PITCH_DEG) -> ScenarioBuilder:
-        """A yawn: mouth wide open, head tilted back ``tilt_deg``; ``eyes_closed``: shut
-        through the hold."""
-        return self._add("yawn", duration_s, pitch_deg=tilt_deg,
-                         eyes=_eye_step("yawn", duration_s, value=float(eyes_closed)))
-
-    def look(self, target: str | tuple[float, float], duration_s: float) -> ScenarioBuilder:
-        """An eyes-only glance to a zone or (yaw_inboard, pitch): the head stays at the road,
-        the eyes turn (clamped to ``EYE_MAX_YAW_DEG`` / ``EYE_MAX_PITCH_DEG``)."""
-        yaw, pitch = self.target_deg(target)
-        yaw = max(-EYE_MAX_YAW_DEG, min(EYE_MAX_YAW_DEG, yaw))
-        pitch = max(-EYE_MAX_PITCH_DEG, min(EYE_MAX_PITCH_DEG, pitch))
-        return self._add("look", duration_s, target=str(target), yaw_inboard_deg=yaw,
-                         pitch_deg=pitch, eyes=_eye_step("look", duration_s, yaw, pitch))
 
     def sunglasses(self, on: bool) -> ScenarioBuilder:
         """From now on the eyes are (not) hidden behind dark glasses."""
@@ -258,13 +234,13 @@ class ScenarioBuilder:
                          lost_facing_deg=facing_max_deg)
 
     def script(self, text: str, *, source: str = "script") -> ScenarioBuilder:
-        """Append a script in the scenario language (:mod:`dms.engine.script`), e.g.
+        """Append a script in the scenario language (:mod:`dms.sim.script`), e.g.
         ``"road 5s; glance left-mirror 1.2s; nod x3 over 30s; slump 5s; lost 3s; speed 0"``.
         Steps that only matter to the renderer (``hand``, ``light``) keep their time on the
         road or take none; ``occlude``/``block`` are ``lost``; ``sunglasses`` hide the
         eyes. The
         script's ``expect`` lines, shifted to where the script starts, go into the
-        scenario's ``expectations``. Errors: :class:`dms.engine.script.ScriptError`."""
+        scenario's ``expectations``. Errors: :class:`dms.sim.script.ScriptError`."""
         t0 = self._t
         parsed = parse(text, source=source, targets=zone_targets(self.settings.zones.glance))
         for step in parsed.steps:
@@ -407,7 +383,7 @@ def _facing_deg(R: np.ndarray) -> float:
 
 def build_script(text: str, settings: EngineSettings | None = None, *, source: str = "script",
                  **builder_kw: object) -> Scenario:
-    """A scenario from a script (:mod:`dms.engine.script`); ``builder_kw`` go to
+    """A scenario from a script (:mod:`dms.sim.script`); ``builder_kw`` go to
     :class:`ScenarioBuilder`."""
     builder = ScenarioBuilder(settings, **builder_kw)  # type: ignore[arg-type]
     return builder.script(text, source=source).build()

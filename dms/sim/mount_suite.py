@@ -37,15 +37,15 @@ import numpy as np
 from dms.engine.calibration import NeutralPose
 from dms.engine.engine import Engine
 from dms.engine.events import Event, EventType, Phase, Reason
-from dms.engine.scenarios import (
+from dms.engine.settings import EngineSettings
+from dms.geometry import euler_from_rotation, geodesic_deg, rotation_from_euler
+from dms.sim.scenarios import (
     Scenario,
     ScenarioBuilder,
     Segment,
     crossing_delay_bound_s,
     long_glance_window_s,
 )
-from dms.engine.settings import EngineSettings
-from dms.geometry import euler_from_rotation, geodesic_deg, rotation_from_euler
 from dms.types import HeadPose, Observation
 
 YAW_RANGE_DEG = 35.0

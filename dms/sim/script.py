@@ -58,7 +58,7 @@ Steps that take no time (they apply from that point on):
   :class:`Expectation`). A script without ``expect`` lines expects no alert at all.
 
 What a step *means* (targets, depths, durations) is defined here; how a head moves through
-it (ramps, sway) belongs to each consumer: :class:`dms.engine.scenarios.ScenarioBuilder`
+it (ramps, sway) belongs to each consumer: :class:`dms.sim.scenarios.ScenarioBuilder`
 (pose only) and :mod:`dms.synth.script` (the rendered head). The eyes and the mouth are the
 same for both: :func:`face_at` gives the ground truth of a step at a time (eye openness 0
 shut .. 1 open, the eye-in-head gaze and the mouth's opening). Pure: standard library only.
