@@ -268,6 +268,21 @@ class LatestFrameReader:
         self._cap.release()
 
 
+def frames_from_source(source: str, timeout_s: float = 5.0) -> Iterator[Frame]:
+    """Frames of a video file in order, or live frames of a camera source until it stops
+    delivering for ``timeout_s`` (``dms calibrate --source``; ``dms run`` reads through
+    :class:`FrameSource`, which also reports a lost and a restored camera)."""
+    if source_kind(source) == "file":
+        yield from video_frames(source)
+        return
+    reader = LatestFrameReader(source)
+    try:
+        while (f := reader.read(timeout_s=timeout_s)) is not None:
+            yield f
+    finally:
+        reader.close()
+
+
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
     """A change of the camera's condition, yielded between frames."""

@@ -253,11 +253,11 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
     """Eye openness on the usable faces, ground-truth boxes (see :class:`EyeStillsResult`).
 
     Landmarks come from the estimator when it has them (FaceMesh), or from the pipeline's
-    one landmark pass in front of a CNN (:func:`dms.pipeline.with_landmark_pass`); with the
+    one landmark pass in front of a CNN (:func:`dms.perception.with_landmark_pass`); with the
     attention mesh its refined eyes are read as in the pipeline."""
     from tqdm import tqdm
 
-    from dms.pipeline import with_landmark_pass
+    from dms.perception import with_landmark_pass
     from dms.vision.settings import TrackingSettings
 
     # a CNN reads the face through the one landmark pass, as in the pipeline

@@ -2,7 +2,7 @@
 the outputs of ``dms run``.
 
 :func:`replay_poses` feeds a poses file (:func:`iter_poses_csv`, streamed row by row) to the
-engine; :func:`replay_video` feeds a video to :class:`dms.pipeline.DriverMonitor` (the same
+engine; :func:`replay_video` feeds a video to :class:`dms.monitor.DriverMonitor` (the same
 per-frame step as ``dms run``). Both hand every step's result to
 :meth:`dms.outputs.routing.AlertOutputs.handle`, the one ``dms run`` uses: the alerts (the
 durable outbox when publishing, the log, the printing callback), the buzzer and the telemetry
@@ -255,7 +255,7 @@ def replay_video(
     overriding their models; every step's result goes to ``outputs.handle``."""
     from dms.capture import video_fps, video_frames
     from dms.config import VisionSettings
-    from dms.pipeline import DriverMonitor
+    from dms.monitor import DriverMonitor
     from dms.videofile import VideoFileWriter
     from dms.viz import FrameTrace, VideoAnnotator
 

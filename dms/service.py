@@ -1,7 +1,7 @@
 """``dms run``: the service's lifecycle, and nothing else.
 
 :func:`build_service` builds every collaborator from the configuration, in one place: the
-per-frame step (:class:`dms.pipeline.DriverMonitor`, models warm), the stored calibration
+per-frame step (:class:`dms.monitor.DriverMonitor`, models warm), the stored calibration
 profile, the buzzer, the outputs (:class:`dms.outputs.routing.AlertOutputs`) and the systemd
 notifier; :class:`Service` gets them as typed parts (:class:`Monitor`, :class:`Notify`).
 
@@ -59,10 +59,11 @@ from dms.engine.calibration import CalibrationCapture, CalibrationRefused, Calib
 from dms.engine.engine import Engine, EngineState
 from dms.engine.events import Event, Phase, Reason
 from dms.errors import DmsError, ModelError
+from dms.monitor import DriverMonitor, MonitorStep
 from dms.outputs.buzzer import Buzzer, BuzzerThread, open_buzzer
 from dms.outputs.notify import Notifier, Notify, Watchdog
 from dms.outputs.routing import AlertOutputs, Communicator, Record, open_mqtt, summary_line
-from dms.pipeline import DriverMonitor, MonitorStep, Perception
+from dms.perception import Perception
 from dms.preview.hub import FrameHub
 from dms.preview.server import PreviewServer
 from dms.preview.settings import preview_token
@@ -79,7 +80,7 @@ __all__ = ["EXIT_RELOAD", "Monitor", "Service", "SignalSafeEvent", "build_servic
 
 
 class Monitor(Protocol):
-    """What the service needs of the per-frame step (:class:`dms.pipeline.DriverMonitor`)."""
+    """What the service needs of the per-frame step (:class:`dms.monitor.DriverMonitor`)."""
 
     frames: int
     bad_frames: int

@@ -44,7 +44,7 @@ def main() -> int:
     from dms.capture import video_frames
     from dms.config import VisionSettings
     from dms.engine.settings import EngineSettings
-    from dms.pipeline import DriverMonitor
+    from dms.monitor import DriverMonitor
     from dms.synth.render import render_scenario
 
     toml = Path(tempfile.gettempdir()) / "dms_gaze_sweep.toml"

@@ -191,7 +191,7 @@ def test_aflw_box_matches_the_labelled_boxes(aflw_dir: Path, attention) -> None:
 
 
 def _cnn_perception(count: dict[str, CountingSession]):  # type: ignore[no-untyped-def]
-    from dms.pipeline import MeshTrackedPose, Perception
+    from dms.perception import MeshTrackedPose, Perception
     from dms.vision.blazeface import BlazeFaceDetector
     from dms.vision.eyes import EyeMeasurer
     from dms.vision.headpose import CnnHeadPose
@@ -254,7 +254,7 @@ def test_cnn_face_box_is_the_meshs_aflw_box(astronaut) -> None:
 
 
 def test_default_perception_puts_a_cnn_behind_the_landmark_pass() -> None:
-    from dms.pipeline import MeshTrackedPose, Perception
+    from dms.perception import MeshTrackedPose, Perception
     from dms.vision.blazeface import BlazeFaceDetector
     from dms.vision.headpose import CnnHeadPose
     from dms.vision.settings import TrackingSettings
@@ -311,7 +311,7 @@ def test_iris_model_is_loaded_only_where_the_landmarks_lack_refined_eyes() -> No
     first frame, in the frame loop)."""
     from dataclasses import replace
 
-    from dms.pipeline import Perception, gives_refined_eyes
+    from dms.perception import Perception, gives_refined_eyes
     from dms.vision.blazeface import BlazeFaceDetector
     from dms.vision.eyes import EyeMeasurer
     from dms.vision.headpose import PoseModelSettings, create_pose_estimator
@@ -334,7 +334,7 @@ def test_iris_model_is_loaded_only_where_the_landmarks_lack_refined_eyes() -> No
 
 
 def test_models_in_use_name_the_landmark_pass_and_not_an_unloaded_iris_model() -> None:
-    from dms.pipeline import Perception
+    from dms.perception import Perception
     from dms.vision.blazeface import BlazeFaceDetector
     from dms.vision.eyes import EyeMeasurer
     from dms.vision.headpose import CnnHeadPose, PoseModelSettings, create_pose_estimator
@@ -356,7 +356,7 @@ def test_the_cnn_is_confident_only_where_it_agrees_with_the_meshs_own_fit(astron
     independent readings never reach, takes the confidence to 0. (The face_loss end-to-end
     scenario is the real case: a hand over half the face.)"""
     from dms import geometry
-    from dms.pipeline import with_landmark_pass
+    from dms.perception import with_landmark_pass
     from dms.vision.blazeface import BlazeFaceDetector
     from dms.vision.headpose import PoseModelSettings, create_pose_estimator
     from dms.vision.settings import TrackingSettings

@@ -20,7 +20,7 @@ from dms.capture import Frame, SourceStatus, as_bgr
 from dms.config import load_config
 from dms.engine.events import EventType, Phase
 from dms.engine.settings import EngineSettings
-from dms.pipeline import DriverMonitor
+from dms.monitor import DriverMonitor
 
 from broker import Collector, start_broker
 

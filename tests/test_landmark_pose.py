@@ -72,7 +72,7 @@ def test_large_yaw_is_reported_with_the_right_sign_and_low_confidence(estimator,
 
 
 def test_tracking_follows_a_moving_face_with_few_detections(aflw_dir):
-    from dms.pipeline import Perception
+    from dms.perception import Perception
     from dms.vision.detect import create_detector
     from dms.vision.headpose import create_pose_estimator
 

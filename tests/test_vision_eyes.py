@@ -87,7 +87,8 @@ def test_mirrored_face_flips_gaze_yaw_and_keeps_pitch(models):
 
 def test_gray8_frame_runs_end_to_end_with_eyes(models):
     from dms.engine.engine import Engine
-    from dms.pipeline import DriverMonitor, Perception
+    from dms.monitor import DriverMonitor
+    from dms.perception import Perception
 
     det, est, eyes = models
     gray = cv2.cvtColor(load_photo("astronaut"), cv2.COLOR_BGR2GRAY)  # GRAY8, 2-D
@@ -118,7 +119,7 @@ def closing_render(tmp_path_factory):
 def test_closed_eye_reads_lower_than_open(models, closing_render, ir):
     from dms.capture import video_frames
     from dms.evaluation import read_eye_truth
-    from dms.pipeline import Perception
+    from dms.perception import Perception
 
     det, est, eyes = models
     d = closing_render[ir]

@@ -14,7 +14,7 @@ import pytest
 
 from dms.engine.engine import Engine, StepResult
 from dms.engine.events import EventType, Phase
-from dms.engine.scenarios import ScenarioBuilder
+from dms.sim.scenarios import ScenarioBuilder
 from dms.engine.settings import EngineSettings
 from dms.types import FaceBox, HeadPose
 from dms.viz import (

@@ -1,5 +1,5 @@
 """``dms bench``: per-stage latency and end-to-end frames per second of the per-frame step
-(perception + engine: :class:`dms.pipeline.DriverMonitor`, the same step ``dms run`` uses).
+(perception + engine: :class:`dms.monitor.DriverMonitor`, the same step ``dms run`` uses).
 
 ``--engine-only`` times the engine step alone (no models) on a scripted drive at 30 Hz,
 ``--repeat`` times over; each frame counts with its best run, so what another process on a
@@ -62,21 +62,22 @@ ENGINE_DRIVE = ("road 20s; glance left-mirror 2s; road 6s; glance infotainment 4
                 "road 10s; look infotainment 3s; road 10s; slump 4s; road 15s")
 
 
-class _TimedEngine:
-    """The engine, with each ``step`` timed (wall milliseconds in ``ms``)."""
+def _timed_engine() -> Any:
+    """An Engine whose ``step`` also records its wall milliseconds in ``ms``."""
+    from dms.engine.engine import Engine
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.ms: list[float] = []
+    class TimedEngine(Engine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ms: list[float] = []
 
-    def step(self, obs: Any) -> Any:
-        t0 = time.perf_counter()
-        result = self.engine.step(obs)
-        self.ms.append((time.perf_counter() - t0) * 1e3)
-        return result
+        def step(self, obs: Any) -> Any:
+            t0 = time.perf_counter()
+            result = super().step(obs)
+            self.ms.append((time.perf_counter() - t0) * 1e3)
+            return result
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
+    return TimedEngine()
 
 
 def _threads_env() -> dict[str, str]:
@@ -123,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
         return run_engine_only(args)
     from dms.benchclip import default_clip
     from dms.capture import video_frames
-    from dms.engine.engine import Engine
     from dms.errors import InputError
-    from dms.pipeline import DriverMonitor, Perception, TrackingSettings
+    from dms.monitor import DriverMonitor
+    from dms.perception import MeshTrackedPose, Perception
+    from dms.vision.settings import TrackingSettings
 
     video = args.video or str(default_clip())
     if args.frames < 1 or args.warmup < 0:
@@ -141,13 +143,13 @@ def run(args: argparse.Namespace) -> int:
     detector, estimator = build_models(args)
     perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking),
                             eyes=build_eyes(args))
-    timed_engine = _TimedEngine(Engine())
-    monitor = DriverMonitor(perception, timed_engine)  # type: ignore[arg-type]
+    timed_engine = _timed_engine()
+    monitor = DriverMonitor(perception, timed_engine)
     for i in range(args.warmup):
         monitor.step(frames[i], i / 30.0)
     detect, pose, eyes, total, found = [], [], [], [], 0
     landmarks: list[float] = []  # the one landmark pass in front of a CNN (part of "pose")
-    one_pass = hasattr(perception.estimator, "landmark_ms")
+    one_pass = perception.estimator if isinstance(perception.estimator, MeshTrackedPose) else None
     timed = frames[args.warmup:]
     perception.detections = 0
     timed_engine.ms.clear()
@@ -161,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
         if r.detected:
             detect.append(r.detect_ms)
         pose.append(r.pose_ms)
-        if one_pass:
-            landmarks.append(float(perception.estimator.landmark_ms))
+        if one_pass is not None:
+            landmarks.append(one_pass.landmark_ms)
         if perception.eyes is not None:
             eyes.append(r.eyes_ms)
         found += r.pose is not None

@@ -101,7 +101,8 @@ def _source_observations(args: argparse.Namespace, cfg: Any, settings: Any
     """The observations of the service's per-frame step on ``--source``."""
     from dataclasses import replace
 
-    from dms.pipeline import DriverMonitor, frames_from_source
+    from dms.capture import frames_from_source
+    from dms.monitor import DriverMonitor
 
     vision = cfg.vision
     if args.detector:

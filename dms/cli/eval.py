@@ -97,7 +97,7 @@ def _run_eyes(args: argparse.Namespace) -> int:
     detector, estimator = build_models(args)
     measurer = _eye_measurer(args)
     if args.format == "synth":
-        from dms.pipeline import Perception
+        from dms.perception import Perception
 
         res = evaluate_eyes_render(args.directory, Perception(detector, estimator, eyes=measurer))
         if args.json:

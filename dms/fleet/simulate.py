@@ -138,7 +138,9 @@ class SimulatedDevice:
     def _finish(self, comm: MqttCommunicator) -> int:
         """Deliver what is queued, stop; how many alerts were left undelivered."""
         ok = comm.wait_drained(self.sim.drain_timeout_s)
-        left = 0 if ok else int(comm.stats().get("outbox", {}).get("pending_alerts", 0))
+        box = comm.stats().get("outbox")
+        pending = box.get("pending_alerts", 0) if isinstance(box, dict) else 0
+        left = 0 if ok else int(pending)
         comm.stop(drain_timeout_s=0.0)
         return left
 
