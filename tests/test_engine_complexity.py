@@ -72,8 +72,8 @@ def test_no_block_of_the_service_glue_above_rank_b() -> None:
 
 def test_the_service_glue_is_strictly_typed_without_any_in_its_signatures() -> None:
     """issue 21's acceptance: `mypy --strict` is clean on the service, the commands, the
-    perception step, the monitor and the outputs (the modules they import are checked by `mypy dms`), and no ``Any`` remains in
-    their signatures."""
+    perception step, the monitor and the outputs (the modules they import are checked by
+    `mypy dms`), and no ``Any`` remains in their signatures."""
     import ast
     import subprocess
     import sys

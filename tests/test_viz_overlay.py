@@ -14,8 +14,8 @@ import pytest
 
 from dms.engine.engine import Engine, StepResult
 from dms.engine.events import EventType, Phase
-from dms.sim.scenarios import ScenarioBuilder
 from dms.engine.settings import EngineSettings
+from dms.sim.scenarios import ScenarioBuilder
 from dms.types import FaceBox, HeadPose
 from dms.viz import (
     FACE_UNUSABLE,

@@ -10,8 +10,8 @@ import numpy as np
 
 from dms.engine.engine import Engine
 from dms.engine.events import EventType
-from dms.sim.scenarios import ScenarioBuilder
 from dms.engine.settings import EngineSettings
+from dms.sim.scenarios import ScenarioBuilder
 from dms.types import FaceBox
 from dms.viz import FACE_UNUSABLE, FACE_USED, NO_FACE, FrameTrace, alert_lanes, plot_timeline
 
