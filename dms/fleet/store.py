@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +41,24 @@ PG_CONNECT_TIMEOUT_S = 5
 
 # the two dialects' INSERT constructs, which carry ON CONFLICT (the same clause on both)
 _INSERT: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def _sqlite_wal(cur: Any) -> None:
+    """Put the database in WAL mode (kept in the file, so later connections find it set).
+    Switching needs the file to itself, and SQLite answers a concurrent switch with "database
+    is locked" at once, without its busy handler: two workers starting on a new file met
+    that. So the switch is retried for up to the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000.0
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class StoreError(DmsError):
@@ -142,7 +162,7 @@ class Store:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if not self.readonly:
-            cur.execute("PRAGMA journal_mode = WAL")  # readers never block the ingester
+            _sqlite_wal(cur)  # readers never block the ingester
             cur.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the ack
         cur.close()
 
