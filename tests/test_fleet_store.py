@@ -47,14 +47,15 @@ def test_migrations_make_the_declared_schema(db_url: str) -> None:  # noqa: F811
         store.close()
 
 
-def test_concurrent_workers_migrate_once(db_url: str) -> None:  # noqa: F811
-    stores = [Store(db_url) for _ in range(3)]
+def open_together(stores: list[Store]) -> list[BaseException]:
+    """Open every store at once, each on its own thread (workers starting together); the
+    errors raised, then close them all."""
     errors: list[BaseException] = []
 
     def open_one(s: Store) -> None:
         try:
             s.open()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
@@ -64,7 +65,11 @@ def test_concurrent_workers_migrate_once(db_url: str) -> None:  # noqa: F811
         t.join()
     for s in stores:
         s.close()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_workers_migrate_once(db_url: str) -> None:  # noqa: F811
+    assert open_together([Store(db_url) for _ in range(3)]) == []
 
 
 def test_workers_starting_together_on_a_new_sqlite_file_all_open(tmp_path: Path) -> None:
@@ -74,23 +79,7 @@ def test_workers_starting_together_on_a_new_sqlite_file_all_open(tmp_path: Path)
     failed = []
     for n in range(20):
         url = f"sqlite:///{tmp_path}/fleet{n}.db"
-        stores = [Store(url) for _ in range(3)]
-        errors: list[BaseException] = []
-
-        def open_one(s: Store, errors: list[BaseException] = errors) -> None:
-            try:
-                s.open()
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for s in stores:
-            s.close()
-        failed += [f"round {n}: {e!r}" for e in errors]
+        failed += [f"round {n}: {e!r}" for e in open_together([Store(url) for _ in range(3)])]
     assert not failed, failed
 
 

@@ -163,7 +163,9 @@ class TrainConfig:
             raise ValueError("gt_weight must be in [0, 1]")
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def read_config_table(path: str | Path, overrides: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """A training recipe's TOML as a table, ``overrides`` on top (every trainer's config)."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -177,7 +179,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
     data.update(overrides or {})
-    return load_settings(TrainConfig, data, str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    return load_settings(TrainConfig, read_config_table(path, overrides), str(path))
 
 
 # ----------------------------------------------------------------------------- data

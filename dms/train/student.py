@@ -134,21 +134,9 @@ class StudentConfig:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudentConfig:
     from dms.settings import load_settings
+    from dms.train.distill import read_config_table
 
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from None
-    data.update(overrides or {})
-    return load_settings(StudentConfig, data, str(path))
+    return load_settings(StudentConfig, read_config_table(path, overrides), str(path))
 
 
 # ----------------------------------------------------------------------------- data
