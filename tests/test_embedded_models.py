@@ -35,7 +35,7 @@ SIGNATURES = {
     "face_landmark_attention.onnx": (
         "input_1",
         [1, 3, 192, 192],
-        {"output_mesh_identity": [1, 1404, 1, 1], "output_lips": [1, 160, 1, 1],
+        {"output_mesh_identity": [1, 1404, 1, 1],
          "output_left_eye": [1, 142, 1, 1], "output_right_eye": [1, 142, 1, 1],
          "output_left_iris": [1, 10, 1, 1], "output_right_iris": [1, 10, 1, 1],
          "conv_faceflag": [1, 1, 1, 1]},

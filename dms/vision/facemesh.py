@@ -55,8 +55,10 @@ ROI_SCALE = 1.5
 REFINED_OUTPUTS = {"eye_image_left": ("output_left_eye", 71),
                    "eye_image_right": ("output_right_eye", 71),
                    "iris_image_left": ("output_left_iris", 5),
-                   "iris_image_right": ("output_right_iris", 5),
-                   "lips": ("output_lips", 80)}
+                   "iris_image_right": ("output_right_iris", 5)}
+# MediaPipe's refined lips: nothing in dms reads them, so the shipped attention mesh is built
+# without that branch (a fifth of a run; models/build_embedded.py); read when a model has them
+LIPS_OUTPUT = ("output_lips", 80)
 
 # AFLW's 21 landmarks (the ``pt2d`` of AFLW2000-3D, whose extent is the box of ``dms eval
 # --boxes gt``) as FaceMesh ids, in AFLW order (image-left first): brows outer / centre /
@@ -102,7 +104,8 @@ class FaceLandmarks:
     From the attention mesh only (None from FaceMesh), x, y in image pixels: ``eyes_px``
     (2, 71, 2) the refined eye contours, the subject's right eye (image left) first, in the
     iris model's contour order; ``irises_px`` (2, 5, 2) the irises, same eye order, centre
-    first; ``lips_px`` (80, 2).
+    first; ``lips_px`` (80, 2) only from a model built with its lips branch (the shipped one
+    is not: nothing reads them).
     """
 
     points_px: np.ndarray
@@ -211,13 +214,16 @@ class FaceMeshLandmarker:
         names = [o.name for o in session.get_outputs()]
         found = {key: names.index(nm) for key, (nm, n) in REFINED_OUTPUTS.items()
                  if nm in names and sizes[names.index(nm)] == 2 * n}
-        # the refined eyes/irises/lips when the model has all of them (the attention mesh)
+        # the refined eyes and irises when the model has all of them (the attention mesh)
         self._refined_index = found if len(found) == len(REFINED_OUTPUTS) else None
+        lips, n_lips = LIPS_OUTPUT
+        self._lips_index = names.index(lips) if lips in names and \
+            sizes[names.index(lips)] == 2 * n_lips else None
         self.runs = 0  # session runs so far (the pipeline's one-pass-a-frame test reads it)
 
     @property
     def refined(self) -> bool:
-        """Whether this model also gives refined eyes, irises and lips."""
+        """Whether this model also gives refined eyes and irises."""
         return self._refined_index is not None
 
     def crop(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +296,9 @@ class FaceMeshLandmarker:
                                                                           "image_right")
         eyes = np.stack([ref["eye_" + first], ref["eye_" + second]])
         irises = np.stack([ref["iris_" + first], ref["iris_" + second]])
-        return FaceLandmarks(points, presence, roi, eyes, irises, ref["lips"])
+        lips = None if self._lips_index is None else to_image(
+            np.asarray(outs[self._lips_index], np.float64).reshape(-1, 2)).astype(np.float32)
+        return FaceLandmarks(points, presence, roi, eyes, irises, lips)
 
     def track(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[FaceLandmarks, FaceRoi]:
         """Landmarks for ``roi`` and the ROI to use on the next frame."""
