@@ -54,6 +54,23 @@ def test_defaults_run_pairs_in_parallel_on_one_thread_per_model() -> None:
     assert CPU_ONLY.parallel_pairs
 
 
+def test_a_session_pins_opencvs_threads_to_the_setting() -> None:
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        create_session(models_dir() / "face_detection_back.onnx")  # the default: 1
+        assert cv2.getNumThreads() == 1
+        create_session(models_dir() / "face_detection_back.onnx",
+                       RuntimeSettings(providers=("cpu",), opencv_threads=2))
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+    with pytest.raises(ValueError, match="opencv_threads must be >= 1"):
+        RuntimeSettings(opencv_threads=0).validate()
+
+
 @pytest.mark.parametrize("file", ["face_landmark.onnx", "iris_landmark.onnx"])
 def test_shipped_landmark_models_carry_the_prelu_rewrite(file: str) -> None:
     model = onnx.load(str(models_dir() / file))

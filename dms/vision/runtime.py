@@ -47,6 +47,14 @@ class RuntimeSettings:
     inter_op_threads: int = field(
         default=1, metadata={"doc": "threads across operators (1: sequential graph execution)"}
     )
+    opencv_threads: int = field(
+        default=1,
+        metadata={"doc": "threads OpenCV's own loops (the crops, colour conversions) may use, "
+                         "for the whole process. 1: they run on the calling thread; OpenCV's "
+                         "pool costs more than it saves on images this small (the mesh crop "
+                         "0.5 -> 0.28 ms CPU a frame on the 2-core dev machine, docs/"
+                         "benchmarks.md s.17) and takes cores the models need"},
+    )
     parallel_pairs: bool = field(
         default=True,
         metadata={"doc": "run a frame's two independent model passes (FaceMesh on the crop and "
@@ -66,6 +74,8 @@ class RuntimeSettings:
             raise ValueError("providers: at least one provider is needed (e.g. ['cpu'])")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0")
+        if self.opencv_threads < 1:
+            raise ValueError("opencv_threads must be >= 1")
 
 
 CPU_ONLY = RuntimeSettings(providers=("cpu",))
@@ -153,11 +163,22 @@ def check_onnx_file(path: str | Path) -> Path:
     return p
 
 
+def pin_opencv_threads(n: int) -> None:
+    """OpenCV's thread count for the process (``RuntimeSettings.opencv_threads``); every
+    model session is made through :func:`create_session`, which calls this first."""
+    import cv2
+
+    if cv2.getNumThreads() != n:
+        cv2.setNumThreads(n)
+        log.debug("OpenCV threads: %d", n)
+
+
 def create_session(path: str | Path, settings: RuntimeSettings = CPU_ONLY) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``path`` with the configured providers."""
     import onnxruntime as ort
 
     p = check_onnx_file(path)
+    pin_opencv_threads(settings.opencv_threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = settings.inter_op_threads
