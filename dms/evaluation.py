@@ -231,6 +231,7 @@ class EyeStillsResult:
     openness_median: float
     openness_p05: float
     closed_files: tuple[str, ...] = ()
+    not_found: int = 0  # detector boxes: faces the detector did not find
 
     @property
     def closed_rate(self) -> float:
@@ -249,8 +250,13 @@ class EyeStillsResult:
 
 def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstimator,
                          measurer: EyeMeasurer, closed_ratio: float = CLOSED_RATIO,
-                         progress: bool = True) -> EyeStillsResult:
-    """Eye openness on the usable faces, ground-truth boxes (see :class:`EyeStillsResult`).
+                         progress: bool = True, detector: FaceDetector | None = None
+                         ) -> EyeStillsResult:
+    """Eye openness on the usable faces (see :class:`EyeStillsResult`), from the labels' boxes
+    or, with ``detector``, from the detector's (the pipeline's first ROI; a face it does not
+    find is counted in ``not_found``). AFLW2000's box is the extent of the visible labelled
+    points: where the brows are not labelled its top sits at the eyes, and a landmark ROI
+    from it starts lower than any detector box.
 
     Landmarks come from the estimator when it has them (FaceMesh), or from the pipeline's
     one landmark pass in front of a CNN (:func:`dms.perception.with_landmark_pass`); with the
@@ -264,10 +270,17 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
     estimator = with_landmark_pass(estimator, TrackingSettings())
     usable = [f for f in faces if f.usable]
     values, confs, closed_files = [], [], []
+    not_found = 0
     for face in tqdm(usable, desc="eyes", unit="img", disable=not progress, leave=False):
         img = read_image(face.image_path)
-        x1, y1, x2, y2 = face.box
-        box = FaceBox(x1, y1, x2, y2, score=1.0)
+        if detector is None:
+            x1, y1, x2, y2 = face.box
+            box: FaceBox | None = FaceBox(x1, y1, x2, y2, score=1.0)
+        else:
+            box = select_driver(detector.detect(img), img.shape)
+        if box is None:
+            not_found += 1
+            continue
         with_lm = getattr(estimator, "estimate_with_landmarks", None)
         if with_lm is not None:
             pose, lm = with_lm(img, box)
@@ -289,7 +302,7 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
         closed=int((v < closed_ratio).sum()), closed_confident=int((v[sure] < closed_ratio).sum()),
         openness_median=float(np.median(v)) if len(v) else float("nan"),
         openness_p05=float(np.percentile(v, 5)) if len(v) else float("nan"),
-        closed_files=tuple(closed_files),
+        closed_files=tuple(closed_files), not_found=not_found,
     )
 
 

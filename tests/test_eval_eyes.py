@@ -52,3 +52,19 @@ def test_eval_eyes_on_open_eyed_stills_reads_few_closed():
     res = json.loads(r.stdout)
     assert res["measured"] >= 55
     assert res["closed_rate"] < 0.05 and 0.2 < res["openness_median"] < 0.5
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/aflw2000-64 (not shipped)")
+def test_eval_eyes_on_stills_with_the_detectors_boxes():
+    """The pipeline's own first ROI (the detector's box) instead of the labels': the faces it
+    finds are measured, the ones it misses counted."""
+    r = _dms("eval", "--eyes", "--format", "aflw2000", str(SHARED), "--boxes", "detector",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["boxes"] == "detector"
+    assert res["measured"] + res["not_found"] <= res["n"] and res["not_found"] <= 3
+    assert res["measured"] >= 55
+    assert res["closed_rate"] < 0.05 and 0.2 < res["openness_median"] < 0.5
+    r = _dms("eval", "--eyes", "--format", "aflw2000", str(SHARED), "--boxes", "detector")
+    assert r.returncode == 0 and "not found by blazeface" in r.stdout

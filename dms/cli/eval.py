@@ -115,11 +115,13 @@ def _run_eyes(args: argparse.Namespace) -> int:
               f"pitch {res.gaze_pitch_bias_deg:+.2f})")
         print(f"mouth: correlation with the truth {res.mouth_corr:.3f}")
         return 0
-    stills = evaluate_eyes_stills(read_aflw2000(args.directory), estimator, measurer, closed)
+    stills = evaluate_eyes_stills(read_aflw2000(args.directory), estimator, measurer, closed,
+                                  detector=detector if args.boxes == "detector" else None)
     if args.json:
-        print(json.dumps(stills.as_dict() | {"pose_model": estimator.name}))
+        print(json.dumps(stills.as_dict() | {"pose_model": estimator.name, "boxes": args.boxes}))
         return 0
-    print(f"faces: {stills.n}, eyes measured: {stills.measured}, confident (>= 0.5): "
+    found = "" if args.boxes == "gt" else f" ({stills.not_found} not found by {detector.name})"
+    print(f"faces: {stills.n}{found}, eyes measured: {stills.measured}, confident (>= 0.5): "
           f"{stills.confident}")
     print(f"openness median {stills.openness_median:.3f}, 5th percentile "
           f"{stills.openness_p05:.3f}")
