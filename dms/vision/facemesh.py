@@ -27,8 +27,9 @@ MediaPipe's attention mesh (``models/face_landmark_attention.onnx``) also return
 eyes, irises and lips from the same run: per eye 71 contour points in the iris model's order
 (0..8 the lower lid from the outer to the inner corner, 9..15 the upper lid, then the brow;
 the subject's right eye follows mesh ids 33, 7, 163, ..., the left 263, 249, 390, ...), per
-iris 5 points (centre first), and 80 lip points. :class:`FaceLandmarks` carries them when the
-model has them (``eyes_px``, ``irises_px``, ``lips_px``), so one landmark run a frame gives the
+iris 5 points (centre first), and 80 lip points (the shipped file is built without the lips'
+branch: nothing reads them). :class:`FaceLandmarks` carries them when the model has them
+(``eyes_px``, ``irises_px``, ``lips_px``), so one landmark run a frame gives the
 tracking ROI, the eye measurements (:mod:`dms.vision.eyes`) and the box a CNN head-pose model
 crops from (:func:`aflw_box`).
 """
