@@ -8,7 +8,10 @@ face box, and counts the frames whose pitch or roll error exceeds 25 deg while t
 reports itself confident (confidence >= 0.5): such a frame would reach the engine as motion.
 The target is none. ::
 
-    .venv/bin/python scripts/full_range_turns.py [--pose-model NAME|PATH] [--json]
+    .venv/bin/python scripts/full_range_turns.py [--pose-model NAME|PATH] [--one-pass] [--json]
+
+``--one-pass``: a CNN reads only the crop, not its mirror image too (``[vision.pose.cnn]
+flip_average = false``), so its confidence comes from the yaw range alone.
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ def main() -> int:
     from dms.train.rendered import RenderedHeads
     from dms.types import FaceBox
     from dms.vision.headpose import PoseModelSettings, create_pose_estimator
+    from dms.vision.settings import CnnPoseSettings
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pose-model", default=PoseModelSettings().model)
+    p.add_argument("--one-pass", action="store_true",
+                   help="a CNN without its mirrored crop (flip_average = false)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    est = create_pose_estimator(PoseModelSettings(model=args.pose_model))
+    cnn = CnnPoseSettings(flip_average=not args.one_pass)
+    est = create_pose_estimator(PoseModelSettings(model=args.pose_model, cnn=cnn))
     heads = RenderedHeads(("astronaut", "grace_hopper"), mirror=False, seed=3)
     rows = []
     index = 0
@@ -51,7 +58,7 @@ def main() -> int:
     wild = [r for r in confident if max(r[1][0], r[1][2]) > WILD_DEG]
     wild_unsure = [r for r in rows if r[2] < CONFIDENT and max(r[1][0], r[1][2]) > WILD_DEG]
     out = {
-        "pose_model": args.pose_model, "frames": len(rows), "confident": len(confident),
+        "pose_model": args.pose_model, "one_pass": args.one_pass, "frames": len(rows), "confident": len(confident),
         "wild_confident": len(wild),
         "wild_confident_yaw_deg": sorted({abs(r[0]) for r in wild}),
         "wild_reported_unsure": len(wild_unsure),
