@@ -58,7 +58,8 @@ def main() -> int:
     wild = [r for r in confident if max(r[1][0], r[1][2]) > WILD_DEG]
     wild_unsure = [r for r in rows if r[2] < CONFIDENT and max(r[1][0], r[1][2]) > WILD_DEG]
     out = {
-        "pose_model": args.pose_model, "one_pass": args.one_pass, "frames": len(rows), "confident": len(confident),
+        "pose_model": args.pose_model, "one_pass": args.one_pass, "frames": len(rows),
+        "confident": len(confident),
         "wild_confident": len(wild),
         "wild_confident_yaw_deg": sorted({abs(r[0]) for r in wild}),
         "wild_reported_unsure": len(wild_unsure),
