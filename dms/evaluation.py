@@ -32,6 +32,7 @@ from dms.types import FaceBox
 from dms.vision.detect import FaceDetector, select_driver
 from dms.vision.eyes import EyeMeasurer
 from dms.vision.headpose import HeadPoseEstimator
+from dms.vision.runtime import CPU_ONLY, RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,8 @@ class EyeStillsResult:
 
 def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstimator,
                          measurer: EyeMeasurer, closed_ratio: float = CLOSED_RATIO,
-                         progress: bool = True, detector: FaceDetector | None = None
-                         ) -> EyeStillsResult:
+                         progress: bool = True, detector: FaceDetector | None = None,
+                         runtime: RuntimeSettings = CPU_ONLY) -> EyeStillsResult:
     """Eye openness on the usable faces (see :class:`EyeStillsResult`), from the labels' boxes
     or, with ``detector``, from the detector's (the pipeline's first ROI; a face it does not
     find is counted in ``not_found``). AFLW2000's box is the extent of the visible labelled
@@ -267,7 +268,7 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
     from dms.vision.settings import TrackingSettings
 
     # a CNN reads the face through the one landmark pass, as in the pipeline
-    estimator = with_landmark_pass(estimator, TrackingSettings())
+    estimator = with_landmark_pass(estimator, TrackingSettings(), runtime)
     usable = [f for f in faces if f.usable]
     values, confs, closed_files = [], [], []
     not_found = 0

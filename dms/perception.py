@@ -155,12 +155,15 @@ class Perception:
         tracking: TrackingSettings = TrackingSettings(),
         driver_choice: DriverChoice = "largest_central",
         eyes: EyeMeasurer | None | Literal["default"] = "default",
+        runtime: RuntimeSettings = CPU_ONLY,
     ) -> None:
         """``eyes``: the eye measurer; "default" builds one with the default
-        :class:`EyeSettings` on the CPU; None measures no eyes (``Observation.eyes`` None)."""
+        :class:`EyeSettings` on the CPU; None measures no eyes (``Observation.eyes`` None).
+        ``runtime``: how the landmark pass runs when this adds one in front of a CNN (the
+        detector and the pose model come made)."""
         self.detector = detector
         # a CNN pose model gets the one landmark pass a frame ([vision.tracking] landmark_model)
-        self.estimator = with_landmark_pass(estimator, tracking)
+        self.estimator = with_landmark_pass(estimator, tracking, runtime)
         self.tracking = tracking
         self.driver_choice = driver_choice
         self.eyes = EyeMeasurer.from_settings(EyeSettings()) if eyes == "default" else eyes

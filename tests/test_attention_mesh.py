@@ -372,3 +372,24 @@ def test_the_cnn_is_confident_only_where_it_agrees_with_the_meshs_own_fit(astron
     assert 0.2 < apart < TrackingSettings().mesh_agree_deg and pose.confidence > 0.9
     strict = with_landmark_pass(cnn, TrackingSettings(mesh_agree_deg=0.1, mesh_zero_deg=0.2))
     assert strict.start(astronaut, box)[1].confidence == 0.0
+
+
+def test_perception_runs_its_landmark_pass_with_the_runtime_it_is_given() -> None:
+    """The landmark pass that Perception puts in front of a CNN is made with the caller's
+    runtime settings (dms bench and dms eval pass --provider / --threads / --config), not
+    the CPU defaults."""
+    from dms.perception import MeshTrackedPose, Perception
+    from dms.vision.blazeface import BlazeFaceDetector
+    from dms.vision.headpose import CnnHeadPose
+    from dms.vision.runtime import RuntimeSettings
+    from dms.vision.settings import TrackingSettings
+
+    cnn = CnnHeadPose(model_session("head_pose_student_tddfa.onnx"), name="student_tddfa")
+    detector = BlazeFaceDetector(model_session("face_detection_back.onnx"))
+    for threads in (1, 2):
+        rt = RuntimeSettings(providers=("cpu",), intra_op_threads=threads)
+        perception = Perception(detector, cnn, TrackingSettings(), eyes=None, runtime=rt)
+        est = perception.estimator
+        assert isinstance(est, MeshTrackedPose)
+        options = est.landmarker._session.get_session_options()  # noqa: SLF001
+        assert options.intra_op_num_threads == threads

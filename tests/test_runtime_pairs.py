@@ -90,3 +90,21 @@ def test_facemesh_and_its_mirror_in_parallel_equal_the_sequential_runs(astronaut
         np.testing.assert_array_equal(a.points_px, b.points_px)
         assert a.presence == b.presence
     assert not np.array_equal(par[0].points_px, par[1].points_px)  # two different passes
+
+
+
+def test_provider_list_keeps_the_order_and_skips_what_the_build_lacks(tmp_path) -> None:
+    """A build that has only some of the providers asked for gets those, in the same order,
+    TensorRT with its options; with none of them, the CPU."""
+    from dms.vision.runtime import _provider_list
+
+    settings = RuntimeSettings(trt_engine_cache_dir=str(tmp_path / "trt"))
+    assert _provider_list(settings, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert not (tmp_path / "trt").exists()  # no engine cache without TensorRT
+    every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    got = _provider_list(settings, every)
+    assert [p[0] if isinstance(p, tuple) else p for p in got] == every
+    assert got[0][1]["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert (tmp_path / "trt").is_dir()
+    assert _provider_list(RuntimeSettings(providers=("tensorrt",)), ["CPUExecutionProvider"]) \
+        == ["CPUExecutionProvider"]

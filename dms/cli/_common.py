@@ -52,7 +52,7 @@ def build_eyes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     if getattr(args, "no_eyes", False):
         return None
-    runtime, _, _ = _runtime_and_settings(args)
+    runtime, _, _ = runtime_and_settings(args)
     eye_settings = EyeSettings()
     if getattr(args, "config", None):
         from dms.config import load_config
@@ -61,7 +61,8 @@ def build_eyes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return EyeMeasurer.from_settings(eye_settings, runtime) if eye_settings.enabled else None
 
 
-def _runtime_and_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def runtime_and_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(runtime, detector settings, pose settings) from --config, --provider and --threads."""
     from dms.vision.detect import DetectorSettings
     from dms.vision.headpose import PoseModelSettings
     from dms.vision.runtime import RuntimeSettings
@@ -86,7 +87,7 @@ def build_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dms.vision.detect import create_detector
     from dms.vision.headpose import create_pose_estimator
 
-    runtime, det_settings, pose_settings = _runtime_and_settings(args)
+    runtime, det_settings, pose_settings = runtime_and_settings(args)
     if args.detector:
         det_settings = replace(det_settings, model=args.detector)
     if args.pose_model:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dms.cli._common import add_model_args, build_eyes, build_models
+from dms.cli._common import add_model_args, build_eyes, build_models, runtime_and_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -141,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
     order = [k % period for k in range(args.frames + args.warmup)]
     frames = [clip[k if k < len(clip) else period - k] for k in order]
     detector, estimator = build_models(args)
+    runtime, _, _ = runtime_and_settings(args)
     perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking),
-                            eyes=build_eyes(args))
+                            eyes=build_eyes(args), runtime=runtime)
     timed_engine = _timed_engine()
     monitor = DriverMonitor(perception, timed_engine)
     for i in range(args.warmup):

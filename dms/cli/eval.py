@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dms.cli._common import add_model_args, build_models
+from dms.cli._common import add_model_args, build_models, runtime_and_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,7 +99,9 @@ def _run_eyes(args: argparse.Namespace) -> int:
     if args.format == "synth":
         from dms.perception import Perception
 
-        res = evaluate_eyes_render(args.directory, Perception(detector, estimator, eyes=measurer))
+        runtime, _, _ = runtime_and_settings(args)
+        res = evaluate_eyes_render(args.directory, Perception(detector, estimator, eyes=measurer,
+                                                              runtime=runtime))
         if args.json:
             print(json.dumps(res.as_dict() | {"pose_model": estimator.name}))
             return 0
@@ -116,7 +118,8 @@ def _run_eyes(args: argparse.Namespace) -> int:
         print(f"mouth: correlation with the truth {res.mouth_corr:.3f}")
         return 0
     stills = evaluate_eyes_stills(read_aflw2000(args.directory), estimator, measurer, closed,
-                                  detector=detector if args.boxes == "detector" else None)
+                                  detector=detector if args.boxes == "detector" else None,
+                                  runtime=runtime_and_settings(args)[0])
     if args.json:
         print(json.dumps(stills.as_dict() | {"pose_model": estimator.name, "boxes": args.boxes}))
         return 0
