@@ -150,6 +150,16 @@ class EvalResult:
         return out
 
 
+def face_box(face: LabelledFace, img: np.ndarray, detector: FaceDetector | None
+             ) -> FaceBox | None:
+    """The box a face is read from: the label's, or with ``detector`` the driver the detector
+    picks (None: not found)."""
+    if detector is None:
+        x1, y1, x2, y2 = face.box
+        return FaceBox(x1, y1, x2, y2, score=1.0)
+    return select_driver(detector.detect(img), img.shape)
+
+
 def evaluate(
     faces: Iterable[LabelledFace],
     estimator: HeadPoseEstimator,
@@ -167,11 +177,7 @@ def evaluate(
     not_found = 0
     for face in tqdm(usable, desc="eval", unit="img", disable=not progress, leave=False):
         img = read_image(face.image_path)
-        if detector is None:
-            x1, y1, x2, y2 = face.box
-            box: FaceBox | None = FaceBox(x1, y1, x2, y2, score=1.0)
-        else:
-            box = select_driver(detector.detect(img), img.shape)
+        box = face_box(face, img, detector)
         pose = estimator.estimate(img, box) if box is not None else None
         if pose is None:
             not_found += 1
@@ -274,11 +280,7 @@ def evaluate_eyes_stills(faces: Iterable[LabelledFace], estimator: HeadPoseEstim
     not_found = 0
     for face in tqdm(usable, desc="eyes", unit="img", disable=not progress, leave=False):
         img = read_image(face.image_path)
-        if detector is None:
-            x1, y1, x2, y2 = face.box
-            box: FaceBox | None = FaceBox(x1, y1, x2, y2, score=1.0)
-        else:
-            box = select_driver(detector.detect(img), img.shape)
+        box = face_box(face, img, detector)
         if box is None:
             not_found += 1
             continue

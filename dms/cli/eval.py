@@ -96,10 +96,10 @@ def _run_eyes(args: argparse.Namespace) -> int:
         raise InputError(f"--closed-ratio must be in (0, 1), got {closed}")
     detector, estimator = build_models(args)
     measurer = _eye_measurer(args)
+    runtime, _, _ = runtime_and_settings(args)  # the landmark pass in front of a CNN
     if args.format == "synth":
         from dms.perception import Perception
 
-        runtime, _, _ = runtime_and_settings(args)
         res = evaluate_eyes_render(args.directory, Perception(detector, estimator, eyes=measurer,
                                                               runtime=runtime))
         if args.json:
@@ -119,7 +119,7 @@ def _run_eyes(args: argparse.Namespace) -> int:
         return 0
     stills = evaluate_eyes_stills(read_aflw2000(args.directory), estimator, measurer, closed,
                                   detector=detector if args.boxes == "detector" else None,
-                                  runtime=runtime_and_settings(args)[0])
+                                  runtime=runtime)
     if args.json:
         print(json.dumps(stills.as_dict() | {"pose_model": estimator.name, "boxes": args.boxes}))
         return 0

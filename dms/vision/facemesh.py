@@ -56,10 +56,12 @@ ROI_SCALE = 1.5
 REFINED_OUTPUTS = {"eye_image_left": ("output_left_eye", 71),
                    "eye_image_right": ("output_right_eye", 71),
                    "iris_image_left": ("output_left_iris", 5),
-                   "iris_image_right": ("output_right_iris", 5)}
-# MediaPipe's refined lips: nothing in dms reads them, so the shipped attention mesh is built
-# without that branch (a fifth of a run; models/build_embedded.py); read when a model has them
-LIPS_OUTPUT = ("output_lips", 80)
+                   "iris_image_right": ("output_right_iris", 5),
+                   "lips": ("output_lips", 80)}
+# The refined eyes and irises must all be there for a model to count as refined; the lips
+# are optional: nothing in dms reads them, so the shipped attention mesh is built without
+# that branch (a fifth of a run; models/build_embedded.py), and they are read when present.
+OPTIONAL_REFINED = frozenset({"lips"})
 
 # AFLW's 21 landmarks (the ``pt2d`` of AFLW2000-3D, whose extent is the box of ``dms eval
 # --boxes gt``) as FaceMesh ids, in AFLW order (image-left first): brows outer / centre /
@@ -216,10 +218,8 @@ class FaceMeshLandmarker:
         found = {key: names.index(nm) for key, (nm, n) in REFINED_OUTPUTS.items()
                  if nm in names and sizes[names.index(nm)] == 2 * n}
         # the refined eyes and irises when the model has all of them (the attention mesh)
-        self._refined_index = found if len(found) == len(REFINED_OUTPUTS) else None
-        lips, n_lips = LIPS_OUTPUT
-        self._lips_index = names.index(lips) if lips in names and \
-            sizes[names.index(lips)] == 2 * n_lips else None
+        required = REFINED_OUTPUTS.keys() - OPTIONAL_REFINED
+        self._refined_index = found if required <= found.keys() else None
         self.runs = 0  # session runs so far (the pipeline's one-pass-a-frame test reads it)
 
     @property
@@ -297,9 +297,7 @@ class FaceMeshLandmarker:
                                                                           "image_right")
         eyes = np.stack([ref["eye_" + first], ref["eye_" + second]])
         irises = np.stack([ref["iris_" + first], ref["iris_" + second]])
-        lips = None if self._lips_index is None else to_image(
-            np.asarray(outs[self._lips_index], np.float64).reshape(-1, 2)).astype(np.float32)
-        return FaceLandmarks(points, presence, roi, eyes, irises, lips)
+        return FaceLandmarks(points, presence, roi, eyes, irises, ref.get("lips"))
 
     def track(self, image_bgr: np.ndarray, roi: FaceRoi) -> tuple[FaceLandmarks, FaceRoi]:
         """Landmarks for ``roi`` and the ROI to use on the next frame."""
