@@ -32,3 +32,19 @@ def test_imagenet_normalisation_layout():
     assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32
     assert x[0, 0, 0, 0] == pytest.approx((1.0 - 0.485) / 0.229, rel=1e-5)  # R channel first
     assert x[0, 2, 0, 0] == pytest.approx((0.0 - 0.406) / 0.225, rel=1e-5)
+
+
+def test_imagenet_lookup_matches_the_arithmetic_on_every_byte_value():
+    """to_nchw_imagenet looks uint8 values up; any other dtype takes the float arithmetic:
+    the two agree on all 256 values of each channel, RGB order and NCHW layout included."""
+    from dms.vision.crop import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+    values = np.arange(256, dtype=np.uint8)
+    bgr = np.stack([values, values[::-1], np.roll(values, 7)], axis=-1).reshape(16, 16, 3)
+    looked_up = to_nchw_imagenet(bgr)
+    computed = to_nchw_imagenet(bgr.astype(np.float32))
+    assert looked_up.shape == (1, 3, 16, 16) and looked_up.dtype == np.float32
+    assert np.abs(looked_up - computed).max() < 1e-6
+    rgb = bgr[:, :, ::-1].astype(np.float64) / 255.0
+    expected = ((rgb - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB).transpose(2, 0, 1)
+    assert np.abs(looked_up[0] - expected).max() < 1e-5
