@@ -14,6 +14,10 @@ frame's mesh (:func:`dms.vision.facemesh.aflw_box`, the box convention the CNNs 
 with), and its refined eyes and irises are the eye measurement's input, so neither FaceMesh
 nor the iris model runs.
 
+Without eyes, a CNN with a 68-landmark output (the tddfa students) needs no landmark model:
+it follows the face from its own landmarks (:class:`CnnTrackedPose`, ``[vision.tracking]
+cnn_landmarks``), one CNN run a frame.
+
 On every frame with a face, the eyes and mouth are measured (:mod:`dms.vision.eyes`: from
 the tracker's landmarks, with the attention mesh's refined eyes when they are there, or from
 the detector's eye keypoints when no landmark model runs) and go to the engine as
@@ -31,6 +35,7 @@ from typing import Literal, TypeAlias
 import numpy as np
 
 from dms import geometry
+from dms.errors import ModelError
 from dms.types import EyeObservation, FaceBox, HeadPose, Observation
 from dms.vision.canonical import load_canonical_mesh
 from dms.vision.detect import FaceDetector, select_driver
@@ -43,16 +48,17 @@ from dms.vision.facemesh import (
     roi_from_face_box,
     roi_from_landmarks,
 )
-from dms.vision.headpose import HeadPoseEstimator
+from dms.vision.headpose import CnnHeadPose, HeadPoseEstimator
 from dms.vision.landmark_pose import FaceMeshTrack, LandmarkHeadPose, Tracked
+from dms.vision.landmarks68 import box_from_landmarks68, rotation_from_landmarks68
 from dms.vision.plausible import ramp
 from dms.vision.runtime import CPU_ONLY, RuntimeSettings
 from dms.vision.settings import DriverChoice, EyeSettings, TrackingSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameResult", "MeshTrackedPose", "Perception", "Tracker", "gives_refined_eyes",
-           "with_landmark_pass"]
+__all__ = ["CnnTrack", "CnnTrackedPose", "FrameResult", "MeshTrackedPose", "Perception",
+           "Tracker", "gives_refined_eyes", "with_landmark_pass"]
 
 
 class MeshTrackedPose:
@@ -126,8 +132,82 @@ class MeshTrackedPose:
         return pose, lm
 
 
-Tracker: TypeAlias = "LandmarkHeadPose | MeshTrackedPose"
+MIN_TRACK_SIDE_PX = 16.0  # a tracked box smaller than this has lost the face
+
+
+@dataclass(frozen=True, slots=True)
+class CnnTrack:
+    """The tracking state of :class:`CnnTrackedPose`: the next frame's box and this frame's
+    68 landmarks (image pixels)."""
+
+    box: FaceBox
+    landmarks_px: np.ndarray
+
+
+class CnnTrackedPose:
+    """A CNN head-pose model with a 68-landmark output that follows the face from its own
+    landmarks, with no landmark model ([vision.tracking] cnn_landmarks): each frame the CNN
+    reads the box :func:`dms.vision.landmarks68.box_from_landmarks68` made from the previous
+    frame's landmarks (the way 3DDFA_V2 tracks). One CNN run a frame is all the per-frame work:
+    with ``[vision.pose.cnn] flip_average = "auto"`` the mirrored run is left out here.
+
+    Confidence: the CNN's own (yaw range, limits, and the flip agreement where the mirrored
+    run is made) times the agreement of its rotation with the rotation its own 68 landmarks
+    show (:func:`dms.vision.landmarks68.rotation_from_landmarks68`; two heads of the network
+    read the head separately: 1 within ``agree_deg``, 0 from ``zero_deg``).
+
+    The CNN has no face-presence output: tracking goes on while the box stays in the image
+    and at least ``MIN_TRACK_SIDE_PX`` wide; the detector's re-run every
+    ``redetect_interval_frames`` bounds how long it could follow something that is no longer
+    a face.
+    """
+
+    def __init__(self, pose: CnnHeadPose, *, agree_deg: float = 10.0,
+                 zero_deg: float = 20.0) -> None:
+        if pose.landmark_output is None:
+            raise ModelError(f"{pose.name}: no 68-landmark output to track with")
+        self.pose = pose
+        self.name = pose.name
+        self.flip = pose.settings.flip_average is True  # "auto": one run
+        self.agree_deg = agree_deg
+        self.zero_deg = zero_deg
+
+    def _run(self, image: np.ndarray, box: FaceBox) -> tuple[FaceBox, HeadPose, CnnTrack]:
+        pose, lm = self.pose.estimate_with_landmarks(image, box, flip=self.flip)
+        if pose.confidence > 0.0:
+            apart = geometry.geodesic_deg(rotation_from_landmarks68(lm), pose.rotation)
+            pose = replace(pose, confidence=pose.confidence * ramp(apart, self.zero_deg,
+                                                                   self.agree_deg))
+        face = box_from_landmarks68(lm, box.score)  # this frame's face, the next one's box
+        return face, pose, CnnTrack(face, lm)
+
+    def start(self, image: np.ndarray, face: FaceBox) -> tuple[FaceBox, HeadPose, CnnTrack]:
+        return self._run(image, face)
+
+    def track(self, image: np.ndarray, previous: CnnTrack
+              ) -> tuple[FaceBox, HeadPose, CnnTrack] | None:
+        """None when the previous frame's landmarks left no usable box (the caller detects)."""
+        if not self.usable(previous.box, image.shape):
+            return None
+        return self._run(image, previous.box)
+
+    @staticmethod
+    def usable(box: FaceBox, shape: tuple[int, ...]) -> bool:
+        """A box to track from: its centre in the image, at least MIN_TRACK_SIDE_PX wide."""
+        cx, cy = box.center
+        return bool(box.width >= MIN_TRACK_SIDE_PX and 0.0 <= cx < shape[1]
+                    and 0.0 <= cy < shape[0])
+
+    def estimate(self, image: np.ndarray, face: FaceBox) -> HeadPose:
+        """A still image: the CNN on ``face``, then once more on the box its landmarks give
+        (what tracking reads on the next frame; ``dms eval --own-landmarks``)."""
+        first = self._run(image, face)
+        return self._run(image, first[2].box)[1]
+
+
+Tracker: TypeAlias = "LandmarkHeadPose | MeshTrackedPose | CnnTrackedPose"
 """A pose estimator that follows the face from its own previous landmarks."""
+TrackState: TypeAlias = "FaceMeshTrack | CnnTrack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,16 +243,18 @@ class Perception:
         detector and the pose model come made)."""
         self.detector = detector
         # a CNN pose model gets the one landmark pass a frame ([vision.tracking] landmark_model)
-        self.estimator = with_landmark_pass(estimator, tracking, runtime)
+        # or, without eyes, tracks on its own landmarks (cnn_landmarks)
+        self.eyes = EyeMeasurer.from_settings(EyeSettings()) if eyes == "default" else eyes
+        self.estimator = with_landmark_pass(estimator, tracking, runtime,
+                                            eyes=self.eyes is not None)
         self.tracking = tracking
         self.driver_choice = driver_choice
-        self.eyes = EyeMeasurer.from_settings(EyeSettings()) if eyes == "default" else eyes
         if self.eyes is not None and not gives_refined_eyes(self.estimator):
             self.eyes.iris  # noqa: B018 - load the iris model now, not on the first frame
         est = self.estimator
         self._tracker: Tracker | None = (
-            est if isinstance(est, (LandmarkHeadPose, MeshTrackedPose)) else None)
-        self._track_state: FaceMeshTrack | None = None
+            est if isinstance(est, (LandmarkHeadPose, MeshTrackedPose, CnnTrackedPose)) else None)
+        self._track_state: TrackState | None = None
         self._box: FaceBox | None = None
         self._since_detect = 0
         self.detections = 0
@@ -223,11 +305,11 @@ class Perception:
         return FrameResult(t_s, face, pose, detected, detect_ms, pose_ms, eyes, eyes_ms)
 
     def _tracked(self, tracker: Tracker, image: np.ndarray, due: bool
-                 ) -> tuple[FaceBox | None, HeadPose | None, FaceMeshTrack | None, float]:
+                 ) -> tuple[FaceBox | None, HeadPose | None, TrackState | None, float]:
         """A tracker's frame: follow the previous landmarks, or detect and start again.
         Returns (face, pose, tracking state, detector milliseconds)."""
         if self.tracking.enabled and self._track_state is not None and not due:
-            out = tracker.track(image, self._track_state)
+            out = tracker.track(image, self._track_state)  # type: ignore[arg-type]
             if out is not None and self._follows(out):
                 self._track_state = out[2]
                 return out[0], out[1], out[2], 0.0
@@ -260,19 +342,24 @@ class Perception:
             self._box = None
         return face, pose, detect_ms
 
-    def _follows(self, out: Tracked) -> bool:
-        """Whether the next frame may track from this one: the tracker's confidence, or with
-        a CNN behind the landmark pass the mesh's face presence (see MeshTrackedPose)."""
+    def _follows(self, out: tuple[FaceBox, HeadPose, TrackState]) -> bool:
+        """Whether the next frame may track from this one: the tracker's confidence, with a
+        CNN behind the landmark pass the mesh's face presence (see MeshTrackedPose), with a
+        CNN on its own landmarks a usable box (see CnnTrackedPose)."""
+        state = out[2]
+        if isinstance(state, CnnTrack):
+            return True  # CnnTrackedPose.track checks the box it is handed
         if isinstance(self._tracker, MeshTrackedPose):
-            return float(out[2].landmarks.presence) >= self._tracker.min_presence
+            return float(state.landmarks.presence) >= self._tracker.min_presence
         return out[1].confidence >= self.tracking.track_min_confidence
 
     def _measure_eyes(self, image: np.ndarray, face: FaceBox | None, pose: HeadPose | None,
-                      state: FaceMeshTrack | None) -> EyeObservation | None:
+                      state: TrackState | None) -> EyeObservation | None:
         if self.eyes is None or pose is None:
             return None
-        lm = state.landmarks if state is not None else None
-        box = self._box if lm is None else face  # the detector's box has keypoints
+        lm = state.landmarks if isinstance(state, FaceMeshTrack) else None
+        # the detector's box has keypoints, and so has a CNN's own-landmark box
+        box = state.box if isinstance(state, CnnTrack) else self._box if lm is None else face
         try:
             if lm is None:
                 return self.eyes.measure(image, pose, None, box)
@@ -299,12 +386,21 @@ def gives_refined_eyes(estimator: HeadPoseEstimator) -> bool:
 
 
 def with_landmark_pass(estimator: HeadPoseEstimator, tracking: TrackingSettings,
-                       runtime: RuntimeSettings = CPU_ONLY) -> HeadPoseEstimator:
-    """``estimator`` behind one landmark pass a frame (:class:`MeshTrackedPose`) when it has no
-    landmark tracker of its own (a CNN) and ``tracking.landmark_model`` names one; otherwise
+                       runtime: RuntimeSettings = CPU_ONLY, *, eyes: bool = True
+                       ) -> HeadPoseEstimator:
+    """The tracker for ``estimator``: a CNN with a 68-landmark output on its own landmarks
+    (:class:`CnnTrackedPose`) where ``tracking.cnn_landmarks`` says so for a pipeline that
+    measures ``eyes`` or not; another CNN behind one landmark pass a frame
+    (:class:`MeshTrackedPose`) when ``tracking.landmark_model`` names one; otherwise
     ``estimator`` itself (the landmark head pose tracks with its own passes)."""
-    if isinstance(estimator, (LandmarkHeadPose, MeshTrackedPose)) or \
-            not tracking.landmark_model:
+    if isinstance(estimator, (LandmarkHeadPose, MeshTrackedPose, CnnTrackedPose)):
+        return estimator
+    own = tracking.cnn_landmarks == "always" or (
+        tracking.cnn_landmarks == "without_eyes" and not eyes)
+    if own and isinstance(estimator, CnnHeadPose) and estimator.landmark_output is not None:
+        return CnnTrackedPose(estimator, agree_deg=tracking.cnn_landmarks_agree_deg,
+                              zero_deg=tracking.cnn_landmarks_zero_deg)
+    if not tracking.landmark_model:
         return estimator
     from dms.vision.registry import resolve_model
     from dms.vision.runtime import create_session

@@ -8,10 +8,14 @@ face box, and counts the frames whose pitch or roll error exceeds 25 deg while t
 reports itself confident (confidence >= 0.5): such a frame would reach the engine as motion.
 The target is none. ::
 
-    .venv/bin/python scripts/full_range_turns.py [--pose-model NAME|PATH] [--one-pass] [--json]
+    .venv/bin/python scripts/full_range_turns.py [--pose-model NAME|PATH] [--one-pass]
+                                                 [--own-landmarks] [--json]
 
 ``--one-pass``: a CNN reads only the crop, not its mirror image too (``[vision.pose.cnn]
 flip_average = false``), so its confidence comes from the yaw range alone.
+``--own-landmarks``: a CNN with a 68-landmark output as the pipeline reads it without eyes
+(``dms.perception.CnnTrackedPose``: one pass on the render's box, one on the box its
+landmarks give; confidence also from the agreement of its rotation with its landmarks).
 """
 
 from __future__ import annotations
@@ -37,10 +41,19 @@ def main() -> int:
     p.add_argument("--pose-model", default=PoseModelSettings().model)
     p.add_argument("--one-pass", action="store_true",
                    help="a CNN without its mirrored crop (flip_average = false)")
+    p.add_argument("--own-landmarks", action="store_true",
+                   help="a CNN with a 68-landmark output read as the pipeline tracks it without "
+                   "eyes (one pass, confidence also from its landmarks' agreement)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    cnn = CnnPoseSettings(flip_average=not args.one_pass)
+    cnn = CnnPoseSettings(flip_average=False if args.one_pass else "auto")
     est = create_pose_estimator(PoseModelSettings(model=args.pose_model, cnn=cnn))
+    if args.own_landmarks:
+        from dms.perception import CnnTrackedPose
+        from dms.vision.headpose import CnnHeadPose
+
+        assert isinstance(est, CnnHeadPose), f"{args.pose_model} is not a CNN"
+        est = CnnTrackedPose(est)
     heads = RenderedHeads(("astronaut", "grace_hopper"), mirror=False, seed=3)
     rows = []
     index = 0
@@ -58,7 +71,8 @@ def main() -> int:
     wild = [r for r in confident if max(r[1][0], r[1][2]) > WILD_DEG]
     wild_unsure = [r for r in rows if r[2] < CONFIDENT and max(r[1][0], r[1][2]) > WILD_DEG]
     out = {
-        "pose_model": args.pose_model, "one_pass": args.one_pass, "frames": len(rows),
+        "pose_model": args.pose_model, "one_pass": args.one_pass,
+        "own_landmarks": args.own_landmarks, "frames": len(rows),
         "confident": len(confident),
         "wild_confident": len(wild),
         "wild_confident_yaw_deg": sorted({abs(r[0]) for r in wild}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -38,6 +39,22 @@ def scrfd_models(shared_dir: Path) -> dict[str, Path]:
     if not found:
         pytest.skip(f"needs SCRFD ONNX files in {shared_dir / 'models'}")
     return found
+
+
+class CountingSession:
+    """A real onnxruntime session that counts its runs (not a fake: every call runs the
+    model)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.runs = 0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs += 1
+        return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
 
 
 def model_session(file: str) -> ort.InferenceSession:

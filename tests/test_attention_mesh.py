@@ -6,7 +6,6 @@ model a frame with a CNN head pose (real models, session runs counted)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from dms.vision.facemesh import (
     roi_from_landmarks,
 )
 
-from conftest import model_session
+from conftest import CountingSession, model_session
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "data" / "attention_mesh_reference.npz"
@@ -31,22 +30,6 @@ TOLERANCE = {"mesh": 5e-4, "refined": 1e-3, "flag": 1e-3}
 # what the shipped file gives (the reference also has output_lips, whose branch is left out)
 OUTPUTS = ("output_mesh_identity", "output_left_eye", "output_right_eye",
            "output_left_iris", "output_right_iris", "conv_faceflag")
-
-
-class CountingSession:
-    """A real onnxruntime session that counts its runs (not a fake: every call runs the
-    model)."""
-
-    def __init__(self, session: Any) -> None:
-        self._session = session
-        self.runs = 0
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        self.runs += 1
-        return self._session.run(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +371,9 @@ def test_perception_runs_its_landmark_pass_with_the_runtime_it_is_given() -> Non
     detector = BlazeFaceDetector(model_session("face_detection_back.onnx"))
     for threads in (1, 2):
         rt = RuntimeSettings(providers=("cpu",), intra_op_threads=threads)
-        perception = Perception(detector, cnn, TrackingSettings(), eyes=None, runtime=rt)
+        # without eyes this CNN would track on its own landmarks: keep the landmark pass
+        perception = Perception(detector, cnn, TrackingSettings(cnn_landmarks="never"),
+                                eyes=None, runtime=rt)
         est = perception.estimator
         assert isinstance(est, MeshTrackedPose)
         options = est.landmarker._session.get_session_options()  # noqa: SLF001

@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
     frames = [clip[k if k < len(clip) else period - k] for k in order]
     detector, estimator = build_models(args)
     runtime, _, _ = runtime_and_settings(args)
-    perception = Perception(detector, estimator, TrackingSettings(enabled=not args.no_tracking),
+    tracking = TrackingSettings()
+    if args.config:
+        from dms.config import load_config
+
+        tracking = load_config(args.config).vision.tracking
+    perception = Perception(detector, estimator, replace(tracking, enabled=not args.no_tracking),
                             eyes=build_eyes(args), runtime=runtime)
     timed_engine = _timed_engine()
     monitor = DriverMonitor(perception, timed_engine)

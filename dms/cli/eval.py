@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="gt",
         help="face boxes from the labels (gt) or from the face detector",
     )
+    p.add_argument("--own-landmarks", action="store_true",
+                   help="a CNN with a 68-landmark output, read as the pipeline tracks it "
+                   "without eyes ([vision.tracking] cnn_landmarks): once on the box, then on "
+                   "the box its own landmarks give")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -47,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     faces = read_aflw2000(args.directory)
     detector, estimator = build_models(args)
+    if args.own_landmarks:
+        estimator = _own_landmarks(args, estimator)
     res = evaluate(faces, estimator, detector if args.boxes == "detector" else None)
     if args.json:
-        out = res.as_dict() | {"pose_model": estimator.name, "boxes": args.boxes}
+        out = res.as_dict() | {"pose_model": estimator.name, "boxes": args.boxes,
+                               "own_landmarks": args.own_landmarks}
         if args.boxes == "detector":
             out["detector"] = detector.name
         print(json.dumps(out))
@@ -68,6 +75,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {b.label:<18} {b.n:>5}   {b.pitch_mae:6.2f}  {b.yaw_mae:6.2f}  "
               f"{b.roll_mae:6.2f}  {b.mean_mae:6.2f}")
     return 0
+
+
+def _own_landmarks(args: argparse.Namespace, estimator):  # type: ignore[no-untyped-def]
+    """``estimator`` tracking on its own landmarks, with the config's agreement settings."""
+    from dms.errors import InputError
+    from dms.perception import CnnTrackedPose
+    from dms.vision.headpose import CnnHeadPose
+    from dms.vision.settings import TrackingSettings
+
+    if not isinstance(estimator, CnnHeadPose) or estimator.landmark_output is None:
+        raise InputError(f"--own-landmarks: the pose model {estimator.name} has no 68-landmark "
+                         "output (the tddfa students have one)")
+    tracking = TrackingSettings()
+    if getattr(args, "config", None):
+        from dms.config import load_config
+
+        tracking = load_config(args.config).vision.tracking
+    return CnnTrackedPose(estimator, agree_deg=tracking.cnn_landmarks_agree_deg,
+                          zero_deg=tracking.cnn_landmarks_zero_deg)
 
 
 def _eye_measurer(args: argparse.Namespace):  # type: ignore[no-untyped-def]

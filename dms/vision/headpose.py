@@ -17,7 +17,8 @@ Backends:
     (``euler:yaw,pitch,roll``), or from the output name if it spells the order;
   - three outputs of B bins each (Hopenet style: 66 bins of 3 deg from -99): soft-argmax.
 
-  With ``[vision.pose.cnn] flip_average`` (the default) the model also reads the mirrored
+  With ``[vision.pose.cnn] flip_average`` (the default, "auto": not where the CNN tracks on
+  its own landmarks, :class:`dms.perception.CnnTrackedPose`) the model also reads the mirrored
   crop; the two rotations are averaged and their disagreement is the confidence, which also
   falls with |yaw| past the model's range (:class:`dms.vision.settings.CnnPoseSettings`): such
   a network has no confidence output, and past its range it answers confidently wrong.
@@ -189,8 +190,12 @@ class CnnHeadPose:
             raise ModelError(f"{name}: unknown output format {self.format!r}")
         self.order = _parse_order(self.format.split(":", 1)[1]) if ":" in self.format else None
         outputs = [o.name for o in session.get_outputs()]
-        # a rotation is one output; further ones (a landmark head, say) are not read here
+        # a rotation is one output; a further one may be a 68-landmark head (read only by
+        # estimate_with_landmarks, for tracking)
         self.output_names = outputs if kind in ("euler", "bins") else outputs[:1]
+        self.landmark_output: str | None = next(
+            (o.name for o in session.get_outputs()
+             if o.name == "landmarks" and list(o.shape)[-2:] == [68, 2]), None)
         self.margins = margins if margins is not None else crop_rule_of(session, name)
         self.bin_width_deg = bin_width_deg
         self.bin_start_deg = bin_start_deg
@@ -199,17 +204,38 @@ class CnnHeadPose:
         crop, _ = face_crop(image_bgr, face.as_list(), self.size, self.margins)
         return to_nchw_imagenet(crop)
 
-    def _run(self, blob: np.ndarray) -> list[np.ndarray]:
-        return list(self.session.run(self.output_names, {self.input_name: blob}))
+    def _run(self, blob: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+        return list(self.session.run(names or self.output_names, {self.input_name: blob}))
 
     def estimate(self, image_bgr: np.ndarray, face: FaceBox) -> HeadPose:
-        blob = self.preprocess(image_bgr, face)
-        if not self.settings.flip_average:
-            return self.decode(self._run(blob))
+        return self._estimate(self.preprocess(image_bgr, face), self.output_names)[0]
+
+    def estimate_with_landmarks(self, image_bgr: np.ndarray, face: FaceBox, *,
+                                flip: bool | None = None) -> tuple[HeadPose, np.ndarray]:
+        """:meth:`estimate` and the model's 68 landmarks on the same (plain) crop, in image
+        pixels (x, y); ``flip`` overrides ``flip_average`` (with the mirrored crop or not).
+        ModelError when the model has no landmark output."""
+        if self.landmark_output is None:
+            raise ModelError(f"{self.name}: no 68-landmark output to track with")
+        crop, A = face_crop(image_bgr, face.as_list(), self.size, self.margins)
+        pose, outs = self._estimate(to_nchw_imagenet(crop),
+                                    [*self.output_names, self.landmark_output], flip)
+        lm = np.asarray(outs[-1], np.float64).reshape(68, 2)
+        # the crop is a scale and a shift of the image (crop_transform): undo them
+        return pose, (lm - A[:, 2]) / A[0, 0]
+
+    def _estimate(self, blob: np.ndarray, names: list[str], flip: bool | None = None
+                  ) -> tuple[HeadPose, list[np.ndarray]]:
+        """The pose and the outputs ``names`` of the plain crop (and of the mirrored one
+        unless ``flip`` or else ``flip_average`` says no)."""
+        if not (self.settings.flip_average if flip is None else flip):
+            outs = self._run(blob, names)
+            return self.decode(outs), outs
         # the crop is centred on the face, so its mirror image is the mirrored face
         mirrored = np.ascontiguousarray(blob[..., ::-1])
-        outs, outs_m = self._pairs.both(lambda: self._run(blob), lambda: self._run(mirrored))
-        return self.decode_pair(outs, outs_m)
+        outs, outs_m = self._pairs.both(lambda: self._run(blob, names),
+                                        lambda: self._run(mirrored))
+        return self.decode_pair(outs, outs_m), outs
 
     def decode_pair(self, outs: list[np.ndarray], outs_mirrored: list[np.ndarray]) -> HeadPose:
         """The pose from the outputs on a crop and on its mirror image: the mean of the two

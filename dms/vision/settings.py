@@ -129,14 +129,17 @@ class CnnPoseSettings:
     (docs/training.md, "Second round").
     """
 
-    flip_average: bool = field(
-        default=True,
+    flip_average: bool | Literal["auto"] = field(
+        default="auto",
         metadata={"doc": "also run the model on the mirrored crop: average the two rotations "
                          "and take the confidence from how well they agree (one more run a "
-                         "frame; off: confidence from the yaw range and the plausibility "
+                         "frame; false: confidence from the yaw range and the plausibility "
                          "limits only). Off saves about a sixth of a frame's CPU without a GPU "
                          "for 0.1 deg of mean error (student_tddfa: 3.30 against 3.21 on "
-                         "aflw2000-dev; docs/benchmarks.md s.15, s.17)"},
+                         "aflw2000-dev; docs/benchmarks.md s.15, s.17). \"auto\": true, except "
+                         "where the CNN tracks on its own landmarks ([vision.tracking] "
+                         "cnn_landmarks), whose agreement with its rotation gives the confidence "
+                         "instead (head pose only: half the pipeline's CPU, s.18)"},
     )
     flip_agree_deg: float = field(
         default=10.0,
@@ -256,7 +259,34 @@ class TrackingSettings:
                   "turn, the mesh did not); linear between"},
     )
 
+    cnn_landmarks: Literal["without_eyes", "always", "never"] = field(
+        default="without_eyes",
+        metadata={"doc": "with a CNN head-pose model that has a 68-landmark output (the "
+                  "tddfa students): when the CNN follows the face from its own landmarks (the "
+                  "next frame's box from this frame's 68 points, no landmark model run): "
+                  "\"without_eyes\" when no eyes are measured (head pose only: one CNN run "
+                  "instead of the mesh and the CNN, aflw2000-dev 3.25 against 3.21 deg, "
+                  "docs/benchmarks.md s.18; the mesh agreement check is then not made), "
+                  "\"always\" (the eyes then come from the iris model at the CNN's eye "
+                  "points), \"never\" (landmark_model always runs)"},
+    )
+
+    cnn_landmarks_agree_deg: float = field(
+        default=10.0,
+        metadata={"doc": "with cnn_landmarks in use: the pose is fully confident while the "
+                  "CNN's rotation agrees within this angle with the rotation its own 68 "
+                  "landmarks show (dms.vision.landmarks68; on 1860 held-out faces-aflw photos "
+                  "the student's two read 1.4 deg apart at the median, 9.9 at the 99th "
+                  "percentile; its error against the ensemble 2.3 deg within 10, 16.7 beyond)"},
+    )
+    cnn_landmarks_zero_deg: float = field(
+        default=20.0,
+        metadata={"doc": "... and has no confidence from this disagreement on; linear between"},
+    )
+
     def validate(self) -> None:
+        if not 0.0 < self.cnn_landmarks_agree_deg < self.cnn_landmarks_zero_deg <= 180.0:
+            raise ValueError("need 0 < cnn_landmarks_agree_deg < cnn_landmarks_zero_deg <= 180")
         if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
             raise ValueError("redetect_interval_frames must be >= 1, box_reuse_frames >= 0")
         if not 0.0 <= self.landmark_min_presence <= 1.0:
