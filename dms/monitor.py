@@ -19,7 +19,7 @@ from dms.config import VisionSettings
 from dms.engine.calibration import NeutralPose
 from dms.engine.engine import Engine, StepResult
 from dms.engine.settings import EngineSettings
-from dms.perception import FrameResult, Perception, with_landmark_pass
+from dms.perception import FrameResult, Perception
 from dms.vision.eyes import EyeMeasurer
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,11 @@ class DriverMonitor:
             rt = replace(rt, trt_engine_cache_dir=trt_cache_dir)
         eye_settings = vision.eyes
         eyes = EyeMeasurer.from_settings(eye_settings, rt) if eye_settings.enabled else None
+        # Perception picks the tracker (the landmark pass, or without eyes the CNN's own
+        # landmarks) on the same runtime
         perception = Perception(create_detector(vision.detector, rt),
-                                with_landmark_pass(create_pose_estimator(vision.pose, rt),
-                                                   vision.tracking, rt),
-                                vision.tracking, vision.detector.driver_choice, eyes)
+                                create_pose_estimator(vision.pose, rt), vision.tracking,
+                                vision.detector.driver_choice, eyes, runtime=rt)
         return cls(perception, Engine(engine_settings, neutral, run_id))
 
     def step(self, image: np.ndarray, t_s: float) -> MonitorStep:

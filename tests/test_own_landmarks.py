@@ -264,3 +264,24 @@ def test_eval_own_landmarks_reads_the_faces_and_refuses_a_model_without_landmark
     bad = run("--pose-model", "student_fm192")
     assert bad.returncode != 0 and "no 68-landmark output" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_service_tracks_on_the_cnns_own_landmarks_when_its_eyes_are_off():
+    """DriverMonitor.from_settings (dms run, dms replay) picks the tracker the same way:
+    the landmark pass with eyes, the CNN's own landmarks without, on the configured runtime."""
+    from dataclasses import replace
+
+    from dms.config import Config
+    from dms.monitor import DriverMonitor
+    from dms.perception import CnnTrackedPose, MeshTrackedPose
+    from dms.vision.runtime import RuntimeSettings
+
+    cfg = Config()
+    vision = replace(cfg.vision, runtime=RuntimeSettings(providers=("cpu",)))
+    with_eyes = DriverMonitor.from_settings(vision, cfg.engine)
+    assert isinstance(with_eyes.perception.estimator, MeshTrackedPose)
+    no_eyes = replace(vision, eyes=replace(vision.eyes, enabled=False))
+    head_only = DriverMonitor.from_settings(no_eyes, cfg.engine)
+    assert isinstance(head_only.perception.estimator, CnnTrackedPose)
+    assert head_only.perception.eyes is None
+    assert [task for task, _ in head_only.perception.models_in_use()] == ["detector", "pose"]
