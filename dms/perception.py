@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TypeAlias
 
+import cv2
 import numpy as np
 
 from dms import geometry
@@ -142,6 +143,8 @@ class CnnTrack:
 
     box: FaceBox
     landmarks_px: np.ndarray
+    rotation: np.ndarray  # this frame's head rotation (the turn-speed check of the next)
+    contrast: float = 0.0  # grey-level standard deviation in the box this frame was read in
 
 
 class CnnTrackedPose:
@@ -157,9 +160,12 @@ class CnnTrackedPose:
     read the head separately: 1 within ``agree_deg``, 0 from ``zero_deg``).
 
     The CNN has no face-presence output: tracking goes on while the box stays in the image
-    and at least ``MIN_TRACK_SIDE_PX`` wide; the detector's re-run every
-    ``redetect_interval_frames`` bounds how long it could follow something that is no longer
-    a face.
+    and at least ``MIN_TRACK_SIDE_PX`` wide, has a face's contrast (:func:`grey_contrast`,
+    ``[vision.tracking] cnn_min_contrast``: a covered lens has none) and the pose turns no
+    faster than a head can (``cnn_max_turn_dps``: a hand or an object over the face is read
+    as a sudden jump); :class:`Perception` checks the last two and runs the detector on a
+    frame that fails them. The detector's re-run every ``redetect_interval_frames`` bounds
+    how long it could follow anything else that is no longer a face.
     """
 
     def __init__(self, pose: CnnHeadPose, *, agree_deg: float = 10.0,
@@ -178,8 +184,8 @@ class CnnTrackedPose:
             apart = geometry.geodesic_deg(rotation_from_landmarks68(lm), pose.rotation)
             pose = replace(pose, confidence=pose.confidence * ramp(apart, self.zero_deg,
                                                                    self.agree_deg))
-        face = box_from_landmarks68(lm, box.score)  # this frame's face, the next one's box
-        return face, pose, CnnTrack(face, lm)
+        face = box_from_landmarks68(lm, box.score, pose.yaw_deg)  # the next frame reads it
+        return face, pose, CnnTrack(face, lm, pose.rotation, grey_contrast(image, box))
 
     def start(self, image: np.ndarray, face: FaceBox) -> tuple[FaceBox, HeadPose, CnnTrack]:
         return self._run(image, face)
@@ -203,6 +209,24 @@ class CnnTrackedPose:
         (what tracking reads on the next frame; ``dms eval --own-landmarks``)."""
         first = self._run(image, face)
         return self._run(image, first[2].box)[1]
+
+
+CONTRAST_THUMB_PX = 24  # grey_contrast reads the box at this size
+
+
+def grey_contrast(image: np.ndarray, box: FaceBox) -> float:
+    """The standard deviation of the grey levels (0-255) in ``box``, read from a
+    CONTRAST_THUMB_PX-pixel thumbnail (area-averaged: sensor noise does not count as
+    texture): a face has eyes, brows, nostrils and a mouth; a covered lens has none."""
+    n = CONTRAST_THUMB_PX
+    side = max(box.width, box.height, 1.0)
+    k = n / side
+    A = np.array([[k, 0.0, -box.x1 * k], [0.0, k, -box.y1 * k]])
+    thumb = cv2.warpAffine(image, A, (n, n), flags=cv2.INTER_AREA,
+                           borderMode=cv2.BORDER_REPLICATE)
+    if thumb.ndim == 3:
+        thumb = cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY)
+    return float(thumb.std())
 
 
 Tracker: TypeAlias = "LandmarkHeadPose | MeshTrackedPose | CnnTrackedPose"
@@ -255,6 +279,7 @@ class Perception:
         self._tracker: Tracker | None = (
             est if isinstance(est, (LandmarkHeadPose, MeshTrackedPose, CnnTrackedPose)) else None)
         self._track_state: TrackState | None = None
+        self._track_t_s = 0.0  # the time of the frame _track_state comes from
         self._box: FaceBox | None = None
         self._since_detect = 0
         self.detections = 0
@@ -293,7 +318,7 @@ class Perception:
         t0 = time.perf_counter()
         due = self._since_detect >= self.tracking.redetect_interval_frames
         if self._tracker is not None:
-            face, pose, state, detect_ms = self._tracked(self._tracker, image, due)
+            face, pose, state, detect_ms = self._tracked(self._tracker, image, t_s, due)
         else:
             face, pose, detect_ms = self._boxed(image, due)
             state = None
@@ -304,14 +329,14 @@ class Perception:
         detected = self._since_detect == 0  # _detect ran on this frame
         return FrameResult(t_s, face, pose, detected, detect_ms, pose_ms, eyes, eyes_ms)
 
-    def _tracked(self, tracker: Tracker, image: np.ndarray, due: bool
+    def _tracked(self, tracker: Tracker, image: np.ndarray, t_s: float, due: bool
                  ) -> tuple[FaceBox | None, HeadPose | None, TrackState | None, float]:
         """A tracker's frame: follow the previous landmarks, or detect and start again.
         Returns (face, pose, tracking state, detector milliseconds)."""
         if self.tracking.enabled and self._track_state is not None and not due:
             out = tracker.track(image, self._track_state)  # type: ignore[arg-type]
-            if out is not None and self._follows(out):
-                self._track_state = out[2]
+            if out is not None and self._follows(out) and self._still_a_face(out[2], t_s):
+                self._track_state, self._track_t_s = out[2], t_s
                 return out[0], out[1], out[2], 0.0
         t1 = time.perf_counter()
         box = self._detect(image)
@@ -321,8 +346,23 @@ class Perception:
         if started is None:
             return None, None, None, detect_ms
         if self._follows(started):  # keep following it only while the tracker is confident
-            self._track_state = started[2]
+            self._track_state, self._track_t_s = started[2], t_s
         return started[0], started[1], started[2], detect_ms
+
+    def _still_a_face(self, state: TrackState, t_s: float) -> bool:
+        """For a CNN tracking on its own landmarks, which has no face-presence output: the
+        box it read has a face's contrast (``cnn_min_contrast``: a covered lens has none)
+        and the pose turned since the previous frame no faster than a head can
+        (``cnn_max_turn_dps``; jumps under ``cnn_min_jump_deg`` always pass: a hand or an
+        object over the face reads as a sudden jump). Other trackers check presence."""
+        prev = self._track_state
+        if not (isinstance(state, CnnTrack) and isinstance(prev, CnnTrack)):
+            return True
+        tr = self.tracking
+        if state.contrast < tr.cnn_min_contrast:
+            return False
+        jump = geometry.geodesic_deg(prev.rotation, state.rotation)
+        return jump <= max(tr.cnn_min_jump_deg, tr.cnn_max_turn_dps * (t_s - self._track_t_s))
 
     def _boxed(self, image: np.ndarray, due: bool
                ) -> tuple[FaceBox | None, HeadPose | None, float]:

@@ -2,15 +2,16 @@
 """Fits the constants of :mod:`dms.vision.landmarks68` (a CNN tracking on its own 68 landmarks)
 from the ensemble pseudo-labels of ``faces-aflw``, **train split only**:
 
-* the face box from the 68 landmarks (``BOX_SCALE``, ``BOX_SHIFT``): the medians, over the
-  photos, of the AFLW-convention box the students were trained on against the extent of the
-  3DDFA teacher's 68 landmarks;
+* the face box from the 68 landmarks (``BOX_RULE``): the AFLW-convention box the students
+  were trained on against the extent of the 3DDFA teacher's 68 landmarks, its size and centre
+  as ``c0 + c2 sin(yaw)^2`` (the ear lobes of AFLW's box and the jaw line of the 68 points
+  part with the turn), fitted robustly;
 * ``MEAN_SHAPE``, the 68 points in 3-D: alternating least squares of
   ``x = s P R S + t`` over the photos (``x`` the teacher's landmarks, ``R`` the ensemble's
   rotation, ``P`` the camera's first two axes with y up, ``s`` and ``t`` per photo), unit RMS
   radius.
 
-The val split is reported (box map medians, the shape's residual and how far a fit of the
+The val split is reported (its own box rule, the shape's residual and how far a fit of the
 teacher's landmarks is from the ensemble's rotation). ::
 
     .venv/bin/python scripts/fit_landmarks68.py [runs/data/faces_aflw_ensemble.jsonl] [--write]
@@ -47,14 +48,28 @@ def read(path: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(xs, np.float64), np.asarray(rs), np.asarray(bs, np.float64)
 
 
-def box_map(x: np.ndarray, boxes: np.ndarray) -> tuple[float, np.ndarray]:
-    """Median (box mean side / landmark extent mean side), median (box centre - extent
-    centre) / extent mean side."""
+def box_map(x: np.ndarray, rot: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """``BOX_RULE``: rows (scale, shift x, shift y), columns (c0, c2) of ``c0 + c2 *
+    sin(yaw)^2`` - the box's mean side over the landmark extent's mean side, and the box centre
+    minus the extent's centre over that side - fitted robustly (least squares, then again
+    without the points more than 3 median absolute deviations off)."""
+    from dms import geometry
+
     lo, hi = x.min(axis=1), x.max(axis=1)
     side = 0.5 * (hi - lo).sum(axis=1)
     m = 0.5 * ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1]))
     shift = (0.5 * (boxes[:, :2] + boxes[:, 2:]) - 0.5 * (lo + hi)) / side[:, None]
-    return float(np.median(m / side)), np.median(shift, axis=0)
+    yaw = np.radians([geometry.euler_from_rotation(r)[1] for r in rot])
+    design = np.stack([np.ones_like(yaw), np.sin(yaw) ** 2], axis=1)
+    rule = []
+    for v in (m / side, shift[:, 0], shift[:, 1]):
+        keep = np.ones(len(v), bool)
+        for _ in range(2):
+            coef = np.linalg.lstsq(design[keep], v[keep], rcond=None)[0]
+            res = v - design @ coef
+            keep = np.abs(res) <= 3.0 * 1.4826 * np.median(np.abs(res - np.median(res)))
+        rule.append(coef)
+    return np.asarray(rule)
 
 
 def fit_shape(x: np.ndarray, rot: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, float]:
@@ -85,9 +100,10 @@ def residual(x: np.ndarray, rot: np.ndarray, shape: np.ndarray) -> float:
     return float(np.median(d / np.abs(s)))
 
 
-def constants(scale: float, shift: np.ndarray, shape: np.ndarray) -> str:
+def constants(rule: np.ndarray, shape: np.ndarray) -> str:
+    box = ",\n".join(f"    ({c0: .4f}, {c2: .4f})" for c0, c2 in rule)
     rows = ",\n".join(f"    ({p[0]: .4f}, {p[1]: .4f}, {p[2]: .4f})" for p in shape)
-    return (f"BOX_SCALE = {scale:.4f}\nBOX_SHIFT = ({shift[0]:.4f}, {shift[1]:.4f})\n"
+    return (f"BOX_RULE = np.array([\n{box},\n])\n"
             f"MEAN_SHAPE = np.array([\n{rows},\n])\n")
 
 
@@ -98,23 +114,23 @@ def main(argv: list[str]) -> int:
         print(f"{path}: no ensemble labels (dms train student builds them)", file=sys.stderr)
         return 2
     x, rot, boxes = read(path, "train")
-    scale, shift = box_map(x, boxes)
+    rule = box_map(x, rot, boxes)
     shape, res = fit_shape(x, rot)
     vx, vrot, vboxes = read(path, "val")
-    vscale, vshift = box_map(vx, vboxes)
+    vrule = box_map(vx, vrot, vboxes)
     sys.path.insert(0, str(MODULE.parent.parent.parent))
     from dms import geometry
     from dms.vision import landmarks68
 
     spread = [geometry.geodesic_deg(landmarks68.rotation_from_landmarks68(p, shape), r)
               for p, r in zip(vx, vrot, strict=True)]
-    print(f"train: {len(x)} photos; box scale {scale:.4f}, shift {shift.round(4).tolist()}; "
+    print(f"train: {len(x)} photos; box rule {rule.round(4).tolist()}; "
           f"shape residual {res:.4f}", file=sys.stderr)
-    print(f"val: {len(vx)} photos; box scale {vscale:.4f}, shift {vshift.round(4).tolist()}; "
+    print(f"val: {len(vx)} photos; box rule {vrule.round(4).tolist()}; "
           f"shape residual {residual(vx, vrot, shape):.4f}; teacher landmarks' fit vs the "
           f"ensemble, p50/p95 {np.percentile(spread, 50):.2f}/{np.percentile(spread, 95):.2f}"
           " deg", file=sys.stderr)
-    block = constants(scale, shift, shape)
+    block = constants(rule, shape)
     if "--write" not in argv:
         print(block, end="")
         return 0

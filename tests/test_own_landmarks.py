@@ -42,22 +42,33 @@ def test_rotation_from_landmarks_recovers_the_rotation_of_a_projection(pitch, ya
     assert np.allclose(got, (pitch, yaw, roll), atol=1e-6)
 
 
-def test_box_from_landmarks_follows_its_constants_and_orders_the_keypoints():
-    R = geometry.rotation_from_euler(0.0, 0.0, 0.0)
+@pytest.mark.parametrize("yaw", [0.0, 35.0, -70.0])
+def test_box_from_landmarks_follows_its_rule_and_orders_the_keypoints(yaw):
+    R = geometry.rotation_from_euler(0.0, yaw, 0.0)
     pts = _project(MEAN_SHAPE, R, 100.0, (300.0, 200.0))
-    box = box_from_landmarks68(pts, 0.8)
+    box = box_from_landmarks68(pts, 0.8, yaw)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     side = 0.5 * float((hi - lo).sum())
-    assert box.width == pytest.approx(landmarks68.BOX_SCALE * side)
+    scale, dx, dy = landmarks68.BOX_RULE @ (1.0, np.sin(np.radians(yaw)) ** 2)
+    assert box.width == pytest.approx(scale * side)
     assert box.width == pytest.approx(box.height)
-    centre = 0.5 * (lo + hi) + np.asarray(landmarks68.BOX_SHIFT) * side
-    assert np.allclose(box.center, centre)
+    assert np.allclose(box.center, 0.5 * (lo + hi) + np.array([dx, dy]) * side)
     assert box.score == 0.8
     kp = box.keypoints
     assert kp is not None and kp.shape == (5, 2)
-    # a facing driver: the subject's right eye and mouth corner are on the image's left
-    assert kp[0, 0] < kp[2, 0] < kp[1, 0] and kp[3, 0] < kp[4, 0]
-    assert kp[0, 1] < kp[2, 1] < kp[3, 1]  # eyes above the nose above the mouth
+    # the subject's right eye and mouth corner are on the image's left, eyes above the mouth
+    assert kp[0, 0] < kp[1, 0] and kp[3, 0] < kp[4, 0]
+    assert kp[0, 1] < kp[3, 1] and kp[1, 1] < kp[4, 1]
+    if yaw == 0.0:
+        assert kp[0, 0] < kp[2, 0] < kp[1, 0] and kp[0, 1] < kp[2, 1] < kp[3, 1]
+
+
+def test_a_turned_head_gets_a_smaller_box_for_its_landmark_extent():
+    """AFLW's box keeps its ear lobes as the head turns while the 68 points' jaw line
+    narrows: the rule's size falls with sin(yaw)^2 (fitted, not assumed: c2 < 0)."""
+    assert landmarks68.BOX_RULE[0, 1] < 0.0
+    pts = _project(MEAN_SHAPE, np.eye(3), 100.0, (300.0, 200.0))
+    assert box_from_landmarks68(pts, 1.0, 60.0).width < box_from_landmarks68(pts).width
 
 
 def test_the_fit_script_recovers_a_known_shape_and_box_rule(tmp_path):
@@ -71,8 +82,9 @@ def test_the_fit_script_recovers_a_known_shape_and_box_rule(tmp_path):
         pts = _project(shape, R, rng.uniform(40, 120), tuple(rng.uniform(100, 400, 2)))
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         side = 0.5 * float((hi - lo).sum())
-        c = 0.5 * (lo + hi) + np.array([0.02, -0.05]) * side
-        half = 0.5 * 1.2 * side
+        s2 = np.sin(np.radians(geometry.euler_from_rotation(R)[1])) ** 2
+        c = 0.5 * (lo + hi) + np.array([0.02, -0.05 + 0.03 * s2]) * side
+        half = 0.5 * (1.2 - 0.1 * s2) * side
         M = R.T  # the labels hold the AFLW matrix M; HeadPose.rotation is M.T
         rows.append({"split": "val" if i % 10 == 0 else "train", "landmarks68": pts.tolist(),
                      "M": M.reshape(-1).tolist(),
@@ -84,8 +96,7 @@ def test_the_fit_script_recovers_a_known_shape_and_box_rule(tmp_path):
     assert p.returncode == 0, p.stderr
     ns: dict = {"np": np}
     exec(p.stdout, ns)  # the printed constants block
-    assert ns["BOX_SCALE"] == pytest.approx(1.2, abs=1e-3)
-    assert ns["BOX_SHIFT"] == pytest.approx((0.02, -0.05), abs=1e-3)
+    assert np.allclose(ns["BOX_RULE"], [[1.2, -0.1], [0.02, 0.0], [-0.05, 0.03]], atol=1e-3)
     fitted = ns["MEAN_SHAPE"]
     truth = (shape - shape.mean(axis=0)) / np.sqrt(((shape - shape.mean(axis=0)) ** 2)
                                                    .sum(axis=1).mean())
@@ -193,22 +204,68 @@ def test_the_pose_is_unsure_where_the_cnns_rotation_and_landmarks_disagree(astro
     assert strict.estimate(astronaut, box).confidence == 0.0
 
 
-def test_a_face_that_leaves_is_dropped_by_the_next_detection_at_the_latest(astronaut):
-    """No face-presence output: the detector's re-run bounds how long the tracker can follow
-    an empty frame."""
+def test_a_covered_lens_is_no_face_on_that_very_frame(astronaut):
+    """No face-presence output: a box without a face's contrast (cnn_min_contrast) is not
+    tracked from; the detector runs on that frame and finds nothing."""
+    perception = _perception({})
+    for k in range(3):
+        assert perception.process(astronaut, k / 30.0).pose is not None
+    r = perception.process(np.full_like(astronaut, 90), 3 / 30.0)
+    assert r.detected and r.pose is None
+
+
+def test_a_jump_no_head_can_make_runs_the_detector(astronaut):
+    """A pose that turned faster than cnn_max_turn_dps since the last frame (here the
+    picture turned 90 deg in a frame) is checked by the detector on that frame; the same
+    turn over a second is followed."""
+    import cv2
+
+    from dms.vision.settings import TrackingSettings
+
+    h, w = astronaut.shape[:2]
+
+    def rolled(deg: float) -> np.ndarray:
+        A = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+        return cv2.warpAffine(astronaut, A, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+    tracking = TrackingSettings(redetect_interval_frames=1000)
+    perception = _perception({}, tracking)
+    perception.process(astronaut, 0.0)
+    assert not perception.process(astronaut, 1 / 30.0).detected
+    assert perception.process(rolled(40.0), 2 / 30.0).detected  # 40 deg in 33 ms
+    slow = _perception({}, tracking)
+    slow.process(astronaut, 0.0)
+    for k in range(1, 31):  # 1.3 deg a frame: 40 deg/s
+        r = slow.process(rolled(40.0 * k / 30), k / 30.0)
+        assert not r.detected and r.pose is not None
+
+
+def test_anything_else_is_dropped_by_the_next_detection_at_the_latest(astronaut):
+    """A textured frame without a face: the detector's re-run bounds how long the tracker
+    can follow it."""
     from dms.vision.settings import TrackingSettings
 
     interval = 4
     perception = _perception({}, TrackingSettings(redetect_interval_frames=interval))
     assert perception.process(astronaut, 0.0).pose is not None
-    empty = np.full_like(astronaut, 90)
+    rng = np.random.default_rng(0)
+    texture = cv2.resize(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8),
+                         astronaut.shape[1::-1], interpolation=cv2.INTER_LINEAR)
     lost = None
     for k in range(1, 2 * interval):
-        r = perception.process(empty, k / 30.0)
-        if r.pose is None:
+        if perception.process(texture, k / 30.0).pose is None:
             lost = k
             break
     assert lost is not None and lost <= interval
+
+
+def test_grey_contrast_tells_a_face_from_a_covered_lens(astronaut):
+    from dms.perception import grey_contrast
+
+    face = FaceBox(172.0, 74.0, 276.0, 178.0, 1.0)
+    assert grey_contrast(astronaut, face) > 20.0
+    noisy_cover = np.clip(np.random.default_rng(1).normal(60, 6, astronaut.shape), 0, 255)
+    assert grey_contrast(noisy_cover.astype(np.uint8), face) < 4.0  # noise averages out
 
 
 def test_a_box_outside_the_image_is_not_tracked_from():
@@ -243,6 +300,10 @@ def test_tracking_settings_refuse_an_unknown_choice_and_crossed_thresholds():
         load_settings(TrackingSettings, {"cnn_landmarks": "sometimes"}, "vision.tracking")
     with pytest.raises(ValueError, match="cnn_landmarks_agree_deg"):
         TrackingSettings(cnn_landmarks_agree_deg=20.0, cnn_landmarks_zero_deg=10.0).validate()
+    with pytest.raises(ValueError, match="cnn_min_contrast"):
+        TrackingSettings(cnn_min_contrast=-1.0).validate()
+    with pytest.raises(ValueError, match="cnn_max_turn_dps"):
+        TrackingSettings(cnn_max_turn_dps=0.0).validate()
     for value in (True, False, "auto"):
         got = load_settings(CnnPoseSettings, {"flip_average": value}, "vision.pose.cnn")
         assert got.flip_average == value

@@ -6,13 +6,16 @@ ensemble pseudo-labels of ``faces-aflw`` (the 3DDFA_V2 teacher's landmarks and t
 rotations; research / non-commercial data, like the students these functions serve), never on
 the evaluation set:
 
-* ``BOX_SCALE`` / ``BOX_SHIFT``: the box the students' crop rule expects is a square of
-  ``BOX_SCALE`` x the mean side of the landmarks' extent, its centre ``BOX_SHIFT`` x that side
-  from the extent's centre (medians; the val split reads the same to 0.002);
+* ``BOX_RULE``: the box the students' crop rule expects is a square of ``scale`` x the mean
+  side of the landmarks' extent, its centre ``(shift x, shift y)`` x that side from the
+  extent's centre, each ``c0 + c2 sin(yaw)^2`` (rows scale, shift x, shift y; columns c0,
+  c2): AFLW's box keeps its ear lobes as the head turns, the 68 points' jaw line narrows;
 * ``MEAN_SHAPE``: the 68 points in 3-D (head axes of :mod:`dms.geometry`, unit RMS radius).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -20,8 +23,11 @@ from dms import geometry
 from dms.types import FaceBox
 
 # <fitted>
-BOX_SCALE = 1.0576
-BOX_SHIFT = (-0.0078, -0.0228)
+BOX_RULE = np.array([
+    ( 1.0808, -0.1003),
+    ( 0.0014, -0.0289),
+    (-0.0177, -0.0188),
+])
 MEAN_SHAPE = np.array([
     (-1.1466,  0.4934, -1.1756),
     (-1.1169,  0.1768, -1.1366),
@@ -100,15 +106,17 @@ NOSE_TIP = 30
 MOUTH_CORNERS = (48, 54)
 
 
-def box_from_landmarks68(points_px: np.ndarray, score: float = 1.0) -> FaceBox:
-    """The face box for the next frame's crop from 68 landmarks (image pixels; see
-    ``BOX_SCALE``), with the five detector keypoints (eye centres, nose tip, mouth corners, in
-    the detectors' image-left to image-right order) for the eye stage."""
+def box_from_landmarks68(points_px: np.ndarray, score: float = 1.0, yaw_deg: float = 0.0
+                         ) -> FaceBox:
+    """The face box for the next frame's crop from 68 landmarks (image pixels) of a head at
+    ``yaw_deg`` (see ``BOX_RULE``), with the five detector keypoints (eye centres, nose tip,
+    mouth corners, in the detectors' image-left to image-right order) for the eye stage."""
     p = np.asarray(points_px, np.float64)[:, :2]
     lo, hi = p.min(axis=0), p.max(axis=0)
     side = 0.5 * float((hi - lo).sum())
-    cx, cy = 0.5 * (lo + hi) + np.asarray(BOX_SHIFT) * side
-    half = 0.5 * BOX_SCALE * side
+    scale, dx, dy = BOX_RULE @ (1.0, math.sin(math.radians(yaw_deg)) ** 2)
+    cx, cy = 0.5 * (lo + hi) + np.array([dx, dy]) * side
+    half = 0.5 * scale * side
     keypoints = np.stack([p[RIGHT_EYE].mean(axis=0), p[LEFT_EYE].mean(axis=0), p[NOSE_TIP],
                           p[MOUTH_CORNERS[0]], p[MOUTH_CORNERS[1]]])
     return FaceBox(float(cx - half), float(cy - half), float(cx + half), float(cy + half),

@@ -265,7 +265,7 @@ class TrackingSettings:
                   "tddfa students): when the CNN follows the face from its own landmarks (the "
                   "next frame's box from this frame's 68 points, no landmark model run): "
                   "\"without_eyes\" when no eyes are measured (head pose only: one CNN run "
-                  "instead of the mesh and the CNN, aflw2000-dev 3.25 against 3.21 deg, "
+                  "instead of the mesh and the CNN, aflw2000-dev 3.28 against 3.21 deg, "
                   "docs/benchmarks.md s.18; the mesh agreement check is then not made), "
                   "\"always\" (the eyes then come from the iris model at the CNN's eye "
                   "points), \"never\" (landmark_model always runs)"},
@@ -284,7 +284,34 @@ class TrackingSettings:
         metadata={"doc": "... and has no confidence from this disagreement on; linear between"},
     )
 
+    cnn_min_contrast: float = field(
+        default=4.0,
+        metadata={"doc": "with cnn_landmarks in use: a tracked frame whose box has a grey-level "
+                  "standard deviation under this (0-255, on a 24-pixel thumbnail) is not a "
+                  "face and the detector runs on it instead (a covered or blocked lens: 0.4-1.7 "
+                  "on dms's renders; faces: 25 and up on the renders, dim light and IR "
+                  "included, 8.2 the lowest of 4000 faces-aflw photos)"},
+    )
+    cnn_max_turn_dps: float = field(
+        default=600.0,
+        metadata={"doc": "with cnn_landmarks in use: a tracked frame whose pose turned faster "
+                  "than this since the previous frame is not taken and the detector runs on "
+                  "it instead (the CNN has no face-presence output: a hand or an object over "
+                  "the face reads as a sudden jump, 52 deg in one 15-fps frame on dms demo's "
+                  "covered face; fast human head turns peak at about 400-600 deg/s, as the "
+                  "engine's max_head_speed_dps)"},
+    )
+    cnn_min_jump_deg: float = field(
+        default=15.0,
+        metadata={"doc": "... and a jump smaller than this always passes, whatever the frame "
+                  "rate"},
+    )
+
     def validate(self) -> None:
+        if self.cnn_min_contrast < 0.0:
+            raise ValueError("cnn_min_contrast must be >= 0")
+        if self.cnn_max_turn_dps <= 0.0 or not 0.0 <= self.cnn_min_jump_deg <= 180.0:
+            raise ValueError("need cnn_max_turn_dps > 0 and 0 <= cnn_min_jump_deg <= 180")
         if not 0.0 < self.cnn_landmarks_agree_deg < self.cnn_landmarks_zero_deg <= 180.0:
             raise ValueError("need 0 < cnn_landmarks_agree_deg < cnn_landmarks_zero_deg <= 180")
         if self.redetect_interval_frames < 1 or self.box_reuse_frames < 0:
