@@ -109,3 +109,20 @@ def test_bench_reports_stages_and_fps_on_the_embedded_default(tmp_path):
     out = json.loads(p.stdout)
     assert out["clip_frames"] == 30 and out["frames"] == 45
     assert out["stages"]["total"]["calls"] == 45 and out["face_found_fraction"] > 0.9
+
+
+def test_bench_head_only_runs_no_landmark_model_unless_the_config_says_so(tmp_path):
+    """--no-eyes: the CNN tracks on its own landmarks (no landmark stage); a config's
+    [vision.tracking] cnn_landmarks = "never" puts the landmark pass back (dms bench honours
+    the config's tracking table)."""
+    from dms.benchclip import render_clip
+
+    clip = render_clip(tmp_path / "clip.mp4", seconds=1.0)
+    args = ("bench", "--video", str(clip), "--frames", "10", "--warmup", "2", "--json",
+            "--no-eyes")
+    out = json.loads(dms(*args).stdout)
+    assert out["stages"]["landmarks"] == {"calls": 0} and out["face_found_fraction"] > 0.9
+    cfg = tmp_path / "dms.toml"
+    cfg.write_text('[vision.tracking]\ncnn_landmarks = "never"\n')
+    out = json.loads(dms(*args, "--config", str(cfg)).stdout)
+    assert out["stages"]["landmarks"]["calls"] == 10
