@@ -61,6 +61,17 @@ def build_eyes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return EyeMeasurer.from_settings(eye_settings, runtime) if eye_settings.enabled else None
 
 
+def tracking_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The ``[vision.tracking]`` table of --config (the defaults without one)."""
+    from dms.vision.settings import TrackingSettings
+
+    if getattr(args, "config", None):
+        from dms.config import load_config
+
+        return load_config(args.config).vision.tracking
+    return TrackingSettings()
+
+
 def runtime_and_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """(runtime, detector settings, pose settings) from --config, --provider and --threads."""
     from dms.vision.detect import DetectorSettings

@@ -16,7 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dms.cli._common import add_model_args, build_eyes, build_models, runtime_and_settings
+from dms.cli._common import (
+    add_model_args,
+    build_eyes,
+    build_models,
+    runtime_and_settings,
+    tracking_settings,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +134,6 @@ def run(args: argparse.Namespace) -> int:
     from dms.errors import InputError
     from dms.monitor import DriverMonitor
     from dms.perception import MeshTrackedPose, Perception
-    from dms.vision.settings import TrackingSettings
 
     video = args.video or str(default_clip())
     if args.frames < 1 or args.warmup < 0:
@@ -143,12 +148,8 @@ def run(args: argparse.Namespace) -> int:
     frames = [clip[k if k < len(clip) else period - k] for k in order]
     detector, estimator = build_models(args)
     runtime, _, _ = runtime_and_settings(args)
-    tracking = TrackingSettings()
-    if args.config:
-        from dms.config import load_config
-
-        tracking = load_config(args.config).vision.tracking
-    perception = Perception(detector, estimator, replace(tracking, enabled=not args.no_tracking),
+    tracking = replace(tracking_settings(args), enabled=not args.no_tracking)
+    perception = Perception(detector, estimator, tracking,
                             eyes=build_eyes(args), runtime=runtime)
     timed_engine = _timed_engine()
     monitor = DriverMonitor(perception, timed_engine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dms.cli._common import add_model_args, build_models, runtime_and_settings
+from dms.cli._common import add_model_args, build_models, runtime_and_settings, tracking_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,16 +82,11 @@ def _own_landmarks(args: argparse.Namespace, estimator):  # type: ignore[no-unty
     from dms.errors import InputError
     from dms.perception import CnnTrackedPose
     from dms.vision.headpose import CnnHeadPose
-    from dms.vision.settings import TrackingSettings
 
     if not isinstance(estimator, CnnHeadPose) or estimator.landmark_output is None:
         raise InputError(f"--own-landmarks: the pose model {estimator.name} has no 68-landmark "
                          "output (the tddfa students have one)")
-    tracking = TrackingSettings()
-    if getattr(args, "config", None):
-        from dms.config import load_config
-
-        tracking = load_config(args.config).vision.tracking
+    tracking = tracking_settings(args)
     return CnnTrackedPose(estimator, agree_deg=tracking.cnn_landmarks_agree_deg,
                           zero_deg=tracking.cnn_landmarks_zero_deg)
 

@@ -218,8 +218,9 @@ class CnnHeadPose:
         if self.landmark_output is None:
             raise ModelError(f"{self.name}: no 68-landmark output to track with")
         crop, A = face_crop(image_bgr, face.as_list(), self.size, self.margins)
-        pose, outs = self._estimate(to_nchw_imagenet(crop),
-                                    [*self.output_names, self.landmark_output], flip)
+        names = [n for n in self.output_names if n != self.landmark_output]
+        pose, outs = self._estimate(to_nchw_imagenet(crop), [*names, self.landmark_output],
+                                    flip)
         lm = np.asarray(outs[-1], np.float64).reshape(68, 2)
         # the crop is a scale and a shift of the image (crop_transform): undo them
         return pose, (lm - A[:, 2]) / A[0, 0]
