@@ -134,6 +134,7 @@ class MeshTrackedPose:
 
 
 MIN_TRACK_SIDE_PX = 16.0  # a tracked box smaller than this has lost the face
+_TRACKING = TrackingSettings()  # the defaults of CnnTrackedPose's agreement ramp
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +169,9 @@ class CnnTrackedPose:
     how long it could follow anything else that is no longer a face.
     """
 
-    def __init__(self, pose: CnnHeadPose, *, agree_deg: float = 10.0,
-                 zero_deg: float = 20.0) -> None:
+    def __init__(self, pose: CnnHeadPose, *,
+                 agree_deg: float = _TRACKING.cnn_landmarks_agree_deg,
+                 zero_deg: float = _TRACKING.cnn_landmarks_zero_deg) -> None:
         if pose.landmark_output is None:
             raise ModelError(f"{pose.name}: no 68-landmark output to track with")
         self.pose = pose
@@ -177,6 +179,12 @@ class CnnTrackedPose:
         self.flip = pose.settings.flip_average is True  # "auto": one run
         self.agree_deg = agree_deg
         self.zero_deg = zero_deg
+
+    @classmethod
+    def from_settings(cls, pose: CnnHeadPose, tracking: TrackingSettings) -> CnnTrackedPose:
+        """With the agreement ramp of ``[vision.tracking]``."""
+        return cls(pose, agree_deg=tracking.cnn_landmarks_agree_deg,
+                   zero_deg=tracking.cnn_landmarks_zero_deg)
 
     def _run(self, image: np.ndarray, box: FaceBox) -> tuple[FaceBox, HeadPose, CnnTrack]:
         pose, lm = self.pose.estimate_with_landmarks(image, box, flip=self.flip)
@@ -438,8 +446,7 @@ def with_landmark_pass(estimator: HeadPoseEstimator, tracking: TrackingSettings,
     own = tracking.cnn_landmarks == "always" or (
         tracking.cnn_landmarks == "without_eyes" and not eyes)
     if own and isinstance(estimator, CnnHeadPose) and estimator.landmark_output is not None:
-        return CnnTrackedPose(estimator, agree_deg=tracking.cnn_landmarks_agree_deg,
-                              zero_deg=tracking.cnn_landmarks_zero_deg)
+        return CnnTrackedPose.from_settings(estimator, tracking)
     if not tracking.landmark_model:
         return estimator
     from dms.vision.registry import resolve_model

@@ -86,9 +86,7 @@ def _own_landmarks(args: argparse.Namespace, estimator):  # type: ignore[no-unty
     if not isinstance(estimator, CnnHeadPose) or estimator.landmark_output is None:
         raise InputError(f"--own-landmarks: the pose model {estimator.name} has no 68-landmark "
                          "output (the tddfa students have one)")
-    tracking = tracking_settings(args)
-    return CnnTrackedPose(estimator, agree_deg=tracking.cnn_landmarks_agree_deg,
-                          zero_deg=tracking.cnn_landmarks_zero_deg)
+    return CnnTrackedPose.from_settings(estimator, tracking_settings(args))
 
 
 def _eye_measurer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
